@@ -1,0 +1,28 @@
+"""The one place that decides where tensors live: CUDA when present, CPU otherwise."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from engine.errors import SettingsError
+from engine.settings import get_settings
+
+
+def resolve_device(requested: str | None = None) -> torch.device:
+    """Turn 'auto' / 'cpu' / 'cuda' (or None for the configured setting) into a torch.device."""
+    name = (requested or get_settings().device).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SettingsError(f"device {name!r} requested but no CUDA device is available")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise SettingsError(f"unknown device {name!r}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+@functools.cache
+def default_device() -> torch.device:
+    """The device chosen once per process from MERGESCOPE_DEVICE."""
+    return resolve_device()

@@ -1,0 +1,68 @@
+"""Settings from environment variables, read once and validated.
+
+| variable                   | default                      | meaning                                   |
+|----------------------------|------------------------------|-------------------------------------------|
+| MERGESCOPE_MODEL_ROOTS     | <repo>/zoo/models            | folders holding checkpoints (os.pathsep)  |
+| MERGESCOPE_CACHE_DIR       | <repo>/.mergescope-cache     | content-addressed cache folder            |
+| MERGESCOPE_CACHE_MAX_GB    | 20                           | cache size cap before LRU eviction        |
+| MERGESCOPE_DEVICE          | auto                         | auto, cpu or cuda                         |
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from engine.errors import SettingsError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ZOO_DIR = REPO_ROOT / "zoo"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_roots: tuple[Path, ...]
+    cache_dir: Path
+    cache_max_bytes: int
+    device: str
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from `environ` (default: os.environ); raises SettingsError naming the variable."""
+    env = os.environ if environ is None else environ
+    roots_text = env.get("MERGESCOPE_MODEL_ROOTS", "").strip()
+    roots = [Path(p).expanduser() for p in roots_text.split(os.pathsep) if p.strip()] or [ZOO_DIR / "models"]
+    missing = [str(p) for p in roots if not p.is_dir()]
+    if missing:
+        raise SettingsError(f"MERGESCOPE_MODEL_ROOTS: not a folder: {', '.join(missing)}")
+
+    cache_dir = Path(env.get("MERGESCOPE_CACHE_DIR", "") or REPO_ROOT / ".mergescope-cache").expanduser()
+
+    cap_text = env.get("MERGESCOPE_CACHE_MAX_GB", "20")
+    try:
+        cap_gb = float(cap_text)
+    except ValueError:
+        raise SettingsError(f"MERGESCOPE_CACHE_MAX_GB: expected a number of GB, got {cap_text!r}") from None
+    if cap_gb <= 0:
+        raise SettingsError(f"MERGESCOPE_CACHE_MAX_GB: must be positive, got {cap_text!r}")
+
+    device = env.get("MERGESCOPE_DEVICE", "auto").strip().lower()
+    if device not in DEVICES:
+        raise SettingsError(f"MERGESCOPE_DEVICE: expected one of {', '.join(DEVICES)}, got {device!r}")
+
+    return Settings(
+        model_roots=tuple(p.resolve() for p in roots),
+        cache_dir=cache_dir.resolve(),
+        cache_max_bytes=int(cap_gb * 1024**3),
+        device=device,
+    )
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return load_settings()
