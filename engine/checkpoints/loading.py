@@ -1,0 +1,34 @@
+"""Loading a checkpoint into a live `transformers` model: local files, safetensors, no remote code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+from engine.checkpoints.checkpoint import Checkpoint, open_checkpoint
+from engine.device import resolve_device
+
+
+def default_dtype(device: torch.device) -> torch.dtype | str:
+    """float32 on CPU (half-precision matmuls there are slow and lossy); the stored dtype on CUDA."""
+    return torch.float32 if device.type == "cpu" else "auto"
+
+
+def load_tokenizer(checkpoint: Checkpoint):
+    return transformers.AutoTokenizer.from_pretrained(checkpoint.path, local_files_only=True, trust_remote_code=False)
+
+
+def load_model(path: str | Path | Checkpoint, device: str | torch.device | None = None, dtype=None):
+    """(model in eval mode on `device`, tokenizer) for a checkpoint under the model roots."""
+    checkpoint = path if isinstance(path, Checkpoint) else open_checkpoint(path)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        checkpoint.path,
+        local_files_only=True,
+        trust_remote_code=False,
+        use_safetensors=True,
+        dtype=dtype or default_dtype(device),
+    )
+    return model.to(device).eval(), load_tokenizer(checkpoint)
