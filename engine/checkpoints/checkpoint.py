@@ -162,7 +162,7 @@ class Checkpoint:
     @functools.cached_property
     def fingerprint(self) -> str:
         """Content hash of the tensors (names, dtypes, shapes, bytes); remembered per shard on disk."""
-        from engine.checkpoints.fingerprint import checkpoint_fingerprint
+        from engine.checkpoints.fingerprints import checkpoint_fingerprint
 
         return checkpoint_fingerprint(self)
 
