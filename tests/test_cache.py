@@ -1,0 +1,178 @@
+"""The content-addressed cache: keys, atomic entries, checksums, the per-key lock, LRU eviction."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import cache
+from cache.__main__ import main as cache_cli
+
+
+def _entry(seed: int = 0, n: int = 16) -> cache.Entry:
+    g = torch.Generator().manual_seed(seed)
+    return cache.Entry(
+        tensors={"x": torch.randn(n, 4, generator=g), "counts": torch.arange(n)},
+        meta={"translations": ["ein Satz", "двадцать один"], "seed": seed},
+    )
+
+
+def test_roundtrip_keeps_tensors_and_meta():
+    store = cache.get_store()
+    key = cache.make_key("test", model="m", data="d", settings={"batch": 2})
+    assert store.get(key) is None
+    store.put(key, _entry(1), description="roundtrip")
+    got = store.get(key)
+    assert torch.equal(got.tensors["x"], _entry(1).tensors["x"])
+    assert torch.equal(got.tensors["counts"], torch.arange(16))
+    assert got.meta == _entry(1).meta
+    [info] = store.entries()
+    assert (info.kind, info.description) == ("test", "roundtrip")
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"kind": "other"},
+        {"model": "m2"},
+        {"data": "d2"},
+        {"settings": {"batch": 3}},
+        {"settings": {"batch": 2, "span": "tgt"}},
+    ],
+)
+def test_changing_any_part_of_the_key_misses(changed):
+    parts = {"kind": "test", "model": "m", "data": "d", "settings": {"batch": 2}}
+    store = cache.get_store()
+    store.put(cache.make_key(**parts), _entry())
+    assert store.get(cache.make_key(**{**parts, **changed})) is None
+    assert store.get(cache.make_key(**parts)) is not None
+
+
+def test_key_is_canonical_and_salted(monkeypatch):
+    a = cache.make_key("test", settings={"a": 1, "b": (1, 2)}, model="m")
+    b = cache.make_key("test", model="m", settings={"b": [1, 2], "a": 1})
+    assert a == b and a.kind == "test"
+    assert pickle.loads(pickle.dumps(a)).kind == "test"
+    monkeypatch.setitem(cache.CODE_VERSIONS, "test", "2")
+    assert cache.make_key("test", model="m", settings={"a": 1, "b": [1, 2]}) != a
+    with pytest.raises(TypeError):
+        cache.make_key("test", model=object())
+
+
+def test_truncated_entry_is_recomputed_not_served():
+    store = cache.get_store()
+    key = cache.make_key("test", n=1)
+    store.put(key, _entry(1))
+    path = store.path_for(key)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return _entry(1)
+
+    got = store.get_or_compute(key, compute)
+    assert calls == [1]
+    assert torch.equal(got.tensors["x"], _entry(1).tensors["x"])
+    assert store.get(key) is not None and store.verify() == []
+
+
+def test_corrupt_entry_is_found_by_verify_and_cli(capsys):
+    store = cache.get_store()
+    key = cache.make_key("test", n=2)
+    store.put(key, _entry(2))
+    path = store.path_for(key)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size, different content
+    path.write_bytes(bytes(data))
+    assert cache_cli(["verify"]) == 0
+    assert f"bad: {key}" in capsys.readouterr().out
+    assert store.get(key) is None and not path.exists()
+
+
+def test_failed_compute_stores_nothing():
+    store = cache.get_store()
+    key = cache.make_key("test", n=3)
+
+    def compute():
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        store.get_or_compute(key, compute)
+    assert store.entries() == []
+    assert not any(p.is_file() for p in store.entries_dir.rglob("*"))
+    with pytest.raises(cache.CacheError):
+        store.get_or_compute(key, lambda: cache.Entry(meta={"x": object()}))
+    assert store.entries() == []
+
+
+def test_eviction_respects_the_cap_least_recently_used_first(tmp_path):
+    one = len(cache.store.encode_entry(_entry(0)))
+    store = cache.Store(tmp_path / "small", max_bytes=3 * one + one // 2)
+    keys = [cache.make_key("test", i=i) for i in range(5)]
+    for i, key in enumerate(keys[:3]):
+        store.put(key, _entry(i))
+        time.sleep(0.01)
+    store.get(keys[0])  # now the most recently used of the three
+    store.put(keys[3], _entry(3))
+    present = [store.get(k) is not None for k in keys[:4]]
+    assert present == [True, False, True, True]
+    assert store.total_bytes() <= store.max_bytes
+    for key in keys:
+        store.put(key, _entry(9))
+        assert store.total_bytes() <= store.max_bytes
+    assert store.get(keys[-1]) is not None
+
+
+def _race_worker(cache_dir: str, evidence_dir: str, worker: int, barrier) -> None:
+    store = cache.Store(cache_dir, max_bytes=1 << 30)
+    key = cache.make_key("test", race=True)
+
+    def compute():
+        Path(evidence_dir, f"computed-by-{worker}").touch()
+        time.sleep(0.5)  # long enough that the other process arrives while this one computes
+        return _entry(7)
+
+    barrier.wait()
+    entry = store.get_or_compute(key, compute, description="race")
+    torch.save(entry.tensors["x"], Path(evidence_dir, f"result-{worker}.pt"))
+
+
+def test_two_processes_racing_on_one_key_compute_once(tmp_path):
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_race_worker, args=(str(tmp_path / "c"), str(evidence), i, barrier)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert len(list(evidence.glob("computed-by-*"))) == 1
+    results = [torch.load(evidence / f"result-{i}.pt") for i in range(2)]
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], _entry(7).tensors["x"])
+
+
+def test_cli_ls_and_gc(capsys):
+    store = cache.get_store()
+    key = cache.make_key("test", n=4)
+    store.put(key, _entry(4), description="listed")
+    orphan = store.entries_dir / "ab" / ("ab" + "0" * 62 + ".safetensors")
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"junk")
+    old_tmp = store.entries_dir / "ab" / ".junk.tmp"
+    old_tmp.write_bytes(b"x")
+    os.utime(old_tmp, (0, 0))
+    assert cache_cli(["ls"]) == 0
+    out = capsys.readouterr().out
+    assert key[:16] in out and "listed" in out and "1 entries" in out
+    assert cache_cli(["gc"]) == 0
+    assert "orphans: 1" in capsys.readouterr().out
+    assert not orphan.exists() and not old_tmp.exists() and store.get(key) is not None
