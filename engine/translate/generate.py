@@ -1,0 +1,196 @@
+"""Batched greedy translation with the paper's prompt, on a live model object.
+
+The protocol follows Gain, Ekbal & Singh, "One Model to Translate Them All?" (arXiv 2604.02881):
+the instruction "Translate the following <Src> sentence to <Tgt>" plus the sentence, rendered
+through the model's chat template (engine.prompts), greedy decoding, and only the first line of
+the output kept. Because the model is an object, not a path, a merge built in memory is
+evaluated without ever touching disk.
+
+Anything with `identity` and `translate(sources, src_lang, tgt_lang)` is a `Translator`; the
+scoring path (engine.translate.evaluate) only sees that interface, so tests can plug in stubs.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from engine.device import default_device
+from engine.errors import DataError, SettingsError
+from engine.prompts import language_name, render_generation_prompt
+
+log = logging.getLogger(__name__)
+
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>")
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    """Greedy decoding settings; `cache_parts()` is what identifies a result in the cache."""
+
+    max_new_tokens: int = 128
+    batch_size: int = 16
+    first_line: bool = True  # the paper keeps only the first line of each output
+
+    def __post_init__(self):
+        for name in ("max_new_tokens", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SettingsError(f"decoding setting {name} must be a positive integer, got {value!r}")
+
+    def cache_parts(self) -> dict:
+        # batch_size is left out on purpose: batched and one-by-one outputs are equal (tested),
+        # so a result computed at one batch size serves every other.
+        return {"decoding": "greedy", "max_new_tokens": self.max_new_tokens, "first_line": self.first_line}
+
+
+class Translator(Protocol):
+    """What the scoring path needs from a system under test."""
+
+    identity: str  # checkpoint fingerprint, recipe hash or stub name: the model part of cache keys
+
+    def cache_parts(self) -> dict:
+        """Everything that determines the outputs besides the data: identity and decoding settings."""
+        ...
+
+    def translate(self, sources: Sequence[str], src_lang: str, tgt_lang: str) -> list[str]:
+        """One output string per source, in order."""
+        ...
+
+
+def first_line(text: str) -> str:
+    """The first line of an output, ignoring leading whitespace (a blank first line is not a translation)."""
+    return text.lstrip().split("\n", 1)[0].strip()
+
+
+# Per-tokenizer tables of which token ids hold a newline / visible text (built once: decoding a
+# 150k vocabulary one id at a time is too slow to repeat per batch).
+_newline_tables: "weakref.WeakKeyDictionary[object, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]" = weakref.WeakKeyDictionary()
+
+
+def _token_tables(tokenizer, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    cached = _newline_tables.get(tokenizer)
+    if cached is not None and cached[0].numel() >= vocab_size:
+        return cached
+    size = max(vocab_size, len(tokenizer))
+    has_newline = torch.zeros(size, dtype=torch.bool)
+    text_before_newline = torch.zeros(size, dtype=torch.bool)
+    has_text = torch.ones(size, dtype=torch.bool)  # ids the tokenizer cannot decode count as text
+    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False)
+    for i, piece in enumerate(pieces):
+        head, newline, _ = piece.partition("\n")
+        has_newline[i] = bool(newline)
+        text_before_newline[i] = bool(head.strip())
+        has_text[i] = bool(piece.strip())
+    tables = (has_newline, text_before_newline, has_text)
+    _newline_tables[tokenizer] = tables
+    return tables
+
+
+class _FirstLineDone(StoppingCriteria):
+    """Stop a row once its first non-blank line is complete: later lines are discarded anyway.
+
+    Exactly equivalent to generating to the end and cutting, which keeps batched and
+    one-by-one outputs identical, and saves the tokens a rambling model would spend.
+    """
+
+    def __init__(self, prompt_length: int, tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor]):
+        self.prompt_length = prompt_length
+        self.has_newline, self.text_before_newline, self.has_text = tables
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        generated = input_ids[:, self.prompt_length:].cpu()  # (batch, steps)
+        newline = self.has_newline[generated]
+        text = self.has_text[generated].long()
+        text_earlier = (text.cumsum(dim=1) - text) > 0  # visible text strictly before each step
+        line_ends = newline & (text_earlier | self.text_before_newline[generated])
+        return line_ends.any(dim=1).to(input_ids.device)
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """End-of-turn ids: the tokenizer's eos, the chat end-of-turn markers it knows, the model's eos."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab]
+    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if model_eos is not None:
+        ids += model_eos if isinstance(model_eos, list) else [model_eos]
+    if not ids:
+        raise DataError("the tokenizer has no eos token or end-of-turn marker; generation could not stop")
+    return list(dict.fromkeys(ids))
+
+
+def generate_token_ids(model, tokenizer, prompts: Sequence[str], settings: DecodingSettings = DecodingSettings(),
+                       device: torch.device | str | None = None) -> list[list[int]]:
+    """Greedy continuations of chat-rendered prompts, each cut before its end-of-turn token.
+
+    Prompts are sorted by length so each batch carries little padding, left-padded (decoder
+    models continue from the right edge), decoded with the KV cache, and returned in input order.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    if next(model.parameters()).device != device:
+        model.to(device)
+    model.eval()
+    stops = stop_token_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    ends = set(stops) | {pad_id}
+    tables = _token_tables(tokenizer, model.config.vocab_size) if settings.first_line else None
+    config = GenerationConfig(
+        do_sample=False, num_beams=1, max_new_tokens=settings.max_new_tokens, use_cache=True,
+        eos_token_id=stops, pad_token_id=pad_id, temperature=None, top_p=None, top_k=None,
+    )
+
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    outputs: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), settings.batch_size):
+        rows = order[start:start + settings.batch_size]
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, padding=True,
+                              padding_side="left", return_tensors="pt").to(device)
+        prompt_length = batch["input_ids"].shape[1]
+        criteria = StoppingCriteriaList([_FirstLineDone(prompt_length, tables)]) if tables is not None else None
+        with torch.inference_mode():
+            sequences = model.generate(**batch, generation_config=config, stopping_criteria=criteria)
+        for row, ids in zip(rows, sequences[:, prompt_length:].tolist()):
+            cut = next((k for k, t in enumerate(ids) if t in ends), len(ids))
+            outputs[row] = ids[:cut]
+        log.debug("generated batch %d/%d", start // settings.batch_size + 1, -(-len(order) // settings.batch_size))
+    return outputs
+
+
+def generate_translations(model, tokenizer, sources: Sequence[str], src_lang: str, tgt_lang: str,
+                          settings: DecodingSettings = DecodingSettings(),
+                          device: torch.device | str | None = None) -> list[str]:
+    """Translate `sources` from src_lang to tgt_lang with the paper's prompt; one string each."""
+    language_name(src_lang), language_name(tgt_lang)  # DataError before any work
+    prompts = [render_generation_prompt(tokenizer, src_lang, tgt_lang, s) for s in sources]
+    ids = generate_token_ids(model, tokenizer, prompts, settings, device)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return [first_line(t) if settings.first_line else t.strip() for t in texts]
+
+
+class ModelTranslator:
+    """A Hugging Face causal LM (loaded or merged in memory) behind the Translator interface."""
+
+    def __init__(self, model, tokenizer, identity: str, settings: DecodingSettings = DecodingSettings(),
+                 device: torch.device | str | None = None):
+        if not getattr(tokenizer, "chat_template", None):
+            name = getattr(tokenizer, "name_or_path", "") or identity
+            raise DataError(f"tokenizer of {name!r} has no chat template; the paper's prompt needs one")
+        if not identity:
+            raise SettingsError("a ModelTranslator needs an identity (checkpoint fingerprint or recipe hash) for caching")
+        self.model, self.tokenizer, self.identity = model, tokenizer, identity
+        self.settings, self.device = settings, device
+
+    def cache_parts(self) -> dict:
+        return {"model": self.identity, **self.settings.cache_parts()}
+
+    def translate(self, sources: Sequence[str], src_lang: str, tgt_lang: str) -> list[str]:
+        return generate_translations(self.model, self.tokenizer, sources, src_lang, tgt_lang, self.settings, self.device)

@@ -1,0 +1,43 @@
+"""Language ID restricted to the languages in play, and the three off-target rates."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import DataError
+from engine.translate.langid import UNDETERMINED, check_languages, detect, off_target_rates
+
+PLAY = ["en", "es", "pt", "ru"]
+
+
+@pytest.mark.parametrize("text, lang", [
+    ("the first of January, nineteen ninety-nine", "en"),
+    ("el gato duerme en el sofá caliente", "es"),
+    ("двадцать одна тысяча триста четыре евро", "ru"),
+    ("", UNDETERMINED),
+    ("12 345", UNDETERMINED),
+])
+def test_detect_among_languages_in_play(text, lang):
+    assert detect([text], PLAY) == [lang]
+
+
+def test_restriction_changes_the_answer_space():
+    # Spanish text with only English and Russian in play must be called one of those two.
+    assert detect(["el gato duerme en el sofá caliente"], ["en", "ru"])[0] in {"en", "ru"}
+    # ... and the restriction does not leak into the next call.
+    assert detect(["el gato duerme en el sofá caliente"], PLAY) == ["es"]
+
+
+def test_unknown_language_is_an_error_naming_it():
+    with pytest.raises(DataError, match="xx"):
+        check_languages(["en", "xx"])
+
+
+@pytest.mark.parametrize("detected, ref_detected, tgt, expected", [
+    (["es", "es", "en", "und"], ["es", "es", "es", "es"], "es", (0.5, 0.5, 0.0)),
+    (["pt", "es"], ["pt", "es"], "es", (0.5, 0.0, 0.5)),      # identifier calls a reference pt: no blame on output
+    (["en", "en"], ["ru", "ru"], "ru", (1.0, 1.0, 0.0)),
+])
+def test_off_target_rates(detected, ref_detected, tgt, expected):
+    rates = off_target_rates(detected, ref_detected, tgt)
+    assert (rates.off_target, rates.off_target_ref, rates.reference_miss) == pytest.approx(expected)
