@@ -1,0 +1,496 @@
+"""Run a recipe: plan, estimate memory, then stream tensor by tensor into a live model or a
+Hugging Face checkpoint folder.
+
+Inputs are read from memory-mapped safetensors shards, a block of rows at a time, and the
+pages are released after each read, so resident memory holds one tensor's working set, not
+the inputs. Large 2-D tensors are merged in row chunks by methods that can stream; the rest
+get whole tensors. Output shards are written with their header first, then each tensor as
+it is merged, so nothing waits in memory for a shard to fill.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import mmap
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import psutil
+import torch
+
+from engine.checkpoints import Checkpoint, check_compatible, check_finite, open_checkpoint
+from engine.device import resolve_device
+from engine.errors import CheckpointError, InsufficientMemoryError, MergeScopeError, RecipeError
+from engine.merge.params import layer_position, resolve_all
+from engine.merge.spec import BaseUse, MethodSpec
+from engine.recipe import Recipe, content_hash
+
+log = logging.getLogger(__name__)
+
+CHUNK_ELEMENTS = 1 << 23  # rows per streamed block ≈ 8M entries (32 MB in float32) per input
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+                   "generation_config.json")
+Progress = Callable[[str, int], None]  # (tensor name, number of entries) after each merged tensor
+
+
+@dataclass
+class TensorJob:
+    """One output tensor: its name, shape, dtypes, layer position and resolved parameters."""
+
+    name: str
+    shape: tuple[int, ...]
+    stored_dtype: torch.dtype
+    t: float
+    global_params: dict
+    model_params: dict
+    floating: bool
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class MergePlan:
+    """Everything decided before a merge starts; building it reads headers only."""
+
+    recipe: Recipe
+    spec: MethodSpec
+    base: Checkpoint | None
+    models: list[Checkpoint]
+    template: Checkpoint  # where config, tokenizer and tensor names come from
+    jobs: list[TensorJob]
+    out_dtype: torch.dtype | None  # None: each tensor keeps its stored dtype
+    seed: int = 0
+    key: str = ""
+    _entries: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def inputs(self) -> list[Checkpoint]:
+        return ([self.base] if self.base else []) + self.models
+
+    def output_dtype(self, job: TensorJob) -> torch.dtype:
+        return self.out_dtype if (self.out_dtype and job.floating) else job.stored_dtype
+
+
+def plan_merge(recipe: Recipe, seed: int = 0) -> MergePlan:
+    """Open and check every checkpoint, and resolve every parameter for every tensor.
+
+    Raises RecipeError (missing parameter for some tensor, bad values), CheckpointError,
+    PathNotAllowedError or IncompatibleModelsError before any work starts.
+    """
+    spec = recipe.method
+    base_ref, inputs = recipe.merge_inputs()
+    opened: dict[str, Checkpoint] = {}
+    for ref in recipe.referenced_models():
+        opened[ref] = open_checkpoint(ref)
+    base = opened[base_ref] if base_ref else None
+    models = [opened[m.model] for m in inputs]
+    check_compatible(([base] if base else []) + models)
+    template = opened[recipe.base_model] if recipe.base_model else models[0]
+    num_layers = int(template.config.get("num_hidden_layers") or (template.config.get("text_config") or {}).get("num_hidden_layers") or 1)
+    dtype = DTYPE_NAMES[recipe.dtype] if recipe.dtype else None
+    out_dtype = DTYPE_NAMES[recipe.out_dtype] if recipe.out_dtype else dtype
+    where = recipe.source or "recipe"
+    jobs = []
+    for name in template.tensor_names:
+        stored = SAFETENSORS_DTYPES.get(template.tensor_dtype(name))
+        if stored is None:
+            raise CheckpointError(f"{template.shard_of(name)}: tensor {name!r} has unsupported dtype {template.tensor_dtype(name)}")
+        t = layer_position(name, num_layers)
+        try:
+            shared, per_model = resolve_all(spec, recipe.parameters, [m.parameters for m in inputs],
+                                            [m.model for m in inputs], name, t)
+        except RecipeError as err:
+            raise RecipeError(f"{where}: {err}") from None
+        if spec.check and (problem := spec.check(shared, per_model)):
+            raise RecipeError(f"{where}: {spec.name} on tensor {name!r}: {problem}")
+        jobs.append(TensorJob(name, tuple(template.tensor_shape(name)), stored, t, shared, per_model, stored.is_floating_point))
+    plan = MergePlan(recipe, spec, base, models, template, jobs, out_dtype, seed)
+    plan._entries = {id(c): c.entries() for c in plan.inputs}
+    return plan
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak bytes a merge needs on the host and on the compute device, and what is available."""
+
+    host_bytes: int
+    device_bytes: int
+    host_available: int
+    device_available: int | None
+    device: str
+
+    def fits(self) -> bool:
+        if self.device_available is None:
+            return self.host_bytes + self.device_bytes <= self.host_available
+        return self.host_bytes <= self.host_available and self.device_bytes <= self.device_available
+
+
+def available_memory(device: torch.device) -> tuple[int, int | None]:
+    """(host bytes available, device bytes free or None for CPU)."""
+    host = int(psutil.virtual_memory().available)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return host, int(free)
+    return host, None
+
+
+def _work_bytes(plan: MergePlan, job: TensorJob) -> int:
+    n_in = len(plan.inputs)
+    if plan.spec.stream is not None and len(job.shape) >= 2:
+        rows = _chunk_rows(job.shape)
+        elems = rows * math.prod(job.shape[1:])
+    else:
+        elems = job.numel
+    # Inputs in float32, the stacked weighted task vectors, masks and the result: about 3 copies per input.
+    return elems * 4 * (3 * n_in + 4)
+
+
+def estimate_memory(plan: MergePlan, device: torch.device, into_model: bool = False) -> MemoryEstimate:
+    """Peak working set of the largest tensor, plus the live model when merging into memory."""
+    work = max((_work_bytes(plan, j) for j in plan.jobs), default=0)
+    largest_out = max((j.numel * plan.output_dtype(j).itemsize for j in plan.jobs), default=0)
+    model_bytes = sum(j.numel * plan.output_dtype(j).itemsize for j in plan.jobs)
+    resident = model_bytes if into_model else largest_out
+    host_avail, dev_avail = available_memory(device)
+    if device.type == "cuda":
+        device_bytes = work + (model_bytes if into_model else 0)
+        host_bytes = largest_out
+    else:
+        device_bytes, host_bytes = work, resident
+    return MemoryEstimate(host_bytes, device_bytes, host_avail, dev_avail, str(device))
+
+
+def _gib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 1024**3:.2f} GiB"
+
+
+def check_memory(plan: MergePlan, device: torch.device, into_model: bool = False) -> MemoryEstimate:
+    est = estimate_memory(plan, device, into_model)
+    if not est.fits():
+        where = plan.recipe.source or "recipe"
+        if est.device_available is None:
+            detail = f"needs about {_gib(est.host_bytes + est.device_bytes)} of memory, {_gib(est.host_available)} available"
+        else:
+            detail = (f"needs about {_gib(est.device_bytes)} on {est.device} ({_gib(est.device_available)} free) and "
+                      f"{_gib(est.host_bytes)} on the host ({_gib(est.host_available)} available)")
+        raise InsufficientMemoryError(f"{where}: merge refused before starting: it {detail}")
+    return est
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _chunk_rows(shape: tuple[int, ...]) -> int:
+    row = math.prod(shape[1:]) or 1
+    return max(1, CHUNK_ELEMENTS // row)
+
+
+class _ShardReader:
+    """Row blocks of tensors from memory-mapped shards; pages are dropped after each copy."""
+
+    def __init__(self):
+        self._maps: dict[Path, tuple[object, mmap.mmap]] = {}
+
+    def _map(self, shard: Path) -> mmap.mmap:
+        if shard not in self._maps:
+            f = open(shard, "rb")
+            self._maps[shard] = (f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY))
+        return self._maps[shard][1]
+
+    def read(self, shard: Path, entry, start: int, stop: int) -> torch.Tensor:
+        dtype = SAFETENSORS_DTYPES[entry.dtype]
+        shape = tuple(entry.shape)
+        row_bytes = (math.prod(shape[1:]) if shape else 1) * dtype.itemsize
+        first = entry.start + start * row_bytes
+        count = (stop - start) * row_bytes if shape else entry.end - entry.start
+        mm = self._map(shard)
+        raw = torch.frombuffer(mm, dtype=torch.uint8, count=count, offset=first)
+        if first % dtype.itemsize:
+            raw = raw.clone()
+        out = raw.view(dtype).reshape((stop - start,) + shape[1:] if shape else ()).clone()
+        del raw
+        page = mmap.PAGESIZE
+        lo = first - first % page
+        # The copy above is ours; dropping the mapped pages keeps resident memory to one block.
+        mm.madvise(mmap.MADV_DONTNEED, lo, first + count - lo)
+        return out
+
+    def close(self):
+        for f, mm in self._maps.values():
+            try:
+                mm.close()
+            except BufferError:
+                pass  # a tensor still borrows the mapping; the OS reclaims it at exit
+            f.close()
+        self._maps.clear()
+
+
+class _CheckpointSource:
+    """TensorSource over checkpoints for one tensor (see engine.merge.spec.TensorSource)."""
+
+    def __init__(self, plan: MergePlan, job: TensorJob, reader: _ShardReader, device: torch.device, streaming: bool):
+        self.plan, self.job, self.reader, self.device = plan, job, reader, device
+        self.shape = job.shape
+        self.n_models = len(plan.models)
+        rows = job.shape[0] if job.shape else 1
+        step = _chunk_rows(job.shape) if streaming and len(job.shape) >= 2 else rows
+        self.row_chunks = [(s, min(s + step, rows)) for s in range(0, rows, step)] or [(0, 0)]
+        self._cache: dict = {}
+        recipe_dtype = DTYPE_NAMES.get(plan.recipe.dtype) if plan.recipe.dtype else None
+        self._round_to = recipe_dtype
+        self._work = torch.float64 if torch.float64 in (recipe_dtype, job.stored_dtype) else torch.float32
+        self._single = len(self.row_chunks) == 1
+
+    def _read(self, ckpt: Checkpoint, start: int, stop: int) -> torch.Tensor:
+        key = (id(ckpt), start)
+        if key in self._cache:
+            return self._cache[key]
+        shard, entry = self.plan._entries[id(ckpt)][self.job.name]
+        x = self.reader.read(shard, entry, start, stop) if self.shape else self.reader.read(shard, entry, 0, 1)
+        check_finite(x, self.job.name, shard)
+        x = x.to(self.device, non_blocking=True)
+        if self._round_to is not None and x.dtype != self._round_to:
+            x = x.to(self._round_to)  # the recipe's dtype rounds inputs, as mergekit does
+        x = x.to(self._work)
+        if self._single:  # small tensors are read once and reused by every pass
+            self._cache[key] = x
+        return x
+
+    def base(self, start: int, stop: int) -> torch.Tensor:
+        return self._read(self.plan.base, start, stop)
+
+    def model(self, index: int, start: int, stop: int) -> torch.Tensor:
+        return self._read(self.plan.models[index], start, stop)
+
+    def whole(self, ckpt: Checkpoint) -> torch.Tensor:
+        rows = self.job.shape[0] if self.job.shape else 1
+        return self._read(ckpt, 0, rows)
+
+
+def _tensor_seed(seed: int, name: str) -> int:
+    # Stable across runs and processes (unlike hash()), so random dropping is reproducible.
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}|{name}".encode()).digest()[:7], "little")
+
+
+def iter_merged(plan: MergePlan, device: torch.device | str | None = None,
+                progress: Progress | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, merged tensor in its output dtype, on `device`) in the plan's order."""
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    reader = _ShardReader()
+    try:
+        for job in plan.jobs:
+            yield job.name, _merge_one(plan, job, reader, device)
+            if progress:
+                progress(job.name, job.numel)
+    finally:
+        reader.close()
+
+
+def _merge_one(plan: MergePlan, job: TensorJob, reader: _ShardReader, device: torch.device) -> torch.Tensor:
+    spec = plan.spec
+    out_dtype = plan.output_dtype(job)
+    if not job.floating:  # integer buffers are copied from the template, never averaged
+        shard, entry = plan._entries[id(plan.template)][job.name]
+        return reader.read(shard, entry, 0, job.shape[0] if job.shape else 1).reshape(job.shape).to(device)
+    streaming = spec.stream is not None
+    source = _CheckpointSource(plan, job, reader, device, streaming)
+    params = {**job.global_params, **job.model_params}
+    seed = _tensor_seed(plan.seed, job.name)
+    if spec.base_use == BaseUse.REQUIRED and not plan.models:
+        return source.whole(plan.base).reshape(job.shape).to(out_dtype)
+    if streaming:
+        out = torch.empty(job.shape, dtype=out_dtype, device=device)
+        flat = out if out.dim() else out.reshape(1)
+        for (s, e), chunk in zip(source.row_chunks, spec.stream(source, seed=seed, **params)):
+            flat[s:e] = chunk.reshape(flat[s:e].shape)
+        return out
+    base = source.whole(plan.base) if plan.base else None
+    models = [source.whole(m) for m in plan.models]
+    return spec.merge(base, models, seed=seed, **params).reshape(job.shape).to(out_dtype)
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def merge_into_model(recipe: Recipe, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                     seed: int = 0, progress: Progress | None = None):
+    """Merge straight into a live `transformers` model (no disk): returns (model in eval mode, tokenizer).
+
+    dtype defaults to the one engine.checkpoints.load_model uses (float32 on CPU, the merge's
+    output dtype on CUDA).
+    """
+    import transformers
+    from transformers.initialization import no_init_weights
+
+    from engine.checkpoints import load_tokenizer
+
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    plan = plan_merge(recipe, seed)
+    check_memory(plan, device, into_model=True)
+    if dtype is None:
+        dtype = torch.float32 if device.type == "cpu" else (plan.out_dtype or plan.jobs[0].stored_dtype)
+    config = transformers.AutoConfig.from_pretrained(plan.template.path, local_files_only=True, trust_remote_code=False)
+    with no_init_weights(), torch.device(device):
+        # Weights are overwritten below, so skip random init; buffers (rotary) still get built.
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
+    targets = model.state_dict(keep_vars=True)
+    filled = set()
+    with torch.no_grad():
+        for name, tensor in iter_merged(plan, device, progress):
+            if name not in targets:
+                raise CheckpointError(f"{plan.template.path}: tensor {name!r} has no place in {type(model).__name__}")
+            targets[name].data.copy_(tensor)
+            filled.add(name)
+    missing = [n for n, p in model.named_parameters() if n not in filled]
+    if missing:
+        raise CheckpointError(f"{plan.template.path}: merged checkpoint lacks {len(missing)} parameter(s): {missing[:5]}")
+    model.eval()
+    model.merge_recipe = recipe  # provenance for the dashboard
+    return model, load_tokenizer(_tokenizer_checkpoint(plan))
+
+
+def _tokenizer_checkpoint(plan: MergePlan) -> Checkpoint:
+    source = plan.recipe.tokenizer_source
+    if source and source != "base":
+        return open_checkpoint(source)
+    return plan.template
+
+
+def _shards(plan: MergePlan, max_bytes: int) -> list[list[TensorJob]]:
+    shards: list[list[TensorJob]] = [[]]
+    size = 0
+    for job in plan.jobs:
+        nbytes = job.numel * plan.output_dtype(job).itemsize
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(job)
+        size += nbytes
+    return shards
+
+
+def _header(plan: MergePlan, jobs: list[TensorJob]) -> bytes:
+    header, offset = {}, 0
+    for job in jobs:
+        dtype = plan.output_dtype(job)
+        nbytes = job.numel * dtype.itemsize
+        header[job.name] = {"dtype": DTYPE_CODES[dtype], "shape": list(job.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header["__metadata__"] = {"format": "pt"}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def save_merge(recipe: Recipe, out_dir: str | Path, device: str | torch.device | None = None, seed: int = 0,
+               progress: Progress | None = None, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+               overwrite: bool = False) -> Path:
+    """Merge into a Hugging Face checkpoint folder: sharded safetensors, config, tokenizer and chat
+    template from the base, the recipe (mergekit_config.yml) and a model card (README.md).
+
+    Written into a temporary folder beside `out_dir` and renamed at the end: on any failure
+    nothing is left at `out_dir` (and an existing folder is kept unless `overwrite`).
+    """
+    out_dir = Path(out_dir).expanduser().absolute()
+    if out_dir.exists() and not overwrite:
+        raise MergeScopeError(f"{out_dir}: already exists; choose another folder or pass overwrite")
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    plan = plan_merge(recipe, seed)
+    check_memory(plan, device)
+    plan.key = content_hash(recipe, lambda ref: open_checkpoint(ref).fingerprint, seed)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _write_checkpoint(plan, tmp, device, progress, max_shard_bytes)
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("merged %s into %s", recipe.merge_method, out_dir)
+    return out_dir
+
+
+def _write_checkpoint(plan: MergePlan, folder: Path, device: torch.device, progress: Progress | None,
+                      max_shard_bytes: int) -> None:
+    shards = _shards(plan, max_shard_bytes)
+    names = (["model.safetensors"] if len(shards) == 1
+             else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    merged = iter_merged(plan, device, progress)
+    weight_map, total = {}, 0
+    for shard_jobs, file_name in zip(shards, names):
+        with open(folder / file_name, "wb") as f:
+            f.write(_header(plan, shard_jobs))
+            for job in shard_jobs:
+                name, tensor = next(merged)
+                if name != job.name:
+                    raise RuntimeError(f"merge order broke at {name!r} (expected {job.name!r})")
+                data = tensor.detach().to("cpu").contiguous()
+                if data.numel():
+                    f.write(data.reshape(-1).view(torch.uint8).numpy().data)
+                weight_map[name] = file_name
+                total += data.numel() * data.element_size()
+    merged.close()
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+    config = dict(plan.template.config)
+    if plan.out_dtype is not None:
+        name = next(k for k, v in DTYPE_NAMES.items() if v == plan.out_dtype)
+        config["dtype"] = name
+        config.pop("torch_dtype", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tok_source = _tokenizer_checkpoint(plan).path
+    for file_name in TOKENIZER_FILES:
+        if (tok_source / file_name).is_file():
+            shutil.copy2(tok_source / file_name, folder / file_name)
+    template = plan.recipe.chat_template
+    if template and template != "auto":
+        (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+    recipe_yaml = plan.recipe.to_yaml()
+    (folder / "mergekit_config.yml").write_text(recipe_yaml, encoding="utf-8")
+    (folder / "README.md").write_text(_model_card(plan, recipe_yaml), encoding="utf-8")
+
+
+def _model_card(plan: MergePlan, recipe_yaml: str) -> str:
+    spec = plan.spec
+    models = "\n".join(f"- `{c.path}`" for c in plan.models)
+    base = f"`{plan.base.path}`" if plan.base else "none"
+    seed = f"\nRandom seed: {plan.seed}." if spec.random else ""
+    return (
+        f"---\ntags:\n- merge\n- mergescope\n---\n# {folder_name(plan)}\n\n"
+        f"A merge made with MergeScope using **{spec.display_name}** ({spec.paper}).\n\n"
+        f"Base model: {base}\n\nMerged models:\n{models}\n\n"
+        f"Recipe hash: `{plan.key}`.{seed}\n\n## Recipe (mergekit YAML)\n\n```yaml\n{recipe_yaml}```\n"
+    )
+
+
+def folder_name(plan: MergePlan) -> str:
+    return f"{plan.spec.name} merge of {len(plan.models)} model(s)"

@@ -1,0 +1,128 @@
+"""Generalised task arithmetic: one core behind task arithmetic, TIES, DARE, breadcrumbs and DELLA.
+
+    merged = base + lambda * combine_i( weight_i * sparsify_i(model_i - base) ) / divisor
+
+- sparsify: none, magnitude (TIES), random (DARE), magnitude_outliers (breadcrumbs) or
+  della_magprune (DELLA), each optionally rescaled to keep the task vector's L1 norm.
+- combine: a plain sum, or with TIES's sign consensus ("sum" rule): per entry keep only the
+  weighted deltas whose sign matches the sign of their sum.
+- normalize: divide by the summed weights (of the kept entries, under sign consensus).
+
+Task arithmetic: Ilharco et al. 2022 (arXiv 2212.04089); TIES: Yadav et al. 2023 (arXiv
+2306.01708); the variant registry follows mergekit (Goddard et al. 2024, arXiv 2403.13257).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import torch
+
+from engine.merge.sparsify import DELLA, MAGNITUDE_OUTLIERS, Dropper
+from engine.merge.spec import BaseUse, MemorySource, MethodSpec, Param, Scope, TensorSource, work_dtype
+
+
+def _expert_seed(seed: int, index: int) -> int:
+    # Distinct, reproducible streams per model; 2**61-1 keeps it in Generator's range.
+    return (seed * 1_000_003 + index * 7919 + 17) % (2**61 - 1)
+
+
+def stream_task_arithmetic(
+    source: TensorSource,
+    *,
+    weight: Sequence[float],
+    density: Sequence[float] | None = None,
+    gamma: Sequence[float] | None = None,
+    epsilon: Sequence[float] | None = None,
+    normalize: bool = False,
+    rescale: bool = False,
+    int8_mask: bool = False,  # accepted for mergekit compatibility; our mask is boolean either way
+    lambda_: float = 1.0,
+    sparsifier: str | None = None,
+    consensus: bool = False,
+    seed: int = 0,
+) -> Iterator[torch.Tensor]:
+    """Yield the merged tensor row chunk by row chunk (work dtype) from a TensorSource."""
+    n = source.n_models
+    numel = math.prod(source.shape)
+    first = source.base(*source.row_chunks[0])
+    wd = work_dtype(first)
+
+    def deltas(i: int):
+        return lambda: (source.model(i, s, e).to(wd) - source.base(s, e).to(wd) for s, e in source.row_chunks)
+
+    apply = [lambda d: d] * n
+    if sparsifier:
+        apply = [
+            Dropper(
+                sparsifier, density[i], deltas(i), numel, rescale=rescale,
+                gamma=gamma[i] if gamma else 0.01, epsilon=epsilon[i] if epsilon else 0.15,
+                seed=_expert_seed(seed, i),
+            ).start()
+            for i in range(n)
+        ]
+    weights = torch.tensor(list(weight), dtype=wd)
+    for s, e in source.row_chunks:
+        base = source.base(s, e).to(wd)
+        w = weights.reshape((n,) + (1,) * base.dim())  # (n, 1, ...)
+        mixed = torch.stack([apply[i](source.model(i, s, e).to(wd) - base) for i in range(n)]) * w  # (n, rows, ...)
+        if consensus:
+            majority = torch.where(mixed.sum(0) >= 0, 1.0, -1.0).to(wd)  # (rows, ...)
+            agree = mixed.sign() == majority
+            divisor = (w * agree).sum(0)
+            divisor[divisor == 0] = 1
+            mixed = (mixed * agree).sum(0)
+        else:
+            divisor = weights.sum()
+            if divisor.abs() < 1e-8:
+                divisor = torch.ones((), dtype=wd)
+            mixed = mixed.sum(0)
+        if normalize:
+            mixed = mixed / divisor
+        if lambda_ != 1:
+            mixed = mixed * lambda_
+        yield base + mixed
+
+
+def variant(name: str, display_name: str, paper: str, *, sparsifier: str | None, consensus: bool,
+            normalize: bool, rescale: bool) -> MethodSpec:
+    """A registry entry over the core with fixed sparsifier / sign rule and mergekit's defaults."""
+    params = [
+        Param("weight", float, scope=Scope.MODEL, doc="scale of this model's task vector"),
+        Param("density", float, 1.0, Scope.MODEL, "fraction of the task vector kept"),
+        Param("normalize", bool, normalize, doc="divide by the summed weights"),
+        Param("rescale", bool, rescale, doc="rescale kept entries to the task vector's L1 norm"),
+        Param("int8_mask", bool, False, doc="mergekit memory option; no effect on results"),
+        Param("lambda", float, 1.0, doc="scale of the merged task vector"),
+    ]
+    if sparsifier == MAGNITUDE_OUTLIERS:
+        params.append(Param("gamma", float, 0.01, Scope.MODEL, "fraction of largest entries dropped"))
+    if sparsifier == DELLA:
+        params.append(Param("epsilon", float, 0.15, Scope.MODEL, "spread of keep probabilities around density"))
+
+    def stream(source: TensorSource, *, seed: int = 0, **p) -> Iterator[torch.Tensor]:
+        return stream_task_arithmetic(
+            source, weight=p["weight"], density=p["density"], gamma=p.get("gamma"), epsilon=p.get("epsilon"),
+            normalize=p["normalize"], rescale=p["rescale"], int8_mask=p["int8_mask"], lambda_=p["lambda"],
+            sparsifier=sparsifier, consensus=consensus, seed=seed,
+        )
+
+    def merge(base: torch.Tensor, models: Sequence[torch.Tensor], *, seed: int = 0, **p) -> torch.Tensor:
+        if not models:
+            return base
+        chunks = list(stream(MemorySource(base, models), seed=seed, **p))
+        return (chunks[0] if len(chunks) == 1 else torch.cat(chunks)).to(base.dtype)
+
+    def check(global_params: dict, model_params: dict) -> str | None:
+        if sparsifier != DELLA:
+            return None
+        for d, eps in zip(model_params["density"], model_params["epsilon"]):
+            if 0 < d < 1 and not (0 < d - eps and d + eps < 1):
+                return f"density ± epsilon must lie in (0, 1); got density {d}, epsilon {eps}"
+        return None
+
+    return MethodSpec(
+        name=name, display_name=display_name, paper=paper, params=tuple(params), merge=merge, stream=stream,
+        base_use=BaseUse.REQUIRED, min_models=0, random=sparsifier in ("random", DELLA), check=check,
+    )

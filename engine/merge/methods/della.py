@@ -1,0 +1,7 @@
+"""DELLA: magnitude-ranked random dropping (MagPrune), sign consensus. Deep et al. 2024, arXiv 2406.11617."""
+
+from engine.merge.generalized import variant
+from engine.merge.sparsify import DELLA
+
+SPEC = variant("della", "DELLA", "https://arxiv.org/abs/2406.11617",
+               sparsifier=DELLA, consensus=True, normalize=True, rescale=True)
