@@ -123,3 +123,34 @@ def test_bad_input_leaves_cache_empty(tokenizer):
     assert cache.get_store().entries() == []
     with pytest.raises(ValueError, match="model identity"):
         capture_cached(model, tokenizer, PAIRS, model_id="")
+
+
+def test_analyze_cli_end_to_end(model_root, tmp_path):
+    import json
+
+    from engine.__main__ import main
+    from engine.parallel import save_jsonl
+    from tests.tiny_models import save_checkpoint
+
+    base = save_checkpoint(model_root / "base", seed=1)
+    tuned = save_checkpoint(model_root / "tuned", base=make_model("qwen2", seed=1, vocab_size=len(make_tokenizer())), seed=2, delta_scale=0.05)
+    save_jsonl(PAIRS, tmp_path / "en-de.jsonl")
+    save_jsonl(ParallelSet("en", "ru", PAIRS.sources, ("один", "два", "три", "четыре", "пять")), tmp_path / "en-ru.jsonl")
+    out = tmp_path / "report.json"
+    args = ["analyze", "--models", str(base), str(tuned), "--data", str(tmp_path / "en-de.jsonl"), str(tmp_path / "en-ru.jsonl"),
+            "--span", "tgt", "--out", str(out), "--batch-size", "2"]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert [m["name"] for m in report["models"]] == ["base", "tuned"]
+    [first, second] = report["cka"]
+    assert len(first["matrix"]) == 5 and len(first["curve"]) == 5 and "span:target" in first["signature"]
+    assert report["neurons"]["languages"] == ["de", "ru"]
+    assert len(report["neurons"]["models"]["base"]["counts"]) == 4
+    [cmp] = report["neurons"]["comparisons"]
+    assert len(cmp["nua"]["per_layer"]) == 4 and cmp["nua"]["mean"] > 0.5
+    assert len(cache.get_store().entries()) == 4  # 2 models × 2 data sets
+    # A second run is served from the cache; a one-sentence data file is refused before any work.
+    assert main(args) == 0 and len(cache.get_store().entries()) == 4
+    save_jsonl(PAIRS.head(1), tmp_path / "one.jsonl")
+    assert main(["analyze", "--models", str(base), "--data", str(tmp_path / "one.jsonl"), "--out", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()

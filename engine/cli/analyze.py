@@ -1,0 +1,167 @@
+"""`python -m engine analyze`: capture span activations of checkpoints, then CKA, LAPE and NUA into a JSON report.
+
+Every checkpoint and data file is checked before any model is loaded; captures go through the
+cache keyed by each checkpoint's content fingerprint, so re-running with another model added
+only computes the new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine import cka, neurons
+from engine.activations import CaptureSettings, capture_cached
+from engine.checkpoints import load_model, open_checkpoint
+from engine.errors import DataError
+from engine.parallel import load_jsonl
+
+log = logging.getLogger(__name__)
+SPAN_NAMES = {"src": "source", "tgt": "target"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", required=True, help="checkpoint folders; the first is the base for comparisons")
+    parser.add_argument("--data", nargs="+", required=True, help="parallel JSONL files, one direction each")
+    parser.add_argument("--span", choices=sorted(SPAN_NAMES), default="src", help="pool over source or target tokens")
+    parser.add_argument("--out", required=True, help="report JSON path")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs of each data file")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--preset", choices=sorted(neurons.PRESETS), default="paper", help="LAPE parameters")
+    parser.add_argument("--debiased", action="store_true", help="debiased CKA (for small n) instead of linear CKA")
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: MERGESCOPE_DEVICE)")
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()] if value.dtype.kind == "f" else value.tolist()
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None  # JSON has no NaN
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (np.integer, np.floating)):
+        return _jsonable(value.item())
+    return value
+
+
+def _write_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_jsonable(payload), f, ensure_ascii=False, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    span = SPAN_NAMES[args.span]
+    if args.limit is not None and args.limit < 2:
+        raise DataError("--limit must be at least 2: CKA needs two sentences")
+    # Check everything before loading any model, so bad input costs nothing.
+    datasets = [load_jsonl(p) for p in args.data]
+    if args.limit:
+        datasets = [d.head(args.limit) for d in datasets]
+    for d in datasets:
+        if len(d) < 2:
+            raise DataError(f"{d.name}: {len(d)} sentence pair; CKA needs at least 2")
+    checkpoints = [open_checkpoint(p) for p in args.models]
+    settings = CaptureSettings(batch_size=args.batch_size, spans=(span,))
+
+    captures = []  # per model: per data set Capture
+    for ckpt in checkpoints:
+        model, tokenizer = load_model(ckpt, device=args.device)
+        per_data = []
+        for d in datasets:
+            log.info("capturing %s on %s (%d pairs, %s span)", ckpt.name, d.name, len(d), span)
+            per_data.append(capture_cached(model, tokenizer, d, ckpt.fingerprint, settings, device=args.device))
+        captures.append(per_data)
+        del model
+    names = [c.name for c in checkpoints]
+
+    report = {
+        "span": span,
+        "models": [{"name": c.name, "path": str(c.path), "fingerprint": c.fingerprint, "layers": caps[0].num_layers}
+                   for c, caps in zip(checkpoints, captures)],
+        "data": [{"path": d.name, "direction": d.direction, "n": len(d), "hash": d.content_hash()} for d in datasets],
+        "cka": _cka_section(names, datasets, captures, span, args.debiased, args.device),
+        "neurons": _neuron_section(names, captures, span, args.preset),
+    }
+    _write_atomic(Path(args.out), report)
+    print(f"wrote {args.out}: {len(names)} models × {len(datasets)} data sets, {span} span")
+    return 0
+
+
+def _cka_section(names, datasets, captures, span, debiased, device) -> list[dict]:
+    rows = []
+    for k, d in enumerate(datasets):
+        for i, j in combinations(range(len(names)), 2):
+            a, b = captures[i][k].hidden[span], captures[j][k].hidden[span]  # (layers + 1, n, d_model)
+            matrix = cka.cka_matrix(a, b, debiased=debiased, span=span, labels=(names[i], names[j]), device=device)
+            row = {"direction": d.direction, "a": names[i], "b": names[j], "signature": matrix.signature,
+                   "matrix": matrix.values}
+            # Layer-by-layer curves only make sense at equal depth; the L × L matrix is always there.
+            row["curve"] = matrix.diagonal() if a.shape[0] == b.shape[0] else None
+            rows.append(row)
+    return rows
+
+
+def _rates(per_data, span) -> tuple[tuple[str, ...], np.ndarray]:
+    """Activation rates (layers, neurons, languages), pooling data sets that share a span language."""
+    active, tokens = {}, {}
+    for c in per_data:
+        lang = c.languages[span]
+        active[lang] = active.get(lang, 0) + c.active[span].double()  # (layers, d_mlp)
+        tokens[lang] = tokens.get(lang, 0) + int(c.tokens[span].sum())
+    languages = tuple(sorted(active))
+    counts = torch.stack([active[l] for l in languages], dim=-1).numpy()  # (layers, d_mlp, langs)
+    return languages, neurons.activation_rates(counts, [tokens[l] for l in languages])
+
+
+def _neuron_section(names, captures, span, preset) -> dict:
+    languages, _ = _rates(captures[0], span)
+    if len(languages) < 2:
+        return {"note": f"LAPE needs data in at least two {span} languages; got {', '.join(languages)}"}
+    section = {"settings": preset, "languages": list(languages), "models": {}, "comparisons": []}
+    results, rates = [], []
+    for name, per_data in zip(names, captures):
+        _, r = _rates(per_data, span)
+        result = neurons.select_language_neurons(r, languages, preset, span=span)
+        hist = neurons.neuron_histograms(r)
+        section["models"][name] = {
+            "signature": result.signature,
+            "counts": result.counts,  # (layers, languages)
+            "neurons": [{lang: idx.tolist() for lang, idx in layer.items()} for layer in result.neurons],
+            "histograms": {"entropy_edges": hist.entropy_edges, "entropy": hist.entropy_counts,
+                           "selectivity_edges": hist.selectivity_edges, "selectivity": hist.selectivity_counts,
+                           "dead": hist.dead},
+        }
+        results.append(result)
+        rates.append(r)
+    for j in range(1, len(names)):
+        entry = {"base": names[0], "finetune": names[j]}
+        if rates[0].shape == rates[j].shape:
+            cmp = neurons.compare_selections(results[0], results[j])
+            nua = neurons.neuron_usage_alignment(rates[0], rates[j], span=span)
+            entry.update(
+                signature=cmp.signature,
+                per_layer={f: getattr(cmp, f) for f in ("base", "finetune", "gained", "lost", "overlap", "jaccard")},
+                nua={"signature": nua.signature, "per_layer": nua.per_layer, "lower": nua.lower, "middle": nua.middle,
+                     "upper": nua.upper, "mean": nua.mean, "thirds": nua.thirds},
+            )
+        else:
+            entry["note"] = f"shapes differ ({rates[0].shape} vs {rates[j].shape}); no neuron-by-neuron comparison"
+        section["comparisons"].append(entry)
+    return section
