@@ -1,0 +1,196 @@
+"""Algebra of the merge methods as pure functions over tensors, and the sparsifiers' exactness.
+
+References are planted truths (copies of one model, weight 0, t = 0 / 1), float64 sums, and
+torch.sort for the radix selection.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.errors import RecipeError
+from engine.merge.registry import get_method, methods
+from engine.merge.sparsify import Dropper, top_k, top_k_masks
+from engine.merge.spec import MemorySource
+
+shapes = st.lists(st.integers(1, 9), min_size=1, max_size=3).map(tuple)
+seeds = st.integers(0, 2**31 - 1)
+SETTINGS = settings(max_examples=20, deadline=None)
+
+
+def _tensors(shape, seed, n, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g, dtype=torch.float64) * scale for _ in range(n)]
+
+
+def _merge(name, base, models, seed=0, **params):
+    spec = get_method(name)
+    n = len(models)
+    values = {}
+    for p in spec.params:
+        if p.name in params:
+            v = params[p.name]
+        elif not p.required:
+            v = p.default
+        else:
+            raise KeyError(p.name)
+        values[p.name] = [v] * n if (p.scope.value != "global" and not isinstance(v, list)) else v
+    return spec.merge(base, models, seed=seed, **values)
+
+
+GTA = ["task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"]
+
+
+def test_registry_has_mergekits_names_with_papers():
+    assert set(methods()) == {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs",
+                              "breadcrumbs_ties", "della", "della_linear", "sce", "slerp", "model_stock", "nuslerp"}
+    for spec in methods().values():
+        assert spec.display_name and spec.paper.startswith("https://")
+    with pytest.raises(RecipeError, match="unknown merge_method 'tie'.*ties"):
+        get_method("tie")
+
+
+@SETTINGS
+@given(shape=shapes, seed=seeds, n=st.integers(2, 4))
+def test_copies_of_one_model_merge_to_that_model(shape, seed, n):
+    base, x = _tensors(shape, seed, 2)
+    copies = [x.clone() for _ in range(n)]
+    for name in GTA:
+        out = _merge(name, base, copies, weight=0.7, density=1.0, normalize=True)
+        torch.testing.assert_close(out, x, rtol=1e-12, atol=1e-12, msg=name)
+    torch.testing.assert_close(_merge("linear", None, copies, weight=0.3), x)
+    torch.testing.assert_close(_merge("sce", base, copies), x)
+    torch.testing.assert_close(_merge("model_stock", base, copies), x)
+    torch.testing.assert_close(_merge("nuslerp", base, copies[:2], weight=[0.3, 0.9]), x)
+    torch.testing.assert_close(_merge("nuslerp", None, copies[:2], weight=[0.3, 0.9]), x)
+
+
+@SETTINGS
+@given(shape=shapes, seed=seeds, n=st.integers(1, 4))
+def test_task_arithmetic_with_weight_zero_is_the_base(shape, seed, n):
+    base, *models = _tensors(shape, seed, n + 1)
+    torch.testing.assert_close(_merge("task_arithmetic", base, models, weight=0.0), base, rtol=0, atol=0)
+
+
+@SETTINGS
+@given(shape=shapes, seed=seeds, w=st.floats(-2, 2).filter(lambda w: abs(w) > 1e-3), normalize=st.booleans())
+def test_ties_with_density_one_and_one_model_is_task_arithmetic(shape, seed, w, normalize):
+    base, x = _tensors(shape, seed, 2)
+    ties = _merge("ties", base, [x], weight=w, density=1.0, normalize=normalize)
+    ta = _merge("task_arithmetic", base, [x], weight=w, normalize=normalize)
+    torch.testing.assert_close(ties, ta, rtol=1e-12, atol=1e-12)
+
+
+@SETTINGS
+@given(shape=shapes, seed=seeds, n=st.integers(1, 4), normalize=st.booleans())
+def test_random_dropping_at_density_one_equals_its_deterministic_counterpart(shape, seed, n, normalize):
+    base, *models = _tensors(shape, seed, n + 1)
+    weights = [0.2 + 0.3 * i for i in range(n)]
+    common = dict(weight=weights, density=1.0, normalize=normalize, rescale=True)
+    ta = _merge("task_arithmetic", base, models, **common)
+    ties = _merge("ties", base, models, **common)
+    for name, reference in (("dare_linear", ta), ("della_linear", ta), ("dare_ties", ties), ("della", ties)):
+        torch.testing.assert_close(_merge(name, base, models, seed=seed, **common), reference, msg=name)
+
+
+@SETTINGS
+@given(shape=shapes, seed=seeds)
+def test_slerp_endpoints(shape, seed):
+    base, x = _tensors(shape, seed, 2)
+    torch.testing.assert_close(_merge("slerp", base, [x], t=0.0), base)
+    torch.testing.assert_close(_merge("slerp", base, [x], t=1.0), x)
+
+
+def test_slerp_keeps_the_norm_between_orthogonal_unit_vectors():
+    a, b = torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    mid = _merge("slerp", a, [b], t=0.5)
+    torch.testing.assert_close(mid, torch.tensor([math.sqrt(0.5)] * 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("density", [0.1, 0.3, 0.7])
+def test_dare_rescaling_keeps_the_expected_delta(density):
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(400, 500, generator=g)
+    delta = 0.5 + torch.randn(400, 500, generator=g) * 0.2  # mean 0.5: a drift the rescale must keep
+    merged = _merge("dare_linear", base, [base + delta], seed=11, weight=1.0, density=density)
+    kept = (merged - base).abs() > 1e-6
+    n = kept.numel()
+    assert abs(kept.float().mean().item() - density) < 4 * math.sqrt(density * (1 - density) / n)
+    # Expected task vector is preserved: the mean of the dropped-and-rescaled delta matches the original.
+    assert (merged - base).double().mean().item() == pytest.approx(delta.double().mean().item(), rel=5e-3)
+    without = _merge("dare_linear", base, [base + delta], seed=11, weight=1.0, density=density, rescale=False)
+    assert (without - base).double().mean().item() == pytest.approx(density * delta.double().mean().item(), rel=2e-2)
+    # Same seed, same result; another seed, another mask.
+    again = _merge("dare_linear", base, [base + delta], seed=11, weight=1.0, density=density)
+    assert torch.equal(merged, again)
+    other = _merge("dare_linear", base, [base + delta], seed=12, weight=1.0, density=density)
+    assert not torch.equal(merged, other)
+
+
+def test_della_keeps_large_entries_more_often():
+    g = torch.Generator().manual_seed(2)
+    base = torch.zeros(300, 400)
+    delta = torch.randn(300, 400, generator=g)
+    merged = _merge("della_linear", base, [delta], seed=3, weight=1.0, density=0.5, epsilon=0.3, rescale=False)
+    kept = merged != 0
+    ranks = delta.abs().argsort(dim=1).argsort(dim=1).float() / 399  # 0 smallest .. 1 largest, per row
+    low, high = kept[ranks < 0.2].float().mean().item(), kept[ranks > 0.8].float().mean().item()
+    # keep probability = 0.2 + 0.6 * rank: mean 0.26 over ranks < 0.2, 0.74 over ranks > 0.8
+    assert low == pytest.approx(0.2 + 0.6 * 0.1, abs=0.03)
+    assert high == pytest.approx(0.2 + 0.6 * 0.9, abs=0.03)
+
+
+def test_della_refuses_density_epsilon_outside_unit_interval():
+    base, x = _tensors((4, 4), 0, 2)
+    with pytest.raises(RecipeError, match="density ± epsilon"):
+        _merge("della", base, [x], weight=1.0, density=0.9, epsilon=0.2)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 7])
+@pytest.mark.parametrize("name", ["ties", "breadcrumbs", "breadcrumbs_ties", "task_arithmetic", "linear"])
+def test_streaming_in_row_chunks_equals_whole_tensor(name, chunk_rows):
+    # Multi-chunk sources take the two-pass radix selection; whole tensors take kthvalue.
+    base, *models = _tensors((23, 17), 4, 4)
+    models = [m.float() for m in models]
+    base = base.float()
+    spec = get_method(name)
+    params = {p.name: p.default for p in spec.params if not p.required}
+    per = {"weight": [0.5, 1.0, -0.3], "density": [0.3, 0.5, 0.9], "gamma": [0.05, 0.1, 0.0]}
+    params.update({k: v for k, v in per.items() if spec.param(k)})
+    if name == "linear":
+        params["weight"] = [0.5, 1.0, 0.3]
+        whole = torch.cat(list(spec.stream(MemorySource(None, models[:3]), **params)))
+        chunked = torch.cat(list(spec.stream(MemorySource(None, models[:3], chunk_rows=chunk_rows), **params)))
+    else:
+        whole = torch.cat(list(spec.stream(MemorySource(base, models[:3]), **params)))
+        chunked = torch.cat(list(spec.stream(MemorySource(base, models[:3], chunk_rows=chunk_rows), **params)))
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+
+
+@SETTINGS
+@given(seed=seeds, k_frac=st.floats(0, 1), levels=st.integers(2, 50), chunk=st.integers(1, 40))
+def test_top_k_keeps_exactly_the_k_largest_even_with_ties(seed, k_frac, levels, chunk):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randint(-levels, levels, (40, 7), generator=g) / 7).float()  # many equal magnitudes
+    k = int(k_frac * x.numel())
+    chunks = lambda: iter(x.split(chunk))  # noqa: E731
+    rule = top_k(chunks, k, x.numel())
+    make = top_k_masks(rule)
+    mask = torch.cat([make(c) for c in x.split(chunk)])
+    assert int(mask.sum()) == k
+    if 0 < k < x.numel():
+        assert x.abs()[mask].min() >= x.abs()[~mask].max()
+
+
+def test_magnitude_dropper_rescale_matches_l1_norm():
+    g = torch.Generator().manual_seed(0)
+    delta = torch.randn(50, 20, generator=g)
+    d = Dropper("magnitude", 0.25, lambda: iter([delta]), delta.numel(), rescale=True)
+    out = d.start()(delta)
+    assert int((out != 0).sum()) == int(0.25 * delta.numel())
+    assert out.abs().double().sum().item() == pytest.approx(delta.abs().double().sum().item(), rel=1e-6)
