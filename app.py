@@ -1,0 +1,42 @@
+"""MergeScope dashboard: the router.
+
+Lists the pages, restores the view from the URL, draws the shared pickers (data split, sentence
+count, directions) and runs the chosen page. Engine errors reach the user as messages, never as
+tracebacks. Run with `make demo` (binds to 127.0.0.1, see .streamlit/config.toml).
+"""
+
+import logging
+
+import streamlit as st
+
+from engine.errors import MergeScopeError
+from views import common, state
+
+log = logging.getLogger("mergescope.app")
+
+st.set_page_config(page_title="MergeScope", layout="wide")
+
+PAGES = [
+    st.Page("views/models.py", title="Models & merge", url_path="models", default=True),
+    st.Page("views/scores.py", title="Scores", url_path="scores"),
+    st.Page("views/layers.py", title="Layers", url_path="layers"),
+    st.Page("views/neurons.py", title="Neurons", url_path="neurons"),
+    st.Page("views/samples.py", title="Samples", url_path="samples"),
+]
+
+state.restore_from_url()
+state.keep_alive()
+page = st.navigation(PAGES)
+try:
+    common.draw_shared_pickers()
+except MergeScopeError as err:
+    st.error(str(err))
+state.write_to_url()
+
+try:
+    page.run()
+except MergeScopeError as err:
+    st.error(str(err))
+except Exception as err:  # an engine bug: say what failed, keep the traceback in the server log
+    log.exception("page %s failed", page.title)
+    st.error(f"Something went wrong on this page ({type(err).__name__}: {err}). The server log has the details.")

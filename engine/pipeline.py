@@ -1,0 +1,548 @@
+"""The one data flow behind the dashboard and the CLI, as plain functions.
+
+    recipe -> model (merged in memory) -> captured statistics (cached) -> analyses -> results
+
+A *system* is anything the dashboard can score or compare: a discovered checkpoint (identity:
+its fingerprint) or the merge a recipe describes (identity: the recipe's content hash).
+Identities are what the content-addressed cache is keyed by, so a view that was computed once
+(by any session, or by the CLI) comes back without loading a model at all; models are loaded
+or merged only when the cache misses, through `ModelCache`, which the dashboard keeps in
+`st.cache_resource` and therefore shares between sessions (it is thread-safe).
+
+Nothing here imports Streamlit.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from engine.checkpoints import Checkpoint, compatibility_problems, discover_checkpoints, load_model
+from engine.checkpoints.discover import Discovery
+from engine.errors import DataError, MergeScopeError, RecipeError
+from engine.parallel import ParallelSet, load_jsonl
+from engine.prompts import LANGUAGE_NAMES
+from engine.settings import REPO_ROOT, get_settings
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]  # (done, total, what is running)
+MERGE = "merge"  # the system name of the current recipe's merge
+SPANS = ("source", "target")
+_DIRECTION = re.compile(r"(?<![a-z])([a-z]{2})(?:[-_]?(?:2|to)[-_]?|[-_])([a-z]{2})(?![a-z])")
+
+
+class MissingEnginePiece(MergeScopeError):
+    """A dashboard feature needs an engine module that is not installed in this checkout."""
+
+
+def require(module: str, feature: str) -> None:
+    """MissingEnginePiece naming `module` when it cannot be imported (a partial checkout)."""
+    if importlib.util.find_spec(module) is None:
+        raise MissingEnginePiece(f"{feature} needs the engine module {module}, which this checkout does not have yet")
+
+
+def available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def discover(roots: Sequence[Path] | None = None) -> Discovery:
+    """Checkpoints under the model roots (default: configured), and the folders refused with their reasons."""
+    return discover_checkpoints(tuple(roots) if roots is not None else None)
+
+
+def model_roots() -> tuple[Path, ...]:
+    return get_settings().model_roots
+
+
+def checkpoint_label(checkpoint: Checkpoint) -> str:
+    """A checkpoint's name in pickers and links: its path relative to the model root holding it."""
+    for root in get_settings().model_roots:
+        try:
+            return checkpoint.path.relative_to(root).as_posix()
+        except ValueError:
+            continue
+    return checkpoint.name
+
+
+def checkpoints_by_label(discovery: Discovery | None = None) -> dict[str, Checkpoint]:
+    discovery = discovery or discover()
+    return {checkpoint_label(c): c for c in discovery.checkpoints}
+
+
+def summary_rows(discovery: Discovery) -> list[dict]:
+    """One plain dict per checkpoint for the Models table."""
+    rows = []
+    for c in discovery.checkpoints:
+        s = c.summary
+        rows.append({
+            "name": checkpoint_label(c), "direction": checkpoint_direction(c) or "", "architecture": s.architecture,
+            "layers": s.layers, "hidden": s.hidden_size, "mlp": s.intermediate_size, "vocab": s.vocab_size,
+            "dtype": s.dtype, "parameters (M)": round(s.parameters / 1e6, 2), "size (MB)": round(s.size_bytes / 1e6, 2),
+        })
+    return rows
+
+
+def checkpoint_direction(checkpoint: Checkpoint) -> str | None:
+    """The translation direction a fine-tune was trained for, e.g. 'en-es', when its name says so.
+
+    The zoo names experts by direction; a researcher's own folders ('qwen-en-hi', 'hi2en') follow
+    the same pattern. None for a base or a multilingual model.
+    """
+    return direction_from_name(checkpoint_label(checkpoint))
+
+
+def direction_from_name(name: str) -> str | None:
+    for match in _DIRECTION.finditer(name.lower()):
+        src, tgt = match.groups()
+        if src != tgt and src in LANGUAGE_NAMES and tgt in LANGUAGE_NAMES:
+            return f"{src}-{tgt}"
+    return None
+
+
+def compatibility(checkpoints: Sequence[Checkpoint]) -> list[str]:
+    """Every reason the checkpoints cannot be merged or compared tensor by tensor (empty: fine)."""
+    return compatibility_problems(list(checkpoints))
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def method_specs() -> dict:
+    """The merge registry: method name -> MethodSpec (parameters, display name, paper)."""
+    from engine.merge.registry import methods
+
+    return methods()
+
+
+def build_recipe(base: str, experts: Sequence[str], method: str, params: dict, schedules: dict | None = None):
+    """A recipe for `method` over `experts` on `base` (checkpoint labels); every expert gets the
+    same per-model values, as in the paper (equal weight per expert). `schedules` maps a
+    parameter to a list of values interpolated over the layers (mergekit's gradients).
+    RecipeError when the pieces do not make a valid recipe.
+    """
+    from engine import recipe as recipes
+
+    by_label = checkpoints_by_label()
+    missing = [name for name in [base, *experts] if name not in by_label]
+    if missing:
+        raise RecipeError(f"no checkpoint called {', '.join(missing)} under the model roots")
+    spec = method_specs()[method]
+    values = {**params, **(schedules or {})}
+    per_model = {p.name: values[p.name] for p in spec.model_params if p.name in values}
+    data = {
+        "merge_method": method,
+        "base_model": str(by_label[base].path),
+        "models": [{"model": str(by_label[e].path), **({"parameters": dict(per_model)} if per_model else {})}
+                   for e in experts if e != base],
+    }
+    if spec.base_use.value == "input":  # linear: the base is an ordinary weighted input
+        data["models"].append({"model": str(by_label[base].path), **({"parameters": dict(per_model)} if per_model else {})})
+    if globals_ := {p.name: values[p.name] for p in spec.global_params if p.name in values}:
+        data["parameters"] = globals_
+    return recipes.from_dict(data, source="the recipe built on the Models page")
+
+
+def recipe_yaml(recipe) -> str:
+    """mergekit YAML of a recipe."""
+    return recipe.to_yaml()
+
+
+def parse_recipe(text: str, source: str = "the pasted recipe"):
+    """A recipe from mergekit YAML; RecipeError naming the problem."""
+    from engine import recipe as recipes
+
+    return recipes.loads(text, source)
+
+
+def recipe_hash(recipe) -> str:
+    """Content hash of a merge (weights fingerprints, canonical parameters): its cache identity."""
+    from engine import recipe as recipes
+
+    return recipes.content_hash(recipe)
+
+
+@dataclass(frozen=True)
+class RecipeView:
+    """What the Models page's pickers need to show a loaded recipe."""
+
+    base: str
+    experts: list[str]
+    method: str
+    params: dict  # scalar values, one per parameter (the first expert's, then the global ones)
+    schedules: dict  # parameter -> list of values over the layers
+    notes: list[str]  # what the pickers cannot show (per-expert differences, filters)
+
+
+def recipe_view(recipe) -> RecipeView:
+    """Map a recipe's checkpoint paths back to labels; RecipeError for paths that are not discovered."""
+    from engine.checkpoints import resolve_model_path
+
+    by_path = {c.path: label for label, c in checkpoints_by_label().items()}
+
+    def label(ref: str) -> str:
+        real = resolve_model_path(ref)
+        if real not in by_path:
+            raise RecipeError(f"{recipe.source or 'recipe'}: {ref} is not a checkpoint under the model roots")
+        return by_path[real]
+
+    if not recipe.base_model:
+        raise RecipeError(f"{recipe.source or 'recipe'}: the dashboard needs a base_model to compare against")
+    base = label(recipe.base_model)
+    experts = [label(m.model) for m in recipe.models if m.model != recipe.base_model]
+    params, schedules, notes = {}, {}, []
+    for scope in ([recipe.models[0].parameters] if recipe.models else []) + [recipe.parameters]:
+        for name, value in scope.items():
+            if isinstance(value, bool) or isinstance(value, (int, float)):
+                params.setdefault(name, value)
+            elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+                schedules.setdefault(name, [float(v) for v in value])
+            else:
+                notes.append(f"parameter {name!r} uses tensor filters; the pickers show its default")
+    if any(m.parameters != recipe.models[0].parameters for m in recipe.models[1:]):
+        notes.append("experts have different parameters; the pickers show the first expert's")
+    return RecipeView(base, experts, recipe.merge_method, params, schedules, notes)
+
+
+# --------------------------------------------------------------------------- systems and models
+
+
+@dataclass(frozen=True)
+class System:
+    """A model the dashboard can score or compare: a checkpoint or a recipe's merge."""
+
+    name: str
+    identity: str
+    checkpoint: Checkpoint | None = None
+    recipe: object | None = field(default=None, compare=False)
+    direction: str | None = None  # the direction an expert was trained for
+
+    @property
+    def is_merge(self) -> bool:
+        return self.recipe is not None
+
+
+def checkpoint_system(checkpoint: Checkpoint) -> System:
+    return System(checkpoint_label(checkpoint), checkpoint.fingerprint, checkpoint=checkpoint,
+                  direction=checkpoint_direction(checkpoint))
+
+
+def merge_system(recipe, name: str = MERGE) -> System:
+    return System(name, recipe_hash(recipe), recipe=recipe)
+
+
+@dataclass
+class LoadedModel:
+    """A live model and its tokenizer. `lock` serialises use: capture hooks mutate the module."""
+
+    model: object
+    tokenizer: object
+    identity: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ModelCache:
+    """Loaded and merged models by identity, least recently used dropped first; thread-safe.
+
+    Two sessions asking for the same model at once build it once: the second waits on a
+    per-identity lock instead of merging again.
+    """
+
+    def __init__(self, capacity: int = 6):
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._building: dict[str, threading.Lock] = {}
+        self.builds = 0  # how many models were loaded or merged (for tests and benchmarks)
+
+    def get(self, system: System) -> LoadedModel:
+        """The live model of `system`, loading the checkpoint or running the merge on a miss."""
+        with self._lock:
+            if system.identity in self._models:
+                self._models.move_to_end(system.identity)
+                return self._models[system.identity]
+            build_lock = self._building.setdefault(system.identity, threading.Lock())
+        with build_lock:
+            with self._lock:
+                if system.identity in self._models:
+                    return self._models[system.identity]
+            loaded = self._build(system)
+            with self._lock:
+                self._models[system.identity] = loaded
+                self.builds += 1
+                while len(self._models) > self.capacity:
+                    dropped, _ = self._models.popitem(last=False)
+                    log.info("model cache full: dropped %s", dropped[:12])
+                self._building.pop(system.identity, None)
+        return loaded
+
+    def __contains__(self, identity: str) -> bool:
+        with self._lock:
+            return identity in self._models
+
+    def _build(self, system: System) -> LoadedModel:
+        if system.is_merge:
+            try:
+                from engine.merge import merge_into_model
+            except ImportError:
+                raise MissingEnginePiece("Merging in memory needs engine.merge.merge_into_model, "
+                                         "which this checkout does not have yet") from None
+
+            log.info("merging %s in memory", system.identity[:12])
+            model, tokenizer = merge_into_model(system.recipe)
+        else:
+            log.info("loading %s", system.checkpoint.path)
+            model, tokenizer = load_model(system.checkpoint)
+        return LoadedModel(model, tokenizer, system.identity)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def data_root() -> Path:
+    """Parallel data for evaluation and capture: MERGESCOPE_DATA_DIR, default the zoo's data."""
+    return Path(os.environ.get("MERGESCOPE_DATA_DIR") or REPO_ROOT / "zoo" / "data").resolve()
+
+
+@functools.lru_cache(maxsize=256)
+def _load_set(path: str, mtime_ns: int) -> ParallelSet:
+    return load_jsonl(path)
+
+
+def data_sets(split: str, directions: Iterable[str] | None = None, n: int | None = None) -> list[ParallelSet]:
+    """The split's parallel sets (one per direction), first `n` pairs each, sorted by direction.
+
+    Files are JSON Lines under the data root whose relative path names the split as one of its
+    parts ('dev/en-es.jsonl', 'en-es.devtest.jsonl'), so 'dev' never matches 'devtest'.
+    """
+    root = data_root()
+    if not root.is_dir():
+        raise DataError(f"{root}: no data folder (set MERGESCOPE_DATA_DIR or build the demo zoo)")
+    wanted = set(directions) if directions is not None else None
+    found: dict[str, ParallelSet] = {}
+    for file in sorted(root.rglob("*.jsonl")):
+        parts = re.split(r"[/._-]", file.relative_to(root).as_posix())
+        if split not in parts:
+            continue
+        pairs = _load_set(str(file), file.stat().st_mtime_ns)
+        if wanted is not None and pairs.direction not in wanted:
+            continue
+        found.setdefault(pairs.direction, pairs)
+    if wanted and (missing := sorted(wanted - set(found))):
+        raise DataError(f"{root}: no {split} data for {', '.join(missing)}")
+    return [found[d].head(n) if n else found[d] for d in sorted(found)]
+
+
+def available_directions(split: str) -> list[str]:
+    try:
+        return [s.direction for s in data_sets(split)]
+    except DataError:
+        return []
+
+
+# --------------------------------------------------------------------------- scores
+
+
+class LazyTranslator:
+    """A Translator that loads (or merges) its model only when something is not cached."""
+
+    def __init__(self, system: System, models: ModelCache, settings=None):
+        from engine.translate.generate import DecodingSettings
+
+        self.system, self.models = system, models
+        self.identity = system.identity
+        self.settings = settings or DecodingSettings()
+
+    def cache_parts(self) -> dict:
+        return {"model": self.identity, **self.settings.cache_parts()}
+
+    def translate(self, sources: Sequence[str], src_lang: str, tgt_lang: str) -> list[str]:
+        from engine.translate.generate import generate_translations
+
+        loaded = self.models.get(self.system)
+        with loaded.lock:
+            return generate_translations(loaded.model, loaded.tokenizer, sources, src_lang, tgt_lang, self.settings)
+
+
+def systems_directions(system: System, sets: Sequence[ParallelSet]) -> list[ParallelSet]:
+    """What a system is scored on: an expert on its own direction, everything else on every set."""
+    if system.direction:
+        own = [s for s in sets if s.direction == system.direction]
+        return own or list(sets)
+    return list(sets)
+
+
+def evaluate_systems(systems: Sequence[System], sets: Sequence[ParallelSet], models: ModelCache,
+                     progress: Progress | None = None) -> list:
+    """EvaluationResult per system (cached per system and direction)."""
+    from engine.translate.evaluate import evaluate, languages_in_play
+
+    langs = languages_in_play(sets)
+    results = []
+    for i, system in enumerate(systems):
+        if progress:
+            progress(i, len(systems), f"scoring {system.name}")
+        results.append(evaluate(LazyTranslator(system, models), systems_directions(system, sets),
+                                system=system.name, languages=langs))
+    if progress:
+        progress(len(systems), len(systems), "scores done")
+    return results
+
+
+def score_rows(results: Sequence) -> list[dict]:
+    """Long-form rows (system, direction, BLEU, chrF, off-target, signatures) of the paper table."""
+    from engine.translate.report import long_rows
+
+    return long_rows(results)
+
+
+def sample_rows(results: Sequence, direction: str | None = None) -> list[dict]:
+    """One row per (sentence, system): source, reference, output, sentence chrF, detected language."""
+    rows = []
+    for r in results:
+        for d in r.directions:
+            if direction and d.direction != direction:
+                continue
+            for i, s in enumerate(d.samples):
+                rows.append({"direction": d.direction, "item": i, "system": r.system, "source": s.source,
+                             "reference": s.reference, "output": s.output, "chrF": s.chrf,
+                             "detected": s.detected, "target": d.tgt_lang,
+                             "off_target": s.detected != d.tgt_lang})
+    return rows
+
+
+# --------------------------------------------------------------------------- captures and analyses
+
+
+@functools.lru_cache(maxsize=64)
+def _tokenizer_for(identity: str, folder: str):
+    from engine.checkpoints import load_tokenizer, open_checkpoint
+
+    return load_tokenizer(open_checkpoint(folder))
+
+
+def system_tokenizer(system: System):
+    """The tokenizer a system uses, without loading its weights (a merge uses its base's, or the
+    recipe's tokenizer_source)."""
+    if not system.is_merge:
+        return _tokenizer_for(system.identity, str(system.checkpoint.path))
+    recipe = system.recipe
+    source = recipe.tokenizer_source if recipe.tokenizer_source not in (None, "base") else recipe.base_model
+    source = source or recipe.referenced_models()[0]
+    return _tokenizer_for(system.identity, source)
+
+
+def capture_system(system: System, pairs: ParallelSet, models: ModelCache, progress: Progress | None = None):
+    """Span statistics of one system on one parallel set: from the cache, else captured (and
+    cached). The model is loaded or merged only on a miss."""
+    import cache
+    from engine.activations import Capture, CaptureSettings, capture_cached, capture_key
+
+    settings = CaptureSettings()
+    key = capture_key(system.identity, system_tokenizer(system), pairs, settings)
+    entry = cache.get_store().get(key)
+    if entry is not None:
+        return Capture.from_entry(entry)
+    loaded = models.get(system)
+    step = (lambda done, total: progress(done, total, f"capturing {system.name} on {pairs.direction}")) if progress else None
+    with loaded.lock:  # hooks are registered on the shared module: one capture at a time per model
+        return capture_cached(loaded.model, loaded.tokenizer, pairs, system.identity, settings, progress=step)
+
+
+def pooled_hidden(system: System, sets: Sequence[ParallelSet], span: str, models: ModelCache,
+                  progress: Progress | None = None) -> np.ndarray:
+    """Span-pooled representations, sentences of every set stacked: (layers + 1, n, d_model)."""
+    if span not in SPANS:
+        raise DataError(f"span must be one of {', '.join(SPANS)}, got {span!r}")
+    parts = [capture_system(system, s, models, progress).hidden[span].numpy() for s in sets]
+    return np.concatenate(parts, axis=1)
+
+
+def cka_pair(a: System, b: System, sets: Sequence[ParallelSet], span: str, models: ModelCache,
+             debiased: bool = False, progress: Progress | None = None):
+    """The L × L CKA matrix of two systems (rows: layers of a, columns: layers of b; 0 = embeddings)."""
+    from engine.cka import cka_matrix
+
+    if not sets:
+        raise DataError("CKA needs parallel data; pick at least one direction")
+    ha = pooled_hidden(a, sets, span, models, progress)
+    hb = ha if a.identity == b.identity else pooled_hidden(b, sets, span, models, progress)
+    directions = "+".join(s.direction for s in sets)
+    return cka_matrix(ha, hb, debiased=debiased, span=f"{span}|data:{directions}", labels=(a.name, b.name))
+
+
+@dataclass
+class LanguageRates:
+    """Activation rates per language condition: (layers, d_mlp, languages), with what produced them."""
+
+    rates: np.ndarray
+    languages: tuple[str, ...]
+    span: str
+    tokens: dict[str, int]
+
+
+def language_rates(system: System, sets: Sequence[ParallelSet], span: str, models: ModelCache,
+                   progress: Progress | None = None) -> LanguageRates:
+    """p = active tokens / span tokens per block, neuron and language of the span's text, summed over
+    every set whose `span` is in that language (e.g. span 'target' on En→X sets: one condition per X)."""
+    if span not in SPANS:
+        raise DataError(f"span must be one of {', '.join(SPANS)}, got {span!r}")
+    active: dict[str, np.ndarray] = {}
+    tokens: dict[str, int] = {}
+    for pairs in sets:
+        cap = capture_system(system, pairs, models, progress)
+        lang = cap.languages[span]
+        active[lang] = active.get(lang, 0) + cap.active[span].numpy().astype(np.int64)  # (layers, d_mlp)
+        tokens[lang] = tokens.get(lang, 0) + int(cap.tokens[span].sum())
+    languages = tuple(sorted(active))
+    if len(languages) < 2:
+        raise DataError(
+            f"neuron selectivity compares languages, but the {span} spans of the chosen directions are all "
+            f"{', '.join(languages) or 'empty'}; pick directions with different {span} languages"
+        )
+    rates = np.stack([active[l] / tokens[l] for l in languages], axis=-1)  # (layers, d_mlp, languages)
+    return LanguageRates(rates, languages, span, tokens)
+
+
+@dataclass
+class NeuronReport:
+    """Everything the Neurons page draws for one fine-tune against the base."""
+
+    base: object  # LapeResult
+    finetune: object  # LapeResult
+    comparison: object  # SelectionComparison
+    nua: object  # NUAResult
+    histograms: object  # NeuronHistograms of the fine-tune
+    base_histograms: object
+    languages: tuple[str, ...]
+
+
+def neuron_report(base: System, finetune: System, sets: Sequence[ParallelSet], span: str, settings,
+                  models: ModelCache, progress: Progress | None = None) -> NeuronReport:
+    """LAPE on base and fine-tune, their per-layer comparison, NUA and histograms."""
+    from engine.neurons import compare_selections, neuron_histograms, neuron_usage_alignment, select_language_neurons
+
+    rb = language_rates(base, sets, span, models, progress)
+    rf = language_rates(finetune, sets, span, models, progress)
+    if rb.rates.shape != rf.rates.shape:
+        raise DataError(f"{base.name} and {finetune.name} have different MLP shapes; neurons cannot be matched")
+    lb = select_language_neurons(rb.rates, rb.languages, settings, span=span)
+    lf = select_language_neurons(rf.rates, rf.languages, settings, span=span)
+    return NeuronReport(lb, lf, compare_selections(lb, lf), neuron_usage_alignment(rb.rates, rf.rates, span=span),
+                        neuron_histograms(rf.rates), neuron_histograms(rb.rates), rb.languages)

@@ -1,0 +1,200 @@
+"""Fixtures for the dashboard tests: a small model zoo built from tests/tiny_models, a live
+`streamlit run app.py` server on a free localhost port, and Debian chromium through Playwright.
+
+Import the fixtures into a test module (`from tests.browser_harness import demo_zoo, ...`);
+they are kept out of tests/conftest.py on purpose, which belongs to the whole suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from engine.settings import REPO_ROOT, get_settings
+from tests import tiny_models
+
+log = logging.getLogger(__name__)
+
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+ZOO_MODELS = REPO_ROOT / "zoo" / "models"
+ZOO_DATA = REPO_ROOT / "zoo" / "data"
+
+# Short parallel phrases; py3langid tells these three languages apart on most of them.
+PHRASES = {
+    "en": ["the first of January", "twenty one thousand", "three hundred euros", "the second day of the week",
+           "four kilometres per hour", "nineteen ninety nine", "the fifth of May", "eighty seven grams"],
+    "es": ["el primero de enero", "veintiún mil", "trescientos euros", "el segundo día de la semana",
+           "cuatro kilómetros por hora", "mil novecientos noventa y nueve", "el cinco de mayo", "ochenta y siete gramos"],
+    "pt": ["o primeiro de janeiro", "vinte e um mil", "trezentos euros", "o segundo dia da semana",
+           "quatro quilómetros por hora", "mil novecentos e noventa e nove", "o cinco de maio", "oitenta e sete gramas"],
+}
+DIRECTIONS = ("en-es", "en-pt", "es-en")
+EXPERTS = {"expert-en-es": 1, "expert-en-pt": 2, "expert-es-en": 3}  # name -> seed of its task vector
+
+
+@dataclass(frozen=True)
+class DemoZoo:
+    models: Path
+    data: Path
+
+
+def build_demo_zoo(folder: Path) -> DemoZoo:
+    """A base, three direction experts (base + small noise), a joint model, an incompatible model,
+    a pickle-only folder (refused), and dev/devtest JSONL data for three directions."""
+    models, data = folder / "models", folder / "data"
+    base_dir = tiny_models.save_checkpoint(models / "base", seed=0)
+    import transformers
+
+    base = transformers.AutoModelForCausalLM.from_pretrained(base_dir)
+    for name, seed in EXPERTS.items():
+        tiny_models.save_checkpoint(models / name, base=base, seed=seed, delta_scale=0.02)
+    tiny_models.save_checkpoint(models / "joint", base=base, seed=9, delta_scale=0.02)
+    tiny_models.save_checkpoint(models / "wide-other", seed=5, hidden_size=48, intermediate_size=96)
+    pickle_only = models / "pickle-only"
+    pickle_only.mkdir(parents=True)
+    (pickle_only / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    (pickle_only / "pytorch_model.bin").write_bytes(b"not loaded")
+    for split, rows in (("dev", slice(0, 8)), ("devtest", slice(0, 8))):
+        for direction in DIRECTIONS:
+            src, tgt = direction.split("-")
+            folder_ = data / split
+            folder_.mkdir(parents=True, exist_ok=True)
+            with (folder_ / f"{direction}.jsonl").open("w", encoding="utf-8") as f:
+                for s, t in zip(PHRASES[src][rows], PHRASES[tgt][rows]):
+                    f.write(json.dumps({"src_lang": src, "tgt_lang": tgt, "source": s, "target": t},
+                                       ensure_ascii=False) + "\n")
+    return DemoZoo(models, data)
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory) -> DemoZoo:
+    """The tiny zoo, built once per test session."""
+    return build_demo_zoo(tmp_path_factory.mktemp("tiny-zoo"))
+
+
+@pytest.fixture
+def demo_env(tiny_zoo, isolated_settings, monkeypatch) -> DemoZoo:
+    """Settings pointing at the tiny zoo (models and data) and a per-test cache folder."""
+    monkeypatch.setenv("MERGESCOPE_MODEL_ROOTS", str(tiny_zoo.models))
+    monkeypatch.setenv("MERGESCOPE_DATA_DIR", str(tiny_zoo.data))
+    get_settings.cache_clear()
+    yield tiny_zoo
+    get_settings.cache_clear()
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log_file: Path
+
+
+def start_server(models: Path, data: Path, cache_dir: Path, log_file: Path, timeout_s: float = 90.0) -> Server:
+    """`streamlit run app.py` on a free localhost port; returns once /_stcore/health answers ok."""
+    port = free_port()
+    env = {**os.environ, "MERGESCOPE_MODEL_ROOTS": str(models), "MERGESCOPE_DATA_DIR": str(data),
+           "MERGESCOPE_CACHE_DIR": str(cache_dir), "MERGESCOPE_DEVICE": "cpu"}
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    out = log_file.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {process.returncode}; see {log_file}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return Server(url, process, log_file)
+        except OSError:
+            time.sleep(0.3)
+    stop_server(Server(url, process, log_file))
+    raise RuntimeError(f"streamlit did not become healthy within {timeout_s:.0f}s; see {log_file}")
+
+
+def stop_server(server: Server) -> None:
+    """Stop the server's own process group (it was started in a new session), nothing else."""
+    if server.process.poll() is None:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            server.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait(timeout=5)
+
+
+def use_real_zoo() -> bool:
+    """The browser tests run on the committed demo zoo when it is there, else on the tiny zoo."""
+    return (ZOO_MODELS.is_dir() and any(ZOO_MODELS.rglob("config.json")) and ZOO_DATA.is_dir()
+            and os.environ.get("MERGESCOPE_TEST_TINY_ZOO") != "1")
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory, request):
+    """A running dashboard (zoo or tiny zoo) with its own empty cache; yields (Server, DemoZoo)."""
+    if use_real_zoo():
+        zoo = DemoZoo(ZOO_MODELS, ZOO_DATA)
+    else:
+        zoo = build_demo_zoo(tmp_path_factory.mktemp("browser-zoo"))
+    cache_dir = tmp_path_factory.mktemp("browser-cache")
+    server = start_server(zoo.models, zoo.data, cache_dir, ARTIFACTS / f"{request.module.__name__}.server.log")
+    try:
+        yield server, zoo
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian chromium, headless, through Playwright's sync API (never `playwright install`)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def wait_idle(page, timeout_ms: float = 120_000) -> None:
+    """Wait until the app has finished its run (Streamlit shows a 'running' status widget meanwhile)."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.match(/Running|Stop/i)",
+        timeout=timeout_ms,
+    )

@@ -1,0 +1,218 @@
+"""What every page shares: the cached engine objects, the shared pickers, the current systems,
+progress reporting and download buttons. Pages stay thin: they call these and views/figures.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import streamlit as st
+
+from engine import pipeline
+from engine.errors import MergeScopeError, RecipeError
+from views import state
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("devtest", "dev")
+SENTENCE_COUNTS = (8, 16, 32, 64, 128, 256)
+DEFAULT_SENTENCES = 32
+# Plotly's own camera button saves PNG in the browser, so no server-side image renderer is needed.
+PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+# ----------------------------------------------------------------- cached engine objects
+
+
+@st.cache_resource(show_spinner=False)
+def model_cache() -> pipeline.ModelCache:
+    """Loaded and merged models, shared by every session (ModelCache is thread-safe)."""
+    return pipeline.ModelCache()
+
+
+@st.cache_resource(ttl=60, show_spinner=False)
+def _discovery(roots: tuple[str, ...]):
+    return pipeline.discover([Path(r) for r in roots])
+
+
+def discovery():
+    """Checkpoints under the model roots; re-scanned at most once a minute."""
+    return _discovery(tuple(str(r) for r in pipeline.model_roots()))
+
+
+def checkpoints() -> dict:
+    return pipeline.checkpoints_by_label(discovery())
+
+
+# ----------------------------------------------------------------- shared pickers
+
+
+def draw_shared_pickers() -> None:
+    """Data split, sentences per direction and directions: every page's results depend on them."""
+    with st.sidebar:
+        st.subheader("Data")
+        state.default("split", SPLITS[0])
+        st.selectbox("Split", SPLITS, key="split", help="devtest for reporting, dev for choosing hyperparameters")
+        state.default("n", DEFAULT_SENTENCES)
+        if st.session_state["n"] not in SENTENCE_COUNTS:
+            st.session_state["n"] = DEFAULT_SENTENCES
+        st.select_slider("Sentences per direction", SENTENCE_COUNTS, key="n",
+                         help="more sentences: steadier scores, slower first view (results are cached)")
+        available = pipeline.available_directions(st.session_state["split"])
+        state.default("directions", [])
+        st.session_state["directions"] = [d for d in st.session_state["directions"] if d in available]
+        st.multiselect("Directions", available, key="directions",
+                       placeholder="the experts' own directions",
+                       help="empty: the directions the chosen experts were trained for")
+
+
+def directions() -> list[str]:
+    """The directions in play: chosen in the sidebar, else the experts' own, else every one."""
+    if st.session_state.get("directions"):
+        return list(st.session_state["directions"])
+    available = pipeline.available_directions(st.session_state.get("split", SPLITS[0]))
+    by_label = checkpoints()
+    own = [pipeline.checkpoint_direction(by_label[e]) for e in st.session_state.get("experts", []) if e in by_label]
+    own = [d for d in own if d in available]
+    return sorted(set(own)) or available
+
+
+def data_sets():
+    """The parallel sets of the chosen split and directions, cut to the chosen size."""
+    wanted = directions()
+    if not wanted:
+        return []
+    return pipeline.data_sets(st.session_state.get("split", SPLITS[0]), wanted, st.session_state.get("n", DEFAULT_SENTENCES))
+
+
+# ----------------------------------------------------------------- the recipe in the view
+
+
+def parse_schedule(text: str, name: str) -> list[float]:
+    """'0.2, 0.5, 0.8' -> [0.2, 0.5, 0.8]; RecipeError naming the parameter otherwise."""
+    items = [t for t in re.split(r"[,\s]+", text.strip()) if t]
+    try:
+        values = [float(t) for t in items]
+    except ValueError:
+        raise RecipeError(f"schedule for {name}: expected numbers separated by commas, got {text!r}") from None
+    if len(values) < 2:
+        raise RecipeError(f"schedule for {name}: give at least two values (first layer … last layer)")
+    return values
+
+
+def recipe_parts() -> tuple[str, list[str], str, dict, dict] | None:
+    """(base, experts, method, parameters, schedules) from the view state; None while incomplete."""
+    base, experts, method = st.session_state.get("base"), st.session_state.get("experts") or [], st.session_state.get("method")
+    if not base or not experts or not method:
+        return None
+    specs = pipeline.method_specs()
+    if method not in specs:
+        raise RecipeError(f"unknown merge method {method!r} in the link; known: {', '.join(specs)}")
+    params, schedules = {}, {}
+    for p in specs[method].params:
+        key = state.param_key(method, p.name)
+        if key in st.session_state:
+            params[p.name] = p.kind(st.session_state[key])
+        skey = state.schedule_key(method, p.name)
+        if st.session_state.get("schedule_on") and p.kind is float and st.session_state.get(skey, "").strip():
+            schedules[p.name] = parse_schedule(st.session_state[skey], p.name)
+    return base, list(experts), method, params, schedules
+
+
+def current_recipe():
+    """The recipe the pickers describe (None while incomplete); built once per distinct view."""
+    parts = recipe_parts()
+    if parts is None:
+        return None
+    base, experts, method, params, schedules = parts
+    cache_key = repr(parts)
+    memo = st.session_state.setdefault("_recipe_memo", {})
+    if cache_key not in memo:
+        memo.clear()
+        memo[cache_key] = pipeline.build_recipe(base, experts, method, params, schedules)
+    return memo[cache_key]
+
+
+def merged_system():
+    """The merge System when the user merged the current recipe (or opened a link that did)."""
+    merged = st.session_state.get("merged")
+    if not merged:
+        return None
+    recipe = current_recipe()
+    if recipe is None:
+        return None
+    system = pipeline.merge_system(recipe)
+    return system if system.identity.startswith(merged) else None
+
+
+def systems(include_merge: bool = True) -> list[pipeline.System]:
+    """Base, experts, other chosen models and the merge, in the paper table's order."""
+    by_label = checkpoints()
+    names = [st.session_state.get("base"), *st.session_state.get("experts", []), *st.session_state.get("extra_systems", [])]
+    out, seen = [], set()
+    for name in names:
+        if name and name in by_label and name not in seen:
+            seen.add(name)
+            out.append(pipeline.checkpoint_system(by_label[name]))
+    if include_merge and (merge := merged_system()) is not None:
+        out.append(merge)
+    return out
+
+
+def need(condition: bool, message: str) -> None:
+    """Say what is missing and stop the page."""
+    if not condition:
+        st.info(message)
+        st.stop()
+
+
+def need_engine(module: str, feature: str) -> None:
+    need(pipeline.available(module), f"{feature} needs the engine module `{module}`, which is not in this checkout yet.")
+
+
+# ----------------------------------------------------------------- progress and downloads
+
+
+class ProgressReporter:
+    """An engine progress callback that draws into one st.status box."""
+
+    def __init__(self, label: str):
+        self.box = st.status(label, expanded=False)
+        self.bar = self.box.progress(0.0)
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        self.bar.progress(min(1.0, done / total) if total else 1.0, text=message)
+
+    def finish(self, label: str) -> None:
+        self.box.update(label=label, state="complete")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "figure"
+
+
+def show_figure(fig, name: str, key: str) -> None:
+    """A Plotly figure with PNG (camera button) and HTML downloads."""
+    config = {**PLOT_CONFIG, "toImageButtonOptions": {**PLOT_CONFIG["toImageButtonOptions"], "filename": slug(name)}}
+    st.plotly_chart(fig, key=key, config=config, width="stretch")
+    # Built on click only: a self-contained page embeds plotly.js (megabytes), and must open offline.
+    st.download_button("HTML", lambda: fig.to_html(include_plotlyjs=True, full_html=True), file_name=f"{slug(name)}.html",
+                       mime="text/html", key=f"{key}_html", on_click="ignore",
+                       help="interactive figure, works offline; PNG: the camera button on the figure")
+
+
+def download_csv(frame: pd.DataFrame, name: str, key: str) -> None:
+    st.download_button("CSV", frame.to_csv(index=False), file_name=f"{slug(name)}.csv", mime="text/csv", key=key,
+                       on_click="ignore")
+
+
+def show_error(err: MergeScopeError) -> None:
+    st.error(str(err))
+
+
+def labels(systems_: Sequence[pipeline.System]) -> list[str]:
+    return [s.name for s in systems_]

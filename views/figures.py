@@ -1,0 +1,196 @@
+"""Plotly figures and tables built from engine results. Arranging only: no analysis happens here.
+
+Every figure carries the signature of the settings that produced it in its subtitle (the
+sacreBLEU idea), so a downloaded PNG still says what it shows.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+CKA_SCALE = "Viridis"
+DIFF_SCALE = "RdBu"
+SCORE_COLUMNS = {"bleu": "BLEU", "chrf": "chrF", "chrfpp": "chrF++", "off_target": "off-target",
+                 "off_target_ref": "off-target vs ref. language"}
+
+
+def _title(text: str, signature: str = "") -> dict:
+    sub = f"<br><sup>{signature}</sup>" if signature else ""
+    return {"text": f"{text}{sub}", "x": 0.0, "xanchor": "left"}
+
+
+# ----------------------------------------------------------------- scores
+
+
+def scores_table(rows: Sequence[dict]) -> pd.DataFrame:
+    """The paper-style table, long form: one row per system and direction (plus 'avg')."""
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    keep = ["system", "direction", "n", *SCORE_COLUMNS]
+    frame = frame[keep].rename(columns=SCORE_COLUMNS)
+    for col in ("off-target", "off-target vs ref. language"):
+        frame[col] = 100 * frame[col]  # shares -> percent, as the paper prints them
+    return frame.round(2)
+
+
+def scores_wide(rows: Sequence[dict], metric: str) -> pd.DataFrame:
+    """Systems × directions for one metric, systems in the order given."""
+    frame = pd.DataFrame(rows)
+    order = list(dict.fromkeys(frame["system"]))
+    wide = frame.pivot(index="system", columns="direction", values=metric).reindex(order)
+    scale = 100 if metric.startswith("off_target") else 1
+    return (wide * scale).round(2)
+
+
+def scores_bars(rows: Sequence[dict], metric: str) -> go.Figure:
+    """One bar per system in each direction (avg last)."""
+    frame = pd.DataFrame(rows)
+    scale = 100 if metric.startswith("off_target") else 1
+    fig = go.Figure()
+    for system, part in frame.groupby("system", sort=False):
+        fig.add_bar(name=system, x=part["direction"], y=part[metric] * scale,
+                    hovertemplate=f"{system}<br>%{{x}}: %{{y:.2f}}<extra></extra>")
+    unit = " (%)" if scale == 100 else ""
+    signatures = sorted({s for s in frame.get("bleu_signature", []) if isinstance(s, str) and s})
+    fig.update_layout(barmode="group", title=_title(f"{SCORE_COLUMNS.get(metric, metric)}{unit} per direction",
+                                                    signatures[0] if signatures and metric == "bleu" else ""),
+                      yaxis_title=SCORE_COLUMNS.get(metric, metric) + unit, legend_title="system", height=420)
+    return fig
+
+
+# ----------------------------------------------------------------- layers
+
+
+def cka_heatmap(values: np.ndarray, title: str, row_label: str, col_label: str, zmin: float, zmax: float,
+                signature: str = "", colorscale: str = CKA_SCALE) -> go.Figure:
+    """An L × L CKA matrix; layer 0 is the embedding output, layer l the output of block l."""
+    rows, cols = values.shape
+    fig = go.Figure(go.Heatmap(
+        z=values, x=list(range(cols)), y=list(range(rows)), zmin=zmin, zmax=zmax, colorscale=colorscale,
+        colorbar={"title": "CKA" if colorscale == CKA_SCALE else "Δ"},
+        hovertemplate=f"{row_label} layer %{{y}}<br>{col_label} layer %{{x}}<br>value %{{z:.4f}}<extra></extra>",
+    ))
+    fig.update_layout(title=_title(title, signature), height=460, margin={"l": 60, "r": 20, "t": 80, "b": 50})
+    fig.update_xaxes(title=f"{col_label} layer", dtick=max(1, cols // 12), constrain="domain")
+    fig.update_yaxes(title=f"{row_label} layer", dtick=max(1, rows // 12), scaleanchor="x", autorange="reversed")
+    return fig
+
+
+def cka_side_by_side(left, right) -> tuple[go.Figure, go.Figure, go.Figure | None]:
+    """Two CKAMatrix results on one colour scale, and left − right when their shapes agree."""
+    finite = np.concatenate([left.values[np.isfinite(left.values)], right.values[np.isfinite(right.values)]])
+    zmin = float(min(0.0, finite.min())) if finite.size else 0.0
+    zmax = 1.0
+    fig_l = cka_heatmap(left.values, f"{left.labels[0]} vs {left.labels[1]}", *left.labels, zmin, zmax, left.signature)
+    fig_r = cka_heatmap(right.values, f"{right.labels[0]} vs {right.labels[1]}", *right.labels, zmin, zmax, right.signature)
+    if left.values.shape != right.values.shape:
+        return fig_l, fig_r, None
+    diff = left.values - right.values
+    bound = float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 1.0
+    bound = bound or 1e-6
+    fig_d = cka_heatmap(diff, "Difference (left − right)", "row", "column", -bound, bound, left.signature, DIFF_SCALE)
+    return fig_l, fig_r, fig_d
+
+
+def cka_curves(curves: dict[str, np.ndarray], signature: str = "") -> go.Figure:
+    """Per-layer CKA (the matrix diagonal) for each pair."""
+    fig = go.Figure()
+    for name, values in curves.items():
+        fig.add_scatter(x=list(range(len(values))), y=values, mode="lines+markers", name=name,
+                        hovertemplate=f"{name}<br>layer %{{x}}: CKA %{{y:.4f}}<extra></extra>")
+    fig.update_layout(title=_title("CKA per layer (0 = embeddings)", signature), xaxis_title="layer",
+                      yaxis_title="CKA", yaxis_range=[0, 1.02], height=380)
+    return fig
+
+
+# ----------------------------------------------------------------- neurons
+
+
+def count_heatmap(counts: np.ndarray, languages: Sequence[str], title: str, signature: str = "") -> go.Figure:
+    """Layers × languages count matrix, each cell annotated with its count."""
+    counts = np.asarray(counts)
+    fig = go.Figure(go.Heatmap(
+        z=counts, x=list(languages), y=[f"{l + 1}" for l in range(counts.shape[0])], colorscale="Blues",
+        text=counts, texttemplate="%{text}", colorbar={"title": "neurons"},
+        hovertemplate="block %{y}, %{x}: %{z} neurons<extra></extra>",
+    ))
+    fig.update_layout(title=_title(title, signature), height=max(300, 28 * counts.shape[0] + 120))
+    fig.update_xaxes(title="language", side="top")
+    fig.update_yaxes(title="block", autorange="reversed")
+    return fig
+
+
+def layer_histograms(edges: np.ndarray, counts: Sequence[np.ndarray], names: Sequence[str], title: str,
+                     x_title: str) -> go.Figure:
+    """Overlaid histograms (one per model) of one layer from precomputed bin counts."""
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig = go.Figure()
+    for name, c in zip(names, counts):
+        fig.add_bar(x=centres, y=c, name=name, width=float(edges[1] - edges[0]), opacity=0.6,
+                    hovertemplate=f"{name}<br>{x_title} %{{x:.3f}}: %{{y}} neurons<extra></extra>")
+    fig.update_layout(barmode="overlay", title=_title(title), xaxis_title=x_title, yaxis_title="neurons", height=340)
+    return fig
+
+
+def selection_comparison(comparison, title: str) -> go.Figure:
+    """Per block: neurons gained and lost by the fine-tune (bars) and Jaccard overlap (line)."""
+    blocks = list(range(1, len(comparison.base) + 1))
+    fig = go.Figure()
+    fig.add_bar(x=blocks, y=comparison.gained, name="gained", marker_color="#2ca02c")
+    fig.add_bar(x=blocks, y=-np.asarray(comparison.lost), name="lost", marker_color="#d62728",
+                customdata=comparison.lost, hovertemplate="block %{x}: lost %{customdata}<extra></extra>")
+    fig.add_scatter(x=blocks, y=comparison.jaccard, name="Jaccard", yaxis="y2", mode="lines+markers")
+    fig.update_layout(barmode="relative", title=_title(title, comparison.signature), xaxis_title="block",
+                      yaxis_title="neurons (lost below 0)", height=380,
+                      yaxis2={"title": "Jaccard", "overlaying": "y", "side": "right", "range": [0, 1]})
+    return fig
+
+
+def nua_figure(nua, title: str) -> go.Figure:
+    """NUA per block, with the lower / middle / upper third averages as steps."""
+    blocks = list(range(1, len(nua.per_layer) + 1))
+    fig = go.Figure()
+    fig.add_bar(x=blocks, y=nua.per_layer, name="per block", hovertemplate="block %{x}: NUA %{y:.4f}<extra></extra>")
+    for (start, end), value, name in zip(nua.thirds, (nua.lower, nua.middle, nua.upper), ("lower", "middle", "upper")):
+        fig.add_scatter(x=[start + 0.5, end + 0.5], y=[value, value], mode="lines", name=f"{name} third {value:.3f}",
+                        line={"width": 3})
+    low = float(np.nanmin(nua.per_layer)) if np.isfinite(nua.per_layer).any() else 0.0
+    fig.update_layout(title=_title(title, nua.signature), xaxis_title="block", yaxis_title="NUA (cosine)",
+                      yaxis_range=[min(0.9, low - 0.02), 1.0], height=360)
+    return fig
+
+
+# ----------------------------------------------------------------- samples
+
+
+def samples_table(rows: Sequence[dict]) -> pd.DataFrame:
+    """One row per sentence, one output (and its chrF / language) column group per system."""
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    wide = frame.pivot_table(index=["direction", "item", "source", "reference", "target"], columns="system",
+                             values=["output", "chrF", "detected"], aggfunc="first", sort=False)
+    systems = list(dict.fromkeys(frame["system"]))
+    wide.columns = [f"{system} · {field}" for field, system in wide.columns]
+    ordered = [f"{s} · {f}" for s in systems for f in ("output", "chrF", "detected") if f"{s} · {f}" in wide.columns]
+    return wide[ordered].reset_index()
+
+
+def off_target_style(frame: pd.DataFrame):
+    """Highlight each output whose detected language is not the target."""
+    def colour(row):
+        styles = [""] * len(row)
+        for i, col in enumerate(row.index):
+            if col.endswith(" · detected") and row[col] != row["target"]:
+                out = f"{col[: -len(' · detected')]} · output"
+                for j, c in enumerate(row.index):
+                    if c in (col, out):
+                        styles[j] = "background-color: #f8d7da"
+        return styles
+
+    return frame.style.apply(colour, axis=1).format(precision=1, subset=[c for c in frame.columns if c.endswith("chrF")])

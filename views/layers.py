@@ -1,0 +1,99 @@
+"""Layers: L × L CKA heatmaps of two model pairs side by side on one colour scale, their difference,
+and the per-layer curves."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from engine import pipeline
+from views import common, figures, state
+
+ALL = "all chosen directions"
+
+st.title("Layers")
+common.need_engine("engine.activations", "Layer CKA")
+common.need(bool(st.session_state.get("base")) and bool(st.session_state.get("experts")),
+            "Pick a base model and experts on **Models & merge** first.")
+systems = {s.name: s for s in common.systems()}
+names = list(systems)
+sets = common.data_sets()
+common.need(bool(sets), "No parallel data for the chosen directions; pick directions in the sidebar.")
+common.need(len(sets[0]) >= 4, "CKA needs at least 4 sentences per direction; raise the count in the sidebar.")
+
+experts = [n for n in st.session_state["experts"] if n in systems]
+merge = pipeline.MERGE if pipeline.MERGE in systems else None
+base = st.session_state["base"]
+defaults = {
+    "a_row": experts[0], "a_col": experts[1] if len(experts) > 1 else base,
+    "b_row": merge or base, "b_col": experts[0],
+}
+for key, value in defaults.items():
+    state.default(key, value)
+    if st.session_state[key] not in names:
+        st.session_state[key] = value
+
+controls = st.columns(3)
+state.default("span", "source")
+controls[0].segmented_control("Span", list(pipeline.SPANS), key="span",
+                              help="mean-pool each sentence's hidden states over its source or its reference tokens")
+direction_names = [ALL, *[s.direction for s in sets]]
+state.default("cka_direction", ALL)
+if st.session_state["cka_direction"] not in direction_names:
+    st.session_state["cka_direction"] = ALL
+controls[1].selectbox("Sentences from", direction_names, key="cka_direction")
+state.default("cka_kind", "linear")
+controls[2].segmented_control("CKA", ["linear", "debiased"], key="cka_kind",
+                              help="debiased CKA (Nguyen et al. 2021) corrects the upward bias at small n")
+span = st.session_state.get("span") or "source"
+chosen_sets = sets if st.session_state["cka_direction"] == ALL else [s for s in sets if s.direction == st.session_state["cka_direction"]]
+debiased = st.session_state.get("cka_kind") == "debiased"
+if not merge:
+    st.info("No merge yet: press **Merge** on Models & merge to compare the merge with the experts.")
+
+left, right = st.columns(2)
+with left:
+    st.markdown("**Left pair** (rows × columns)")
+    row = st.columns(2)
+    row[0].selectbox("Rows", names, key="a_row")
+    row[1].selectbox("Columns", names, key="a_col")
+with right:
+    st.markdown("**Right pair** (rows × columns)")
+    row = st.columns(2)
+    row[0].selectbox("Rows", names, key="b_row")
+    row[1].selectbox("Columns", names, key="b_col")
+
+reporter = common.ProgressReporter("Capturing representations (cached captures come back at once)")
+models = common.model_cache()
+pair_a = pipeline.cka_pair(systems[st.session_state["a_row"]], systems[st.session_state["a_col"]], chosen_sets, span,
+                           models, debiased, reporter)
+pair_b = pipeline.cka_pair(systems[st.session_state["b_row"]], systems[st.session_state["b_col"]], chosen_sets, span,
+                           models, debiased, reporter)
+reporter.finish(f"CKA on {pair_a.n} sentences, {span} span")
+
+fig_a, fig_b, fig_diff = figures.cka_side_by_side(pair_a, pair_b)
+with left:
+    common.show_figure(fig_a, f"cka_{pair_a.labels[0]}_vs_{pair_a.labels[1]}", key="cka_left")
+with right:
+    common.show_figure(fig_b, f"cka_{pair_b.labels[0]}_vs_{pair_b.labels[1]}", key="cka_right")
+
+below = st.columns(2)
+with below[0]:
+    if fig_diff is not None:
+        common.show_figure(fig_diff, "cka_difference", key="cka_diff")
+    else:
+        st.info("The two pairs have different depths; no difference map.")
+with below[1]:
+    curves = {}
+    for m in (pair_a, pair_b):
+        if m.values.shape[0] == m.values.shape[1]:
+            curves[f"{m.labels[0]} vs {m.labels[1]}"] = np.diag(m.values)
+    if curves:
+        common.show_figure(figures.cka_curves(curves, pair_a.signature), "cka_per_layer", key="cka_curves")
+
+frames = []
+for side, m in (("left", pair_a), ("right", pair_b)):
+    f = pd.DataFrame(m.values).rename_axis("row_layer").reset_index().melt(id_vars="row_layer", var_name="col_layer",
+                                                                         value_name="cka")
+    frames.append(f.assign(side=side, rows=m.labels[0], columns=m.labels[1], signature=m.signature))
+common.download_csv(pd.concat(frames), "cka_matrices", key="cka_csv")
+st.caption(f"Layer 0 is the embedding output; layer l the output of block l. {pair_a.signature}")

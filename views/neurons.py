@@ -1,0 +1,106 @@
+"""Neurons: LAPE language-specific neurons per block and language, base vs fine-tune, NUA, histograms."""
+
+import pandas as pd
+import streamlit as st
+
+from engine import pipeline
+from views import common, figures, state
+
+PRESET_NAMES = {"paper": "Paper's code (0.10 / 0.80 / no filter)", "lape": "Original LAPE (0.05 / 0.95 / 0.95)",
+                "custom": "Custom"}
+
+
+def apply_preset() -> None:
+    """Callback: a preset sets the sliders (before they are drawn)."""
+    from engine.neurons import PRESETS
+
+    preset = PRESETS.get(st.session_state.get("preset"))
+    if preset is not None:
+        st.session_state.update(top_rate=preset.top_rate, activation_bar=preset.activation_bar,
+                                filter_on=preset.filter is not None, filter_q=preset.filter or 0.95)
+
+
+def mark_custom() -> None:
+    st.session_state["preset"] = "custom"
+
+
+st.title("Neurons")
+common.need_engine("engine.activations", "Neuron selectivity")
+common.need(bool(st.session_state.get("base")) and bool(st.session_state.get("experts")),
+            "Pick a base model and experts on **Models & merge** first.")
+from engine.neurons import LapeSettings  # noqa: E402  (after the check that says what is missing)
+
+systems = {s.name: s for s in common.systems()}
+base = systems[st.session_state["base"]]
+others = [n for n in systems if n != base.name]
+sets = common.data_sets()
+common.need(bool(sets), "No parallel data for the chosen directions; pick directions in the sidebar.")
+
+controls = st.columns([2, 2, 1])
+state.default("neuron_model", pipeline.MERGE if pipeline.MERGE in others else others[0])
+if st.session_state["neuron_model"] not in others:
+    st.session_state["neuron_model"] = others[0]
+controls[0].selectbox("Fine-tune (against the base)", others, key="neuron_model")
+state.default("span", "source")
+controls[1].segmented_control("Span", list(pipeline.SPANS), key="span",
+                              help="which tokens count: the source sentence or the reference translation")
+state.default("preset", "paper")
+controls[2].selectbox("Preset", list(PRESET_NAMES), key="preset", format_func=PRESET_NAMES.get, on_change=apply_preset)
+for key, value in (("top_rate", 0.10), ("activation_bar", 0.80), ("filter_on", False), ("filter_q", 0.95)):
+    state.default(key, value)
+sliders = st.columns(3)
+sliders[0].slider("top_rate", 0.01, 0.5, step=0.01, key="top_rate", on_change=mark_custom,
+                  help="share of all neurons kept, lowest entropy first")
+sliders[1].slider("activation_bar", 0.5, 0.99, step=0.01, key="activation_bar", on_change=mark_custom,
+                  help="a kept neuron belongs to every language whose p exceeds this quantile of all p")
+with sliders[2]:
+    st.toggle("filter", key="filter_on", on_change=mark_custom, help="drop neurons whose highest p is under a quantile")
+    st.slider("filter quantile", 0.5, 0.99, step=0.01, key="filter_q", on_change=mark_custom,
+              disabled=not st.session_state["filter_on"])
+settings = LapeSettings(st.session_state["top_rate"], st.session_state["activation_bar"],
+                        st.session_state["filter_q"] if st.session_state["filter_on"] else None)
+span = st.session_state.get("span") or "source"
+finetune = systems[st.session_state["neuron_model"]]
+
+reporter = common.ProgressReporter("Capturing activations (cached captures come back at once)")
+report = pipeline.neuron_report(base, finetune, sets, span, settings, common.model_cache(), reporter)
+reporter.finish(f"LAPE over {', '.join(report.languages)} ({span} spans)")
+
+left, right = st.columns(2)
+with left:
+    common.show_figure(figures.count_heatmap(report.base.counts, report.languages, f"{base.name}: neurons per block",
+                                             report.base.signature), "neurons_base", key="counts_base")
+with right:
+    common.show_figure(figures.count_heatmap(report.finetune.counts, report.languages,
+                                             f"{finetune.name}: neurons per block", report.finetune.signature),
+                       "neurons_finetune", key="counts_finetune")
+counts = pd.DataFrame(report.finetune.counts, columns=list(report.languages)).rename_axis("block_index").reset_index()
+common.download_csv(counts.assign(model=finetune.name), "neuron_counts", key="counts_csv")
+
+left, right = st.columns(2)
+with left:
+    common.show_figure(figures.selection_comparison(report.comparison, f"{base.name} → {finetune.name}: gained / lost"),
+                       "neurons_gained_lost", key="gained_lost")
+with right:
+    common.show_figure(figures.nua_figure(report.nua, f"Neuron usage alignment, {base.name} vs {finetune.name}"),
+                       "nua", key="nua")
+    thirds = st.columns(3)
+    for col, name, value in zip(thirds, ("lower", "middle", "upper"), (report.nua.lower, report.nua.middle, report.nua.upper)):
+        col.metric(f"NUA {name} third", f"{value:.3f}")
+
+layers = len(report.histograms.entropy_counts)
+state.default("neuron_layer", 1)
+st.session_state["neuron_layer"] = min(max(1, int(st.session_state["neuron_layer"])), layers)
+st.slider("Block for the histograms", 1, layers, key="neuron_layer")
+layer = st.session_state["neuron_layer"] - 1
+left, right = st.columns(2)
+with left:
+    common.show_figure(figures.layer_histograms(report.histograms.entropy_edges,
+                                                [report.base_histograms.entropy_counts[layer], report.histograms.entropy_counts[layer]],
+                                                [base.name, finetune.name], f"Entropy over languages, block {layer + 1}",
+                                                "entropy"), "entropy_histogram", key="entropy_hist")
+with right:
+    common.show_figure(figures.layer_histograms(report.histograms.selectivity_edges,
+                                                [report.base_histograms.selectivity_counts[layer], report.histograms.selectivity_counts[layer]],
+                                                [base.name, finetune.name], f"Selectivity (largest normalised p), block {layer + 1}",
+                                                "selectivity"), "selectivity_histogram", key="selectivity_hist")
