@@ -1,0 +1,8 @@
+"""`python -m engine.zoo build|verify` — the same command as `python -m engine zoo ...`."""
+
+import sys
+
+from engine.__main__ import main
+
+if __name__ == "__main__":
+    sys.exit(main(["zoo", *sys.argv[1:]]))
