@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import transformers
 
 from engine.errors import DataError, SettingsError
@@ -26,6 +27,16 @@ ES = ["el primero de enero de mil novecientos noventa y nueve", "veintiún mil t
       "el gato duerme en el sofá caliente", "llegaremos a la estación mañana por la mañana"]
 RU = ["первое января тысяча девятьсот девяносто девятого года", "двадцать одна тысяча триста четыре евро",
       "кошка спит на тёплом диване", "мы приедем на вокзал завтра утром"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # Tiny models are latency-bound: on a shared 2-core machine, OpenMP threads spinning
+    # against other processes make each matmul 10x slower than one thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,60 @@
+"""`python -m engine sweep GRID.yaml`: grid-search merges, then the paper-style table.
+
+    python -m engine sweep GRID.yaml --out results/sweep
+    python -m engine sweep GRID.yaml --dry-run        # validate and count the points only
+
+Ctrl-C stops after the current point; run the same command again to resume from the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("grid", help="GRID.yaml (see engine/sweep/config.py for the format)")
+    parser.add_argument("--out", default="sweep-results", help="folder for table.md, table.csv, points.csv")
+    parser.add_argument("--device", help="auto, cpu or cuda (default: MERGESCOPE_DEVICE)")
+    parser.add_argument("--no-cache", action="store_true", help="recompute every score (no resuming)")
+    parser.add_argument("--dry-run", action="store_true", help="validate everything and list the points, merge nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.sweep import load, preflight, run_sweep, table_markdown, write_sweep
+
+    config = load(args.grid)
+    if args.dry_run:
+        preflight(config)
+        for method, points in config.grids.items():
+            print(f"{method}: {len(points)} point(s) per group")
+        print(f"{len(config.points())} merges over {len(config.groups)} group(s): {', '.join(config.groups)}")
+        return 0
+
+    stop_requested = False
+
+    def on_interrupt(signum, frame):
+        nonlocal stop_requested
+        if stop_requested:  # a second Ctrl-C aborts at once
+            raise KeyboardInterrupt
+        stop_requested = True
+        log.warning("stopping after the current step (Ctrl-C again to abort)")
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    started = time.monotonic()
+    try:
+        result = run_sweep(config, device=args.device, use_cache=not args.no_cache, should_stop=lambda: stop_requested,
+                           progress=lambda done, total, msg: log.info("[%d/%d] %s", done, total, msg))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    for path in write_sweep(result, args.out):
+        log.info("wrote %s", path)
+    log.info("sweep took %.1f s; %d point(s) failed", time.monotonic() - started, len(result.failed))
+    if result.tables:
+        sys.stdout.write(table_markdown(result))
+    return 1 if result.stopped else 0

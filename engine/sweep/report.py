@@ -1,0 +1,59 @@
+"""Sweep exports: the paper-style table per group (arXiv 2604.02881's layout) and every grid point."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from engine.sweep.run import SweepResult, dev_summary
+from engine.translate.report import COLUMNS, long_rows, to_markdown
+
+
+def table_csv(result: SweepResult) -> str:
+    """Long form: group, system, direction, scores, rates, signatures (devtest)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=("group", *COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for group, rows in result.tables.items():
+        for row in long_rows(rows):
+            writer.writerow({"group": group, **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()}})
+    return out.getvalue()
+
+
+def table_markdown(result: SweepResult) -> str:
+    metric = result.config.metric
+    parts = [to_markdown(rows, title=f"{group} (devtest; merges chosen on dev by average {metric})")
+             for group, rows in result.tables.items()]
+    if result.failed:
+        parts.append("Failed points: " + "; ".join(f"{p.group} {p.point.label}: {p.error}" for p in result.failed) + "\n")
+    if result.stopped:
+        parts.append("Sweep stopped before the end; run it again to resume from the cache.\n")
+    return "\n".join(parts)
+
+
+def points_csv(result: SweepResult) -> str:
+    rows = dev_summary(result.points, result.config.metric)
+    out = io.StringIO()
+    fields = ["group", "method", "setting", "status", "dev_bleu", "dev_chrf", "dev_chrfpp", "dev_off_target",
+              "dev_off_target_ref", "identity", "error"]
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return out.getvalue()
+
+
+def write_sweep(result: SweepResult, folder: str | Path) -> list[Path]:
+    """table.csv, table.md and points.csv into `folder`; returns the files written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"points.csv": points_csv(result)}
+    if result.tables:
+        files["table.csv"] = table_csv(result)
+    files["table.md"] = table_markdown(result) if result.tables else ("Sweep stopped before the table.\n" if result.stopped else "")
+    written = []
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+        written.append(folder / name)
+    return written

@@ -1,0 +1,138 @@
+"""Sweeps on tiny checkpoints: grid validation, failed points, stop and resume without recomputing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+import engine.sweep.run as sweep_run
+from engine.__main__ import main
+from engine.errors import RecipeError
+from engine.parallel import ParallelSet, save_jsonl
+from engine.sweep import PAPER_GRIDS, expand, load, run_sweep, validate_grid, write_sweep
+from tests.tiny_models import make_model, make_tokenizer, save_checkpoint
+
+EN = ["the first of January", "twenty-one thousand euros"]
+ES = ["el primero de enero", "veintiún mil euros"]
+RU = ["первое января", "двадцать одна тысяча евро"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # Tiny models are latency-bound: on a shared 2-core machine, OpenMP threads spinning
+    # against other processes make each matmul 10x slower than one thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def grid_file(model_root, tmp_path):
+    base = make_model("qwen2", seed=0, vocab_size=len(make_tokenizer()))
+    save_checkpoint(model_root / "base", seed=0)
+    for i, d in enumerate(["en-es", "en-ru"], 1):
+        save_checkpoint(model_root / f"expert-{d}", seed=i, base=base, delta_scale=0.02)
+    for split in ("dev", "devtest"):
+        save_jsonl(ParallelSet("en", "es", tuple(EN), tuple(ES)), tmp_path / "data" / split / "en-es.jsonl")
+        save_jsonl(ParallelSet("en", "ru", tuple(EN), tuple(RU)), tmp_path / "data" / split / "en-ru.jsonl")
+    grid = {
+        "base_model": str(model_root / "base"),
+        "experts": {d: str(model_root / f"expert-{d}") for d in ("en-es", "en-ru")},
+        "data": {"dev": "data/dev", "devtest": "data/devtest"},
+        "methods": {"task_arithmetic": {"weight": [0.2, 0.5, 1.0]}},
+        "decoding": {"max_new_tokens": 4, "batch_size": 2},
+    }
+    path = tmp_path / "GRID.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_paper_grids_have_the_papers_sizes():
+    sizes = {m: len(expand(m, validate_grid(m, "paper"))) for m in PAPER_GRIDS}
+    assert sizes == {"task_arithmetic": 10, "ties": 9 * 25, "dare_linear": 10 * 9, "sce": 9}
+    assert validate_grid("ties", "paper")["weight"][-1] == 2.5
+
+
+@pytest.mark.parametrize("method, grid, message", [
+    ("tiess", "paper", "tiess"),
+    ("ties", {"densty": [0.5], "weight": [1.0]}, "densty"),
+    ("ties", {"density": [0.5]}, "weight"),
+    ("sce", {"select_topk": ["lots"]}, "select_topk"),
+    ("linear", {"weight": [1.0]}, "base"),
+])
+def test_bad_grids_are_refused_by_name(method, grid, message):
+    with pytest.raises(RecipeError, match=message):
+        validate_grid(method, grid)
+
+
+def test_bad_grid_file_fails_before_any_merge(grid_file, monkeypatch):
+    data = yaml.safe_load(grid_file.read_text())
+    data["methods"]["ties"] = {"density": [0.5], "weight": [1.0], "nomralize": [True]}
+    grid_file.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(sweep_run, "merge_into_model", lambda *a, **k: pytest.fail("merged before validation"))
+    with pytest.raises(RecipeError, match="nomralize"):
+        load(grid_file)
+
+
+def counting_merges(monkeypatch):
+    merged = []
+    real = sweep_run.merge_into_model
+
+    def spy(recipe, *args, **kwargs):
+        merged.append(recipe.source)
+        return real(recipe, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_run, "merge_into_model", spy)
+    return merged
+
+
+def test_stopped_sweep_resumes_without_recomputing(grid_file, monkeypatch, tmp_path):
+    config = load(grid_file)
+    merged = counting_merges(monkeypatch)
+    steps = []
+    first = run_sweep(config, progress=lambda done, total, msg: steps.append(done), should_stop=lambda: len(merged) >= 2)
+    assert first.stopped and len(first.points) == 2 and len(merged) == 2
+
+    merged.clear()
+    second = run_sweep(config)
+    assert not second.stopped and len(second.points) == 3
+    dev_merges = [m for m in merged if "weight=" in m]
+    # Only the third point's dev scores and the best point's devtest scores needed a merge.
+    assert sum("weight=1.0" in m for m in dev_merges) >= 1
+    assert not any("weight=0.2" in m for m in merged if m != second.best[("experts", "task_arithmetic")][0].recipe.source)
+    assert len(merged) <= 2
+    systems = [r.system for r in second.tables["experts"]]
+    assert systems[:2] == ["base", "experts (own direction)"] and systems[2].startswith("task_arithmetic")
+
+    merged.clear()
+    third = run_sweep(config)
+    assert merged == []  # everything cached
+    assert [p.dev for p in third.points] == [p.dev for p in second.points]
+    files = {p.name for p in write_sweep(third, tmp_path / "out")}
+    assert files == {"points.csv", "table.csv", "table.md"}
+    assert "experts (own direction)" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_failed_point_is_reported_and_the_sweep_goes_on(grid_file, monkeypatch):
+    config = load(grid_file)
+    real = sweep_run.merge_into_model
+
+    def flaky(recipe, *args, **kwargs):
+        if "weight=0.5" in recipe.source:
+            raise RuntimeError("simulated out-of-memory")
+        return real(recipe, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_run, "merge_into_model", flaky)
+    result = run_sweep(config, use_cache=False)
+    assert [p.ok for p in result.points] == [True, False, True]
+    assert "simulated" in result.failed[0].error and result.failed[0].recipe.merge_method == "task_arithmetic"
+    assert ("experts", "task_arithmetic") in result.best
+
+
+def test_sweep_cli(grid_file, tmp_path, capsys):
+    assert main(["sweep", str(grid_file), "--dry-run"]) == 0
+    assert "3 merges" in capsys.readouterr().out
+    assert main(["sweep", str(grid_file), "--out", str(tmp_path / "res")]) == 0
+    assert (tmp_path / "res" / "table.csv").read_text().startswith("group,system,direction")
