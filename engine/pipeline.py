@@ -359,15 +359,27 @@ def available_directions(split: str) -> list[str]:
 # --------------------------------------------------------------------------- scores
 
 
+def decoding_settings():
+    """Greedy decoding as the paper's protocol; MERGESCOPE_MAX_NEW_TOKENS caps new tokens (tests use a
+    small cap: random tiny models never emit end-of-turn)."""
+    from engine.translate.generate import DecodingSettings
+
+    cap = os.environ.get("MERGESCOPE_MAX_NEW_TOKENS", "").strip()
+    if not cap:
+        return DecodingSettings()
+    try:
+        return DecodingSettings(max_new_tokens=int(cap))
+    except ValueError:
+        raise DataError(f"MERGESCOPE_MAX_NEW_TOKENS: expected a positive integer, got {cap!r}") from None
+
+
 class LazyTranslator:
     """A Translator that loads (or merges) its model only when something is not cached."""
 
     def __init__(self, system: System, models: ModelCache, settings=None):
-        from engine.translate.generate import DecodingSettings
-
         self.system, self.models = system, models
         self.identity = system.identity
-        self.settings = settings or DecodingSettings()
+        self.settings = settings or decoding_settings()
 
     def cache_parts(self) -> dict:
         return {"model": self.identity, **self.settings.cache_parts()}

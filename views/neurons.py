@@ -41,8 +41,8 @@ state.default("neuron_model", pipeline.MERGE if pipeline.MERGE in others else ot
 if st.session_state["neuron_model"] not in others:
     st.session_state["neuron_model"] = others[0]
 controls[0].selectbox("Fine-tune (against the base)", others, key="neuron_model")
-state.default("span", "source")
-controls[1].segmented_control("Span", list(pipeline.SPANS), key="span",
+state.default("neuron_span", "target")  # En→X data: target spans carry the different languages
+controls[1].segmented_control("Span", list(pipeline.SPANS), key="neuron_span",
                               help="which tokens count: the source sentence or the reference translation")
 state.default("preset", "paper")
 controls[2].selectbox("Preset", list(PRESET_NAMES), key="preset", format_func=PRESET_NAMES.get, on_change=apply_preset)
@@ -59,7 +59,7 @@ with sliders[2]:
               disabled=not st.session_state["filter_on"])
 settings = LapeSettings(st.session_state["top_rate"], st.session_state["activation_bar"],
                         st.session_state["filter_q"] if st.session_state["filter_on"] else None)
-span = st.session_state.get("span") or "source"
+span = st.session_state.get("neuron_span") or "target"
 finetune = systems[st.session_state["neuron_model"]]
 
 reporter = common.ProgressReporter("Capturing activations (cached captures come back at once)")

@@ -79,6 +79,7 @@ VIEW_KEYS: dict[str, Codec] = {
     "filter_on": BOOL,
     "filter_q": FLOAT,
     "neuron_model": TEXT,
+    "neuron_span": TEXT,
     "neuron_layer": INT,
     # Samples
     "sample_direction": TEXT,

@@ -1,0 +1,271 @@
+"""The dashboard under streamlit.testing.v1.AppTest: widgets drive the engine, figures carry its data.
+
+Runs on the tiny zoo of tests/browser_harness (random tiny Qwen2 models, so translations are
+noise; what is tested is that the page shows exactly what the engine computed).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+import yaml
+from streamlit.testing.v1 import AppTest
+
+from engine import pipeline
+from engine.neurons import PRESETS
+from engine.settings import REPO_ROOT
+from tests.browser_harness import demo_env, tiny_zoo  # noqa: F401  (fixtures)
+
+TIMEOUT = 240
+APP = REPO_ROOT / "app.py"
+
+
+@pytest.fixture
+def app(demo_env, monkeypatch):  # noqa: F811
+    # Random tiny models never emit end-of-turn; a small cap keeps generation short.
+    monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "6")
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def pick(at: AppTest, experts=("expert-en-es", "expert-en-pt"), method="ties") -> AppTest:
+    at.multiselect(key="experts").set_value(list(experts)).run()
+    at.selectbox(key="method").set_value(method).run()
+    return at
+
+
+def merge(at: AppTest) -> AppTest:
+    at.button(key="merge").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def array(value) -> np.ndarray:
+    """A figure array as Plotly serialises it: a plain list, or a typed array (dtype, base64 bdata, shape)."""
+    if isinstance(value, dict) and "bdata" in value:
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = [int(n) for n in str(value.get("shape", len(flat))).split(",")]
+        return flat.reshape(shape).astype(float)
+    return np.array(value, dtype=float)
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def systems_of(at: AppTest) -> list[pipeline.System]:
+    """The systems the view describes, rebuilt outside Streamlit from the URL's parameters."""
+    params = at.query_params
+    by_label = pipeline.checkpoints_by_label()
+    names = [params["base"], *params["experts"].split(",")]
+    out = [pipeline.checkpoint_system(by_label[n]) for n in names]
+    if "merged" in params:
+        method = params["method"]
+        spec = pipeline.method_specs()[method]
+        values = {}
+        for p in spec.params:
+            key = f"p_{method}__{p.name}"
+            if key in params:
+                text = params[key]
+                values[p.name] = text == "true" if p.kind is bool else p.kind(float(text))
+        recipe = pipeline.build_recipe(names[0], names[1:], method, values)
+        out.append(pipeline.merge_system(recipe))
+    return out
+
+
+def test_models_page_lists_checkpoints_and_refusals(app):
+    table = app.dataframe[0].value
+    assert set(table["name"]) == {"base", "expert-en-es", "expert-en-pt", "expert-es-en", "joint", "wide-other"}
+    assert table.set_index("name").loc["expert-en-es", "direction"] == "en-es"
+    refused = [m.value for m in app.markdown if "pickle-only" in m.value]
+    assert refused and "safetensors only" in refused[0]
+    assert app.info[0].value.startswith("Pick one or more experts")
+    assert app.button(key="merge").disabled
+
+
+def test_sliders_come_from_the_registry_and_drive_the_recipe(app):
+    pick(app, method="ties")
+    labels = {s.label for s in app.slider}
+    assert {p.name for p in pipeline.method_specs()["ties"].params if p.kind is float} <= labels
+    app.slider(key="p_ties__density").set_value(0.3).run()
+    recipe = yaml.safe_load(app.code[0].value)
+    assert recipe["merge_method"] == "ties"
+    assert recipe["base_model"].endswith("/base")
+    assert [m["model"].rsplit("/", 1)[-1] for m in recipe["models"]] == ["expert-en-es", "expert-en-pt"]
+    assert all(m["parameters"]["density"] == pytest.approx(0.3) for m in recipe["models"])
+    assert recipe["parameters"]["normalize"] is True
+    assert app.query_params["p_ties__density"] == "0.3"
+
+
+def test_per_layer_schedule_goes_into_the_yaml(app):
+    pick(app, method="task_arithmetic")
+    app.toggle(key="schedule_on").set_value(True).run()
+    app.text_input(key="s_task_arithmetic__weight").input("0.2, 0.8").run()
+    recipe = yaml.safe_load(app.code[0].value)
+    assert all(m["parameters"]["weight"] == [0.2, 0.8] for m in recipe["models"])
+    app.text_input(key="s_task_arithmetic__weight").input("0.2, lots").run()
+    assert any("schedule for weight" in e.value for e in app.error)
+    assert not app.exception
+
+
+def test_incompatible_pick_is_explained_before_anything_runs(app):
+    pick(app, experts=("expert-en-es", "wide-other"))
+    message = app.error[0].value
+    assert "cannot be merged" in message and "wide-other" in message and "shape" in message
+    assert app.button(key="merge").disabled
+    assert not app.code  # no recipe shown for an impossible merge
+
+
+def test_bad_recipe_shows_a_readable_error(app):
+    app.text_area(key="recipe_text").input("merge_method: frobnicate\nmodels:\n  - model: x\n").run()
+    app.button(key="recipe_load").click().run()
+    assert not app.exception
+    assert "unknown merge_method 'frobnicate'" in app.error[0].value
+    app.text_area(key="recipe_text").input("merge_method: [unclosed").run()
+    app.button(key="recipe_load").click().run()
+    assert "not valid YAML" in app.error[0].value
+
+
+def test_pasted_recipe_sets_the_pickers(app, demo_env):  # noqa: F811
+    models = demo_env.models
+    text = (f"merge_method: dare_linear\nbase_model: {models / 'base'}\nmodels:\n"
+            f"  - model: {models / 'expert-en-pt'}\n    parameters: {{weight: 0.7, density: 0.4}}\n"
+            f"  - model: {models / 'expert-es-en'}\n    parameters: {{weight: 0.7, density: 0.4}}\n")
+    app.text_area(key="recipe_text").input(text).run()
+    app.button(key="recipe_load").click().run()
+    assert app.selectbox(key="method").value == "dare_linear"
+    assert app.multiselect(key="experts").value == ["expert-en-pt", "expert-es-en"]
+    assert app.slider(key="p_dare_linear__density").value == pytest.approx(0.4)
+    assert app.slider(key="p_dare_linear__weight").value == pytest.approx(0.7)
+    first = yaml.safe_load(app.code[0].value)["models"][0]["parameters"]
+    assert (first["weight"], first["density"]) == (pytest.approx(0.7), pytest.approx(0.4))
+
+
+def test_a_copied_link_reproduces_the_view(app, demo_env, monkeypatch):  # noqa: F811
+    pick(app, method="ties")
+    app.slider(key="p_ties__density").set_value(0.5).run()
+    merge(app)
+    link = dict(app.query_params)
+    fresh = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    fresh.query_params.update(link)
+    fresh.run()
+    assert not fresh.exception
+    assert fresh.multiselect(key="experts").value == ["expert-en-es", "expert-en-pt"]
+    assert fresh.selectbox(key="method").value == "ties"
+    assert fresh.slider(key="p_ties__density").value == pytest.approx(0.5)
+    assert fresh.code[0].value == app.code[0].value
+    assert any("Merge ready" in s.value for s in fresh.success)
+
+
+def test_scores_page_shows_the_engines_scores(app):
+    merge(pick(app))
+    app.switch_page("views/scores.py").run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    wide = app.dataframe[0].value  # systems × directions, chrF
+    systems = systems_of(app)
+    assert list(wide.index) == [s.name for s in systems]
+    assert pipeline.MERGE in wide.index
+    sets = pipeline.data_sets("devtest", ["en-es", "en-pt"], 32)
+    results = pipeline.evaluate_systems(systems, sets, pipeline.ModelCache())
+    for r in results:
+        for d in r.directions:
+            assert wide.loc[r.system, d.direction] == pytest.approx(round(d.scores.chrf, 2))
+    bars = charts(app)[0]
+    assert {t["name"] for t in bars["data"]} == set(wide.index)
+
+
+def test_layers_heatmaps_carry_the_engines_cka(app):
+    merge(pick(app))
+    app.switch_page("views/layers.py").run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    figs = charts(app)
+    heatmaps = [f for f in figs if f["data"][0]["type"] == "heatmap"]
+    assert len(heatmaps) == 3  # left, right, difference
+    systems = {s.name: s for s in systems_of(app)}
+    sets = pipeline.data_sets("devtest", ["en-es", "en-pt"], 32)
+    cache = pipeline.ModelCache()
+    left = pipeline.cka_pair(systems["expert-en-es"], systems["expert-en-pt"], sets, "source", cache)
+    right = pipeline.cka_pair(systems[pipeline.MERGE], systems["expert-en-es"], sets, "source", cache)
+    np.testing.assert_allclose(array(heatmaps[0]["data"][0]["z"]), left.values, rtol=1e-9)
+    np.testing.assert_allclose(array(heatmaps[1]["data"][0]["z"]), right.values, rtol=1e-9)
+    np.testing.assert_allclose(array(heatmaps[2]["data"][0]["z"]), left.values - right.values,
+                               rtol=1e-9, atol=1e-12)
+    # one colour scale for the two maps, symmetric around 0 for the difference
+    assert heatmaps[0]["data"][0]["zmin"] == heatmaps[1]["data"][0]["zmin"]
+    assert heatmaps[0]["data"][0]["zmax"] == heatmaps[1]["data"][0]["zmax"] == 1.0
+    assert heatmaps[2]["data"][0]["zmin"] == -heatmaps[2]["data"][0]["zmax"]
+    assert "layer %{y}" in heatmaps[0]["data"][0]["hovertemplate"]
+
+    app.segmented_control(key="span").set_value("target").run()
+    target = pipeline.cka_pair(systems["expert-en-es"], systems["expert-en-pt"], sets, "target", cache)
+    z = array(charts(app)[0]["data"][0]["z"])
+    np.testing.assert_allclose(z, target.values, rtol=1e-9)
+    assert app.query_params["span"] == "target"
+
+
+def test_neurons_page_counts_equal_the_engines(app):
+    merge(pick(app))
+    app.switch_page("views/neurons.py").run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    systems = {s.name: s for s in systems_of(app)}
+    sets = pipeline.data_sets("devtest", ["en-es", "en-pt"], 32)
+    report = pipeline.neuron_report(systems["base"], systems[pipeline.MERGE], sets, "target", PRESETS["paper"],
+                                    pipeline.ModelCache())
+    figs = charts(app)
+    counts = [f for f in figs if f["data"][0]["type"] == "heatmap"]
+    np.testing.assert_array_equal(array(counts[0]["data"][0]["z"]), report.base.counts)
+    np.testing.assert_array_equal(array(counts[1]["data"][0]["z"]), report.finetune.counts)
+    assert counts[0]["data"][0]["x"] == ["es", "pt"]
+    nua = [f for f in figs if "Neuron usage alignment" in f["layout"]["title"]["text"]][0]
+    np.testing.assert_allclose(array(nua["data"][0]["y"]), report.nua.per_layer, rtol=1e-9)
+
+    app.selectbox(key="preset").set_value("lape").run()
+    assert app.slider(key="top_rate").value == pytest.approx(0.05)
+    assert app.toggle(key="filter_on").value is True
+    lape = pipeline.neuron_report(systems["base"], systems[pipeline.MERGE], sets, "target", PRESETS["lape"],
+                                  pipeline.ModelCache())
+    z = array([f for f in charts(app) if f["data"][0]["type"] == "heatmap"][1]["data"][0]["z"])
+    np.testing.assert_array_equal(z, lape.finetune.counts)
+
+
+def test_samples_page_shows_outputs_and_off_target_flags(app):
+    merge(pick(app))
+    app.switch_page("views/samples.py").run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    table = app.dataframe[0].value
+    systems = systems_of(app)
+    # the languages in play (what language ID chooses among) are those of every chosen direction
+    sets = pipeline.data_sets("devtest", ["en-es", "en-pt"], 32)
+    results = {r.system: r for r in pipeline.evaluate_systems(systems, sets, pipeline.ModelCache())}
+    merged = results[pipeline.MERGE].directions[0]
+    assert merged.direction == "en-es"
+    assert list(table["source"]) == list(sets[0].sources)
+    assert list(table[f"{pipeline.MERGE} · output"]) == [s.output for s in merged.samples]
+    assert list(table[f"{pipeline.MERGE} · detected"]) == [s.detected for s in merged.samples]
+
+    app.toggle(key="off_target_only").set_value(True).run()
+    filtered = app.dataframe[0].value
+    off = {i for s in results.values() for d in s.directions if d.direction == "en-es"
+           for i, x in enumerate(d.samples) if x.detected != "es"}
+    assert set(filtered["item"]) == off
+
+
+def test_pages_without_input_say_what_is_missing(app):
+    for page in ("views/scores.py", "views/layers.py", "views/neurons.py", "views/samples.py"):
+        app.switch_page(page).run()
+        assert not app.exception
+        assert any("Models & merge" in i.value for i in app.info), page
+
+
+def test_engine_errors_are_messages_not_tracebacks(app, monkeypatch):
+    merge(pick(app))
+    monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "many")
+    app.switch_page("views/scores.py").run()
+    assert not app.exception
+    assert "MERGESCOPE_MAX_NEW_TOKENS" in app.error[0].value
