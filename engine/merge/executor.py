@@ -254,6 +254,7 @@ class _CheckpointSource:
         step = _chunk_rows(job.shape) if streaming and len(job.shape) >= 2 else rows
         self.row_chunks = [(s, min(s + step, rows)) for s in range(0, rows, step)] or [(0, 0)]
         self._cache: dict = {}
+        self._checked: set = set()
         recipe_dtype = DTYPE_NAMES.get(plan.recipe.dtype) if plan.recipe.dtype else None
         self._round_to = recipe_dtype
         self._work = torch.float64 if torch.float64 in (recipe_dtype, job.stored_dtype) else torch.float32
@@ -265,7 +266,9 @@ class _CheckpointSource:
             return self._cache[key]
         shard, entry = self.plan._entries[id(ckpt)][self.job.name]
         x = self.reader.read(shard, entry, start, stop) if self.shape else self.reader.read(shard, entry, 0, 1)
-        check_finite(x, self.job.name, shard)
+        if key not in self._checked:  # multi-pass methods re-read a block; checking it once is enough
+            check_finite(x, self.job.name, shard)
+            self._checked.add(key)
         x = x.to(self.device, non_blocking=True)
         if self._round_to is not None and x.dtype != self._round_to:
             x = x.to(self._round_to)  # the recipe's dtype rounds inputs, as mergekit does
