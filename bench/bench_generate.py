@@ -7,6 +7,10 @@ the pipeline's work (the first-line early stop would only make ours faster).
 
     .venv/bin/python bench/bench_generate.py                       # random Qwen2, 2 threads
     .venv/bin/python bench/bench_generate.py --model zoo/models/base --n 64
+    .venv/bin/python bench/bench_generate.py --zoo-sweep zoo --dev-limit 50   # whole zoo sweep, cold cache
+
+The zoo sweep mode writes a GRID.yaml (both expert groups, the small grid below or the paper's)
+into a temporary folder with an empty cache, and times `engine.sweep.run_sweep` end to end.
 """
 
 from __future__ import annotations
@@ -56,6 +60,45 @@ def count(rows: list[list[int]], ends: set[int]) -> int:
     return sum(len(trim(r, ends)) for r in rows)
 
 
+SMALL_GRID = {
+    "task_arithmetic": {"weight": [0.1, 0.3, 0.5, 0.7, 1.0]},
+    "ties": {"density": [0.3, 0.5, 0.7], "weight": [0.5, 1.0], "normalize": [True]},
+    "dare_linear": {"density": [0.1, 0.5, 0.9], "weight": [0.5], "rescale": [True], "normalize": [True]},
+    "sce": {"select_topk": [0.1, 0.5, 0.9]},
+}
+
+
+def zoo_sweep(args) -> None:
+    import tempfile
+
+    import yaml
+
+    zoo = Path(args.zoo_sweep).resolve()
+    work = Path(tempfile.mkdtemp(prefix="mergescope-sweep-bench-"))
+    os.environ["MERGESCOPE_MODEL_ROOTS"] = str(zoo / "models")
+    os.environ["MERGESCOPE_CACHE_DIR"] = str(work / "cache")  # cold cache: every point computed
+    os.environ["MERGESCOPE_DEVICE"] = args.device
+    from engine.sweep import load, run_sweep, write_sweep
+
+    directions = sorted(p.stem for p in (zoo / "data" / "dev").glob("*.jsonl"))
+    groups = {"en-x": {d: str(zoo / "models" / f"expert-{d}") for d in directions if d.startswith("en-")},
+              "x-en": {d: str(zoo / "models" / f"expert-{d}") for d in directions if d.endswith("-en")}}
+    grid = {"base_model": str(zoo / "models" / "base"), "groups": groups, "joint": str(zoo / "models" / "joint"),
+            "data": {"dev": str(zoo / "data" / "dev"), "devtest": str(zoo / "data" / "devtest")},
+            "methods": SMALL_GRID if args.grid == "small" else {m: "paper" for m in SMALL_GRID},
+            "dev_limit": args.dev_limit, "decoding": {"max_new_tokens": args.max_new_tokens, "batch_size": 100}}
+    (work / "GRID.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+    config = load(work / "GRID.yaml")
+    start = time.perf_counter()
+    result = run_sweep(config, progress=lambda done, total, msg: logging.info("[%d/%d] %s", done, total, msg))
+    seconds = time.perf_counter() - start
+    write_sweep(result, work / "out")
+    print(json.dumps({"zoo": str(zoo), "grid": args.grid, "points": len(result.points),
+                      "failed": len(result.failed), "dev_limit": args.dev_limit, "threads": args.threads,
+                      "wall_s": round(seconds, 1), "s_per_point": round(seconds / max(1, len(result.points)), 2),
+                      "load_average": os.getloadavg(), "table": str(work / "out" / "table.md")}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="checkpoint folder (default: a random Qwen2 model)")
@@ -65,10 +108,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per path; the best is reported")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--zoo-sweep", metavar="ZOO_DIR", help="time the whole sweep over this zoo instead")
+    parser.add_argument("--grid", choices=("small", "paper"), default="small", help="zoo sweep grid")
+    parser.add_argument("--dev-limit", type=int, default=50, help="zoo sweep: dev pairs per direction")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.INFO if args.zoo_sweep else logging.WARNING)
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
+    if args.zoo_sweep:
+        return zoo_sweep(args)
 
     model, tokenizer, label = load(args.model)
     model.to(args.device)
