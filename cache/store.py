@@ -198,7 +198,9 @@ class Store:
         self.evict(keep=str(key))
         return info
 
-    def get_or_compute(self, key: str, compute: Callable[[], Entry], description: str = "") -> Entry:
+    def get_or_compute(
+        self, key: str, compute: Callable[[], Entry], description: str = "", kind: str | None = None
+    ) -> Entry:
         """The entry for `key`, computing and storing it once even when several processes ask at once.
 
         If `compute` raises, nothing is stored and the error propagates.
@@ -213,7 +215,7 @@ class Store:
                 return entry
             log.debug("cache miss %s: computing %s", str(key)[:12], description or getattr(key, "kind", ""))
             entry = compute()
-            self.put(key, entry, description=description)
+            self.put(key, entry, kind=kind, description=description)
             return entry
 
     # --- maintenance ----------------------------------------------------------------------

@@ -16,10 +16,9 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from engine import cka, neurons
-from engine.activations import CaptureSettings, capture_cached
+from engine.activations import CaptureSettings, capture_cached, language_rates
 from engine.checkpoints import load_model, open_checkpoint
 from engine.errors import DataError
 from engine.parallel import load_jsonl
@@ -119,15 +118,8 @@ def _cka_section(names, datasets, captures, span, debiased, device) -> list[dict
 
 
 def _rates(per_data, span) -> tuple[tuple[str, ...], np.ndarray]:
-    """Activation rates (layers, neurons, languages), pooling data sets that share a span language."""
-    active, tokens = {}, {}
-    for c in per_data:
-        lang = c.languages[span]
-        active[lang] = active.get(lang, 0) + c.active[span].double()  # (layers, d_mlp)
-        tokens[lang] = tokens.get(lang, 0) + int(c.tokens[span].sum())
-    languages = tuple(sorted(active))
-    counts = torch.stack([active[l] for l in languages], dim=-1).numpy()  # (layers, d_mlp, langs)
-    return languages, neurons.activation_rates(counts, [tokens[l] for l in languages])
+    languages, rates = language_rates(per_data, span)  # (layers, d_mlp, languages)
+    return languages, rates.numpy()
 
 
 def _neuron_section(names, captures, span, preset) -> dict:
