@@ -64,16 +64,16 @@ def available(module: str) -> bool:
 
 def discover(roots: Sequence[Path] | None = None) -> Discovery:
     """Checkpoints under the model roots (default: configured), and the folders refused with their reasons."""
-    return discover_checkpoints(tuple(roots) if roots is not None else None)
+    return discover_checkpoints(tuple(Path(r).resolve() for r in roots) if roots is not None else None)
 
 
 def model_roots() -> tuple[Path, ...]:
     return get_settings().model_roots
 
 
-def checkpoint_label(checkpoint: Checkpoint) -> str:
+def checkpoint_label(checkpoint: Checkpoint, roots: Sequence[Path] | None = None) -> str:
     """A checkpoint's name in pickers and links: its path relative to the model root holding it."""
-    for root in get_settings().model_roots:
+    for root in roots if roots is not None else get_settings().model_roots:
         try:
             return checkpoint.path.relative_to(root).as_posix()
         except ValueError:

@@ -110,11 +110,13 @@ class Server:
     log_file: Path
 
 
-def start_server(models: Path, data: Path, cache_dir: Path, log_file: Path, timeout_s: float = 90.0) -> Server:
-    """`streamlit run app.py` on a free localhost port; returns once /_stcore/health answers ok."""
+def start_server(models: str | Path, data: Path, cache_dir: Path, log_file: Path, timeout_s: float = 90.0,
+                 extra_env: dict | None = None) -> Server:
+    """`streamlit run app.py` on a free localhost port; returns once /_stcore/health answers ok.
+    `models` may list several roots separated by os.pathsep."""
     port = free_port()
     env = {**os.environ, "MERGESCOPE_MODEL_ROOTS": str(models), "MERGESCOPE_DATA_DIR": str(data),
-           "MERGESCOPE_CACHE_DIR": str(cache_dir), "MERGESCOPE_DEVICE": "cpu"}
+           "MERGESCOPE_CACHE_DIR": str(cache_dir), "MERGESCOPE_DEVICE": "cpu", **(extra_env or {})}
     log_file.parent.mkdir(parents=True, exist_ok=True)
     out = log_file.open("w")
     process = subprocess.Popen(
@@ -155,17 +157,32 @@ def use_real_zoo() -> bool:
             and os.environ.get("MERGESCOPE_TEST_TINY_ZOO") != "1")
 
 
+@dataclass(frozen=True)
+class Dashboard:
+    server: Server
+    zoo: DemoZoo
+    roots: tuple[Path, ...]  # the model roots the server sees: the zoo's, and one with an odd model
+    odd_model: str  # label of a checkpoint that cannot be merged with the zoo's (other shapes)
+
+
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory, request):
-    """A running dashboard (zoo or tiny zoo) with its own empty cache; yields (Server, DemoZoo)."""
+    """A running dashboard on the zoo (or the tiny zoo) with its own empty cache. A second model
+    root holds one checkpoint of other shapes, so an incompatible pick can always be tried."""
+    extra_env = {}
     if use_real_zoo():
         zoo = DemoZoo(ZOO_MODELS, ZOO_DATA)
     else:
         zoo = build_demo_zoo(tmp_path_factory.mktemp("browser-zoo"))
+        extra_env["MERGESCOPE_MAX_NEW_TOKENS"] = "6"  # random tiny models never end their turn
+    odd_root = tmp_path_factory.mktemp("odd-models")
+    tiny_models.save_checkpoint(odd_root / "odd-shape", seed=7, hidden_size=48, intermediate_size=96)
+    roots = (zoo.models, odd_root)
     cache_dir = tmp_path_factory.mktemp("browser-cache")
-    server = start_server(zoo.models, zoo.data, cache_dir, ARTIFACTS / f"{request.module.__name__}.server.log")
+    server = start_server(os.pathsep.join(map(str, roots)), zoo.data, cache_dir,
+                          ARTIFACTS / f"{request.module.__name__}.server.log", extra_env=extra_env)
     try:
-        yield server, zoo
+        yield Dashboard(server, zoo, roots, "odd-shape")
     finally:
         stop_server(server)
 

@@ -167,7 +167,7 @@ def test_scores_page_shows_the_engines_scores(app):
     merge(pick(app))
     app.switch_page("views/scores.py").run()
     assert not app.exception and not app.error, [e.value for e in app.error]
-    wide = app.dataframe[0].value  # systems × directions, chrF
+    wide = app.table[0].value  # systems × directions, chrF
     systems = systems_of(app)
     assert list(wide.index) == [s.name for s in systems]
     assert pipeline.MERGE in wide.index
@@ -238,7 +238,7 @@ def test_samples_page_shows_outputs_and_off_target_flags(app):
     merge(pick(app))
     app.switch_page("views/samples.py").run()
     assert not app.exception and not app.error, [e.value for e in app.error]
-    table = app.dataframe[0].value
+    table = app.table[0].value
     systems = systems_of(app)
     # the languages in play (what language ID chooses among) are those of every chosen direction
     sets = pipeline.data_sets("devtest", ["en-es", "en-pt"], 32)
@@ -250,7 +250,7 @@ def test_samples_page_shows_outputs_and_off_target_flags(app):
     assert list(table[f"{pipeline.MERGE} · detected"]) == [s.detected for s in merged.samples]
 
     app.toggle(key="off_target_only").set_value(True).run()
-    filtered = app.dataframe[0].value
+    filtered = app.table[0].value
     off = {i for s in results.values() for d in s.directions if d.direction == "en-es"
            for i, x in enumerate(d.samples) if x.detected != "es"}
     assert set(filtered["item"]) == off

@@ -43,6 +43,7 @@ def scores_wide(rows: Sequence[dict], metric: str) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     order = list(dict.fromkeys(frame["system"]))
     wide = frame.pivot(index="system", columns="direction", values=metric).reindex(order)
+    wide = wide[[c for c in wide.columns if c != "avg"] + (["avg"] if "avg" in wide.columns else [])]  # as the paper: avg last
     scale = 100 if metric.startswith("off_target") else 1
     return (wide * scale).round(2)
 
@@ -119,7 +120,8 @@ def count_heatmap(counts: np.ndarray, languages: Sequence[str], title: str, sign
         text=counts, texttemplate="%{text}", colorbar={"title": "neurons"},
         hovertemplate="block %{y}, %{x}: %{z} neurons<extra></extra>",
     ))
-    fig.update_layout(title=_title(title, signature), height=max(300, 28 * counts.shape[0] + 120))
+    fig.update_layout(title=_title(title, signature), height=max(320, 28 * counts.shape[0] + 160),
+                      margin={"t": 110})
     fig.update_xaxes(title="language", side="top")
     fig.update_yaxes(title="block", autorange="reversed")
     return fig

@@ -35,7 +35,9 @@ common.need(not table.empty, "No translations for this direction (experts are sc
 if st.session_state["off_target_only"]:
     detected = [c for c in table.columns if c.endswith(" · detected")]
     table = table[(table[detected].ne(table["target"], axis=0)).any(axis=1)]
+table = table.drop(columns=["direction"])  # one direction at a time; its target is the 'target' column
 st.caption(f"{len(table)} sentence(s). Red: the output's detected language is not the target "
            f"({st.session_state['sample_direction'].split('-')[1]}).")
-st.dataframe(figures.off_target_style(table), hide_index=True, width="stretch")
+# An HTML table keeps every sentence and highlight visible without scrolling inside a grid.
+st.table(figures.off_target_style(table).hide(axis="index"))
 common.download_csv(table, f"samples_{st.session_state['sample_direction']}", key="samples_csv")

@@ -29,7 +29,7 @@ metric = st.session_state.get("score_metric") or "chrf"
 
 st.subheader(f"{figures.SCORE_COLUMNS[metric]} by system and direction")
 wide = figures.scores_wide(rows, metric)
-st.dataframe(wide, width="stretch")
+st.table(wide.style.format(precision=2, na_rep="–"))  # small: a plain HTML table, easy to read and copy
 common.download_csv(table, "scores", key="scores_csv")
 common.show_figure(figures.scores_bars(rows, metric), f"scores_{metric}", key="scores_bars")
 

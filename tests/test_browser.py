@@ -1,0 +1,157 @@
+"""The dashboard in a real browser: Debian chromium through Playwright against `streamlit run app.py`.
+
+On the committed demo zoo when it exists (else on the tiny zoo): pick two En→X experts, choose
+TIES, merge, see the merge's Scores row, two Layers heatmaps side by side, Samples; a copied
+link opens the same view in a fresh browser context; a bad recipe and an incompatible pair show
+readable errors. Screenshots of every page go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from engine import pipeline
+from tests.browser_harness import browser, dashboard, screenshot  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.browser
+TIMEOUT_MS = 240_000
+VIEWPORT = {"width": 1500, "height": 2000}  # tall: Streamlit scrolls inside the page, screenshots show the viewport
+
+
+def en_x_experts(app) -> list[str]:
+    """Two En→X experts of the zoo, as the Models page labels them."""
+    found = pipeline.discover(app.roots)
+    labels = [pipeline.checkpoint_label(c, app.roots) for c in found.checkpoints]
+    experts = sorted(l for l in labels if (d := pipeline.direction_from_name(l)) and d.startswith("en-"))
+    assert len(experts) >= 2, labels
+    return experts[:2]
+
+
+def wait_for_app(page) -> None:
+    """Until the script run finished: Streamlit's status widget disappears when idle."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=TIMEOUT_MS)
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => { const w = document.querySelector('[data-testid=\"stStatusWidget\"]');"
+        " return !w || !/Running|Stop/i.test(w.innerText); }",
+        timeout=TIMEOUT_MS,
+    )
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick `option` in the selectbox or multiselect labelled `label`."""
+    widget = page.locator('[data-testid="stSelectbox"], [data-testid="stMultiSelect"]').filter(
+        has=page.get_by_text(label, exact=True))
+    widget.first.locator("input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.keyboard.press("Escape")
+    wait_for_app(page)
+
+
+def go_to(page, title: str) -> None:
+    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+    wait_for_app(page)
+
+
+def wait_for_plots(page, count: int, selector: str = ".js-plotly-plot") -> None:
+    page.wait_for_function(f"() => document.querySelectorAll({selector!r}).length >= {count}", timeout=TIMEOUT_MS)
+    page.wait_for_timeout(500)  # let Plotly finish drawing before a screenshot
+
+
+def heatmap_boxes(page, count: int = 3) -> list[dict]:
+    wait_for_plots(page, count, ".js-plotly-plot .heatmaplayer")
+    plots = page.locator(".js-plotly-plot").filter(has=page.locator(".heatmaplayer"))
+    return [plots.nth(i).bounding_box() for i in range(plots.count())]
+
+
+def test_merge_scores_layers_samples_and_shared_link(dashboard, browser):  # noqa: F811
+    server = dashboard.server
+    experts = en_x_experts(dashboard)
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.goto(server.url)
+    wait_for_app(page)
+    page.get_by_text("Checkpoints", exact=True).wait_for(timeout=TIMEOUT_MS)
+    screenshot(page, "browser_models_empty")
+
+    for name in experts:
+        choose(page, "Experts", name)
+    choose(page, "Method", "TIES")
+    page.get_by_role("button", name="Merge", exact=True).click()
+    wait_for_app(page)
+    page.get_by_text("Merge ready", exact=False).wait_for(timeout=TIMEOUT_MS)
+    assert "merge_method: ties" in page.locator('[data-testid="stCode"]').inner_text()
+    screenshot(page, "browser_models_merged")
+
+    go_to(page, "Scores")
+    table = page.locator('[data-testid="stTable"]').first
+    table.wait_for(timeout=TIMEOUT_MS)
+    rows = table.locator("tbody tr")
+    names = [rows.nth(i).locator("th").first.inner_text().strip() for i in range(rows.count())]
+    assert pipeline.MERGE in names and experts[0] in names, names
+    wait_for_plots(page, 1)
+    screenshot(page, "browser_scores")
+
+    go_to(page, "Layers")
+    boxes = heatmap_boxes(page)
+    assert len(boxes) >= 3  # left, right, difference
+    left, right = boxes[0], boxes[1]
+    assert abs(left["y"] - right["y"]) < 5 and right["x"] > left["x"] + left["width"] * 0.8  # side by side
+    screenshot(page, "browser_layers")
+
+    go_to(page, "Neurons")
+    wait_for_plots(page, 6)  # two count matrices, gained/lost, NUA, two histograms
+    assert not page.locator('[data-testid="stException"]').count()
+    screenshot(page, "browser_neurons")
+
+    go_to(page, "Samples")
+    samples = page.locator('[data-testid="stTable"]').first
+    samples.wait_for(timeout=TIMEOUT_MS)
+    header = samples.locator("thead").inner_text()
+    assert f"{pipeline.MERGE} · output" in header and "reference" in header
+    assert samples.locator("tbody tr").count() >= 4
+    screenshot(page, "browser_samples")
+
+    link = page.url
+    assert "merged=" in link and "method=ties" in link and "/samples" in link
+    fresh = browser.new_context(viewport=VIEWPORT)
+    other = fresh.new_page()
+    other.goto(link)
+    wait_for_app(other)
+    shared = other.locator('[data-testid="stTable"]').first
+    shared.wait_for(timeout=TIMEOUT_MS)
+    assert shared.locator("thead").inner_text() == header
+    assert shared.locator("tbody").inner_text() == samples.locator("tbody").inner_text()
+    screenshot(other, "browser_samples_shared_link")
+    go_to(other, "Layers")
+    assert len(heatmap_boxes(other)) >= 3
+    fresh.close()
+    context.close()
+
+
+def test_bad_recipe_and_incompatible_pair_show_readable_errors(dashboard, browser):  # noqa: F811
+    server = dashboard.server
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.goto(server.url)
+    wait_for_app(page)
+
+    page.get_by_text("Load a recipe", exact=False).click()
+    page.get_by_label("Recipe YAML").fill("merge_method: frobnicate\nmodels:\n  - model: nowhere\n")
+    page.get_by_role("button", name="Load pasted recipe").click()
+    wait_for_app(page)
+    error = page.locator('[data-testid="stAlertContentError"]').first
+    error.wait_for(timeout=TIMEOUT_MS)
+    assert "unknown merge_method 'frobnicate'" in error.inner_text()
+    assert not page.locator('[data-testid="stException"]').count()
+    screenshot(page, "browser_bad_recipe")
+
+    choose(page, "Experts", dashboard.odd_model)
+    error = page.locator('[data-testid="stAlertContentError"]').filter(has_text="cannot be merged").first
+    error.wait_for(timeout=TIMEOUT_MS)
+    assert re.search(r"shape|tensor", error.inner_text())
+    assert page.get_by_role("button", name="Merge", exact=True).is_disabled()
+    screenshot(page, "browser_incompatible")
+    context.close()
