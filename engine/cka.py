@@ -43,6 +43,8 @@ def _as_layers(layers, name: str) -> list[torch.Tensor]:
             raise DataError(f"{name} layer {i}: expected (n_sentences, d_model), got shape {tuple(x.shape)}")
         if x.shape[0] != mats[0].shape[0]:
             raise DataError(f"{name} layer {i}: {x.shape[0]} sentences but layer 0 has {mats[0].shape[0]}")
+        if not torch.isfinite(x).all():
+            raise DataError(f"{name} layer {i}: representations contain NaN or Inf")
     return mats
 
 
@@ -85,6 +87,8 @@ def linear_cka(x, y, debiased: bool = False) -> float:
         raise DataError(f"linear_cka expects two (n, d) matrices, got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.shape[0] != y.shape[0]:
         raise DataError(f"linear_cka: {x.shape[0]} sentences vs {y.shape[0]}; rows must be the same sentences")
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise DataError("linear_cka: representations contain NaN or Inf")
     _check_n(x.shape[0], debiased, "linear_cka")
     gx, gy = _transform(x, debiased, None), _transform(y, debiased, None)
     return _ratio(float((gx * gy).sum()), float((gx * gx).sum()), float((gy * gy).sum()))

@@ -119,3 +119,7 @@ def test_bad_input():
     with pytest.raises(DataError, match="same sentences"):
         cka.cka_matrix(a, rng.normal(size=(4, 9, 6)))
     assert np.isnan(cka.linear_cka(np.ones((5, 3)), a[0][:5]))
+    bad = a.copy()
+    bad[2, 3, 1] = np.nan
+    with pytest.raises(DataError, match="B layer 2: .*NaN"):
+        cka.cka_matrix(a, bad)
