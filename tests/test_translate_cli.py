@@ -84,3 +84,14 @@ def test_model_outside_roots_is_refused(setup, tmp_path, capsys):
     _, data = setup
     outside = save_checkpoint(tmp_path / "elsewhere", seed=2)
     assert main(["evaluate", "--model", str(outside), "--data", str(data)]) == 2
+
+
+def test_second_run_is_served_from_the_cache_without_loading(setup, tmp_path, monkeypatch):
+    import engine.checkpoints
+
+    model, data = setup
+    argv = ["evaluate", "--model", str(model), "--data", str(data), "--max-new-tokens", "4", "--out", str(tmp_path / "a.csv")]
+    assert main(argv) == 0
+    monkeypatch.setattr(engine.checkpoints, "load_model", lambda *a, **k: pytest.fail("model loaded for cached results"))
+    assert main(argv[:-1] + [str(tmp_path / "b.csv")]) == 0
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()

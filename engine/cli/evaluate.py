@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.checkpoints import load_model, load_tokenizer, open_checkpoint
     from engine.translate.evaluate import evaluate, validate_sets
-    from engine.translate.generate import DecodingSettings, ModelTranslator
+    from engine.translate.generate import DecodingSettings, LazyModelTranslator
     from engine.translate.report import to_markdown, write_results
 
     for out in args.out:
@@ -70,13 +70,13 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(f"{ckpt.path}: tokenizer has no chat template; the paper's prompt needs one")
 
     results = []
+    progress = lambda done, total, msg: log.info("[%d/%d] %s", done, total, msg)  # noqa: E731
     for ckpt in checkpoints:
-        model, tokenizer = load_model(ckpt, device=args.device)
-        translator = ModelTranslator(model, tokenizer, identity=ckpt.fingerprint, settings=settings, device=model.device)
-        progress = lambda done, total, msg: log.info("[%d/%d] %s", done, total, msg)  # noqa: E731
+        # Loaded only if some direction is not cached yet.
+        translator = LazyModelTranslator(ckpt.fingerprint, lambda c=ckpt: load_model(c, device=args.device), settings)
         results.append(evaluate(translator, sets, system=ckpt.name, languages=languages,
                                 use_cache=not args.no_cache, progress=progress))
-        del model
+        translator.release()
 
     for out in args.out:
         log.info("wrote %s", write_results(results, out))

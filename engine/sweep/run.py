@@ -25,31 +25,11 @@ from engine.recipe import from_dict as recipe_from_dict
 from engine.sweep.config import SweepConfig
 from engine.sweep.grid import GridPoint
 from engine.translate.evaluate import EvaluationResult, evaluate
-from engine.translate.generate import DecodingSettings, ModelTranslator
+from engine.translate.generate import LazyModelTranslator
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]  # (done, total, message)
-
-
-class _LazyTranslator:
-    """A Translator that loads or merges its model only when a translation is not cached."""
-
-    def __init__(self, identity: str, load: Callable[[], tuple], decoding: DecodingSettings, device=None):
-        self.identity, self._load, self.decoding, self.device = identity, load, decoding, device
-        self._inner: ModelTranslator | None = None
-
-    def cache_parts(self) -> dict:
-        return {"model": self.identity, **self.decoding.cache_parts()}
-
-    def translate(self, sources, src_lang, tgt_lang):
-        if self._inner is None:
-            model, tokenizer = self._load()
-            self._inner = ModelTranslator(model, tokenizer, self.identity, self.decoding, self.device)
-        return self._inner.translate(sources, src_lang, tgt_lang)
-
-    def release(self) -> None:
-        self._inner = None  # drop the model so a long sweep holds one at a time
 
 
 @dataclass
@@ -111,8 +91,8 @@ def preflight(config: SweepConfig) -> dict[str, str]:
     return {path: ckpt.fingerprint for path, ckpt in checkpoints.items()}
 
 
-def _checkpoint_translator(path, fingerprint: str, config: SweepConfig, device) -> _LazyTranslator:
-    return _LazyTranslator(fingerprint, lambda: load_model(path, device=device), config.decoding, device)
+def _checkpoint_translator(path, fingerprint: str, config: SweepConfig, device) -> LazyModelTranslator:
+    return LazyModelTranslator(fingerprint, lambda: load_model(path, device=device), config.decoding, device)
 
 
 def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None,
@@ -135,9 +115,9 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
             log.info("sweep stopped after %d of %d steps; cached results resume it", done, total)
         return result.stopped
 
-    def merged(recipe: Recipe) -> _LazyTranslator:
+    def merged(recipe: Recipe) -> LazyModelTranslator:
         identity = content_hash(recipe, fingerprint=lambda ref: prints[ref], seed=config.seed)
-        return _LazyTranslator(identity, lambda: merge_into_model(recipe, device=device, seed=config.seed),
+        return LazyModelTranslator(identity, lambda: merge_into_model(recipe, device=device, seed=config.seed),
                                config.decoding, device)
 
     def group_sets(group: str, split: dict[str, ParallelSet]) -> list[ParallelSet]:

@@ -6,14 +6,14 @@ from engine.translate.evaluate import (
     validate_sets,
 )
 from engine.translate.generate import (
-    DecodingSettings, ModelTranslator, Translator, generate_token_ids, generate_translations,
+    DecodingSettings, LazyModelTranslator, ModelTranslator, Translator, generate_token_ids, generate_translations,
 )
 from engine.translate.langid import OffTargetRates, detect, off_target_rates
 from engine.translate.report import long_rows, to_csv, to_json, to_markdown, write_results
 from engine.translate.scores import CorpusScores, bleu_tokenizer, corpus_scores, sentence_chrf
 
 __all__ = [
-    "CorpusScores", "DecodingSettings", "DirectionResult", "EvaluationResult", "ModelTranslator", "OffTargetRates",
+    "CorpusScores", "DecodingSettings", "DirectionResult", "EvaluationResult", "LazyModelTranslator", "ModelTranslator", "OffTargetRates",
     "Sample", "Translator", "bleu_tokenizer", "corpus_scores", "detect", "evaluate", "evaluate_direction",
     "generate_token_ids", "generate_translations", "languages_in_play", "long_rows", "off_target_rates",
     "score_outputs", "sentence_chrf", "to_csv", "to_json", "to_markdown", "validate_sets", "write_results",

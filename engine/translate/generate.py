@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
@@ -194,3 +194,31 @@ class ModelTranslator:
 
     def translate(self, sources: Sequence[str], src_lang: str, tgt_lang: str) -> list[str]:
         return generate_translations(self.model, self.tokenizer, sources, src_lang, tgt_lang, self.settings, self.device)
+
+
+class LazyModelTranslator:
+    """A Translator that loads (or merges) its model only when a translation is not cached.
+
+    `load()` returns (model, tokenizer). Cached results need only the identity, so re-opening a
+    finished evaluation or resuming a sweep never touches weights.
+    """
+
+    def __init__(self, identity: str, load: Callable[[], tuple], settings: DecodingSettings = DecodingSettings(),
+                 device: torch.device | str | None = None):
+        self.identity, self._load, self.settings, self.device = identity, load, settings, device
+        self._inner: ModelTranslator | None = None
+        self.loads = 0  # how many times the model was built: what resuming saves
+
+    def cache_parts(self) -> dict:
+        return {"model": self.identity, **self.settings.cache_parts()}
+
+    def translate(self, sources: Sequence[str], src_lang: str, tgt_lang: str) -> list[str]:
+        if self._inner is None:
+            model, tokenizer = self._load()
+            self.loads += 1
+            self._inner = ModelTranslator(model, tokenizer, self.identity, self.settings, self.device)
+        return self._inner.translate(sources, src_lang, tgt_lang)
+
+    def release(self) -> None:
+        """Drop the model (it is rebuilt on the next uncached translation)."""
+        self._inner = None
