@@ -511,25 +511,21 @@ class LanguageRates:
 
 def language_rates(system: System, sets: Sequence[ParallelSet], span: str, models: ModelCache,
                    progress: Progress | None = None) -> LanguageRates:
-    """p = active tokens / span tokens per block, neuron and language of the span's text, summed over
+    """p = active tokens / span tokens per block, neuron and language of the span's text, pooled over
     every set whose `span` is in that language (e.g. span 'target' on En→X sets: one condition per X)."""
+    from engine.activations import language_rates as pool
+
     if span not in SPANS:
         raise DataError(f"span must be one of {', '.join(SPANS)}, got {span!r}")
-    active: dict[str, np.ndarray] = {}
-    tokens: dict[str, int] = {}
-    for pairs in sets:
-        cap = capture_system(system, pairs, models, progress)
-        lang = cap.languages[span]
-        active[lang] = active.get(lang, 0) + cap.active[span].numpy().astype(np.int64)  # (layers, d_mlp)
-        tokens[lang] = tokens.get(lang, 0) + int(cap.tokens[span].sum())
-    languages = tuple(sorted(active))
+    captures = [capture_system(system, pairs, models, progress) for pairs in sets]
+    languages, rates = pool(captures, span)
     if len(languages) < 2:
         raise DataError(
             f"neuron selectivity compares languages, but the {span} spans of the chosen directions are all "
-            f"{', '.join(languages) or 'empty'}; pick directions with different {span} languages"
+            f"{', '.join(languages)}; pick directions with different {span} languages"
         )
-    rates = np.stack([active[l] / tokens[l] for l in languages], axis=-1)  # (layers, d_mlp, languages)
-    return LanguageRates(rates, languages, span, tokens)
+    tokens = {lang: sum(int(c.tokens[span].sum()) for c in captures if c.languages[span] == lang) for lang in languages}
+    return LanguageRates(rates.numpy(), languages, span, tokens)
 
 
 @dataclass

@@ -1,0 +1,94 @@
+"""engine/pipeline: the dashboard's data flow without Streamlit (model cache, cache reuse, data, names)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from engine import pipeline
+from engine.errors import DataError, RecipeError
+from tests.browser_harness import demo_env, tiny_zoo  # noqa: F401  (fixtures)
+
+
+@pytest.mark.parametrize("name, direction", [
+    ("expert-en-es", "en-es"), ("expert_es_en", "es-en"), ("qwen-en-hi", "en-hi"), ("hi2en", "hi-en"),
+    ("qwen_en_to_bn", "en-bn"), ("zoo/experts/en-ru", "en-ru"), ("base", None), ("joint", None),
+    ("expert-xx-yy", None),  # not language codes the prompt can name
+    ("wide-other", None),
+])
+def test_direction_from_name(name, direction):
+    assert pipeline.direction_from_name(name) == direction
+
+
+def test_data_sets_tell_dev_from_devtest_and_cut_to_n(demo_env):  # noqa: F811
+    dev = pipeline.data_sets("dev", ["en-pt", "en-es"], 3)
+    assert [s.direction for s in dev] == ["en-es", "en-pt"]
+    assert all(len(s) == 3 for s in dev)
+    assert pipeline.available_directions("devtest") == ["en-es", "en-pt", "es-en"]
+    with pytest.raises(DataError, match="no devtest data for en-de"):
+        pipeline.data_sets("devtest", ["en-de"])
+
+
+def test_model_cache_builds_once_under_concurrent_requests(demo_env, monkeypatch):  # noqa: F811
+    system = pipeline.checkpoint_system(pipeline.checkpoints_by_label()["expert-en-es"])
+    cache = pipeline.ModelCache()
+    calls = []
+    real_build = cache._build
+
+    def slow_build(s):
+        calls.append(s.identity)
+        time.sleep(0.3)  # long enough for every thread to arrive while the first one builds
+        return real_build(s)
+
+    monkeypatch.setattr(cache, "_build", slow_build)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get(system))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [system.identity]
+    assert len({id(g) for g in got}) == 1 and cache.builds == 1
+
+
+def test_model_cache_drops_the_least_recently_used(demo_env):  # noqa: F811
+    by_label = pipeline.checkpoints_by_label()
+    systems = [pipeline.checkpoint_system(by_label[n]) for n in ("base", "expert-en-es", "expert-en-pt")]
+    cache = pipeline.ModelCache(capacity=2)
+    cache.get(systems[0]), cache.get(systems[1]), cache.get(systems[0]), cache.get(systems[2])
+    assert systems[0].identity in cache and systems[2].identity in cache and systems[1].identity not in cache
+
+
+def test_warm_views_need_no_model(demo_env, monkeypatch):  # noqa: F811
+    """Scores and captures come from the content-addressed cache: a second process (fresh
+    ModelCache) shows the same results without loading or merging anything."""
+    monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "4")
+    by_label = pipeline.checkpoints_by_label()
+    recipe = pipeline.build_recipe("base", ["expert-en-es", "expert-en-pt"], "ties", {"weight": 0.5, "density": 0.5})
+    systems = [pipeline.checkpoint_system(by_label["base"]), pipeline.merge_system(recipe)]
+    sets = pipeline.data_sets("dev", ["en-es", "en-pt"], 4)
+
+    cold = pipeline.ModelCache()
+    scores = pipeline.score_rows(pipeline.evaluate_systems(systems, sets, cold))
+    matrix = pipeline.cka_pair(systems[0], systems[1], sets, "source", cold)
+    assert cold.builds == 2
+
+    warm = pipeline.ModelCache()
+    assert pipeline.score_rows(pipeline.evaluate_systems(systems, sets, warm)) == scores
+    again = pipeline.cka_pair(systems[0], systems[1], sets, "source", warm)
+    assert (again.values == matrix.values).all()
+    assert warm.builds == 0
+
+
+def test_recipe_round_trip_through_the_view(demo_env):  # noqa: F811
+    recipe = pipeline.build_recipe("base", ["expert-en-es", "expert-es-en"], "task_arithmetic",
+                                   {"weight": 0.3, "normalize": True}, {"density": [0.2, 0.9]})
+    view = pipeline.recipe_view(pipeline.parse_recipe(pipeline.recipe_yaml(recipe)))
+    assert (view.base, view.experts, view.method) == ("base", ["expert-en-es", "expert-es-en"], "task_arithmetic")
+    assert view.params["weight"] == pytest.approx(0.3) and view.params["normalize"] is True
+    assert view.schedules == {"density": [0.2, 0.9]}
+    assert pipeline.recipe_hash(pipeline.parse_recipe(pipeline.recipe_yaml(recipe))) == pipeline.recipe_hash(recipe)
+    with pytest.raises(RecipeError, match="no checkpoint called nowhere"):
+        pipeline.build_recipe("base", ["nowhere"], "ties", {"weight": 1.0})
