@@ -71,7 +71,7 @@ def to_markdown(results: Sequence[EvaluationResult], title: str = "") -> str:
                 cells.append("–")
         lines.append(f"| {r.system} | " + " | ".join(cells) + " |")
     avg_ref = ", ".join(f"{r.system} {100 * r.metric('off_target_ref'):.0f}%" for r in results)
-    noise = fmean_or_dash([r.metric("reference_miss") for r in results])
+    noise = _percent_mean([r.metric("reference_miss") for r in results])
     signatures = sorted({d.scores.bleu_signature for r in results for d in r.directions})
     chrf = sorted({d.scores.chrf_signature for r in results for d in r.directions})
     lines += [
@@ -86,7 +86,7 @@ def to_markdown(results: Sequence[EvaluationResult], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def fmean_or_dash(values: Sequence[float]) -> str:
+def _percent_mean(values: Sequence[float]) -> str:
     return f"{100 * sum(values) / len(values):.0f}%" if values else "–"
 
 
