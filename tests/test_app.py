@@ -269,3 +269,21 @@ def test_engine_errors_are_messages_not_tracebacks(app, monkeypatch):
     app.switch_page("views/scores.py").run()
     assert not app.exception
     assert "MERGESCOPE_MAX_NEW_TOKENS" in app.error[0].value
+
+
+def test_sweep_curve_plots_the_engines_scores(app):
+    pick(app, method="task_arithmetic")
+    app.switch_page("views/scores.py").run()
+    app.selectbox(key="sweep_choice").set_value("weight").run()
+    app.button(key="sweep_run").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert app.query_params["sweep_param"] == "weight"
+    sweep = [f for f in charts(app) if "against weight" in f["layout"]["title"]["text"]][0]
+    avg = [t for t in sweep["data"] if t["name"] == "avg"][0]
+    values = pipeline.sweep_values("task_arithmetic", "weight")
+    np.testing.assert_allclose(array(avg["x"]), values)
+    params = {"weight": 0.5, "density": 1.0, "normalize": False, "rescale": False, "int8_mask": False, "lambda": 1.0}
+    rows = pipeline.sweep_curve("base", ["expert-en-es", "expert-en-pt"], "task_arithmetic", params, "weight", values,
+                                pipeline.data_sets("devtest", ["en-es", "en-pt"], 32), pipeline.ModelCache())
+    expected = [r["chrf"] for r in rows if r["direction"] == "avg"]
+    np.testing.assert_allclose(array(avg["y"]), expected, rtol=1e-9)

@@ -64,6 +64,22 @@ def scores_bars(rows: Sequence[dict], metric: str) -> go.Figure:
     return fig
 
 
+def sweep_figure(rows: Sequence[dict], metric: str) -> go.Figure:
+    """Score against one merge parameter, one line per direction and the average (thick)."""
+    frame = pd.DataFrame(rows)
+    scale = 100 if metric.startswith("off_target") else 1
+    param, method = frame["param"].iloc[0], frame["method"].iloc[0]
+    fig = go.Figure()
+    for direction, part in frame.groupby("direction", sort=False):
+        fig.add_scatter(x=part["value"], y=part[metric] * scale, mode="lines+markers", name=direction,
+                        line={"width": 4 if direction == "avg" else 1.5},
+                        hovertemplate=f"{direction}<br>{param}=%{{x}}: %{{y:.2f}}<extra></extra>")
+    unit = " (%)" if scale == 100 else ""
+    fig.update_layout(title=_title(f"{method}: {SCORE_COLUMNS.get(metric, metric)}{unit} against {param}"),
+                      xaxis_title=param, yaxis_title=SCORE_COLUMNS.get(metric, metric) + unit, height=400)
+    return fig
+
+
 # ----------------------------------------------------------------- layers
 
 

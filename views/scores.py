@@ -33,6 +33,40 @@ st.table(wide.style.format(precision=2, na_rep="–"))  # small: a plain HTML ta
 common.download_csv(table, "scores", key="scores_csv")
 common.show_figure(figures.scores_bars(rows, metric), f"scores_{metric}", key="scores_bars")
 
+
+
+def start_sweep() -> None:
+    st.session_state["sweep_param"] = st.session_state.get("sweep_choice") or ""
+
+
+st.subheader("Sweep curve")
+parts = common.recipe_parts()
+if parts is None:
+    st.info("A sweep varies one parameter of the recipe on **Models & merge**; pick experts and a method there.")
+else:
+    base, experts, method, params, _ = parts
+    spec = pipeline.method_specs()[method]
+    numeric = [p.name for p in spec.params if p.kind is float]
+    if not numeric:
+        st.info(f"{spec.display_name} has no numeric parameter to sweep.")
+    else:
+        state.default("sweep_choice", st.session_state.get("sweep_param") if st.session_state.get("sweep_param") in numeric else numeric[0])
+        cols = st.columns([2, 1])
+        cols[0].selectbox("Parameter", numeric, key="sweep_choice",
+                          help="the paper's grid for this method and parameter; the others stay at the recipe's values")
+        values = pipeline.sweep_values(method, st.session_state["sweep_choice"])
+        cols[1].button("Run sweep", key="sweep_run", on_click=start_sweep,
+                       help=f"{len(values)} merges scored on {st.session_state.get('split')}; cached points are not recomputed")
+        st.caption(f"{st.session_state['sweep_choice']} ∈ {{{', '.join(f'{v:g}' for v in values)}}}")
+        param = st.session_state.get("sweep_param")
+        if param in numeric:
+            reporter = common.ProgressReporter(f"Sweeping {param} ({len(pipeline.sweep_values(method, param))} merges)")
+            sweep = pipeline.sweep_curve(base, experts, method, params, param, pipeline.sweep_values(method, param), sets,
+                                         common.model_cache(), progress=reporter)
+            reporter.finish(f"Sweep of {param}: done")
+            common.show_figure(figures.sweep_figure(sweep, metric), f"sweep_{method}_{param}_{metric}", key="sweep_fig")
+            common.download_csv(pd.DataFrame(sweep).drop(columns=["identity"]), f"sweep_{method}_{param}", key="sweep_csv")
+
 with st.expander("All metrics, long form, with sacreBLEU signatures"):
     st.dataframe(table, hide_index=True, width="stretch")
     signatures = pd.DataFrame(rows)[["system", "direction", "bleu_signature", "chrf_signature"]]

@@ -64,6 +64,7 @@ VIEW_KEYS: dict[str, Codec] = {
     # Scores
     "score_metric": TEXT,
     "extra_systems": LIST,
+    "sweep_param": TEXT,  # set when a sweep curve was asked for; a link re-draws it (from the cache)
     # Layers
     "a_row": TEXT,
     "a_col": TEXT,
