@@ -207,11 +207,43 @@ def screenshot(page, name: str) -> Path:
     return path
 
 
-def wait_idle(page, timeout_ms: float = 120_000) -> None:
-    """Wait until the app has finished its run (Streamlit shows a 'running' status widget meanwhile)."""
-    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
+# ----------------------------------------------------------------- driving the app (tests and bench)
+
+TIMEOUT_MS = 240_000
+
+
+def wait_for_app(page) -> None:
+    """Until the script run finished: Streamlit's status widget disappears when idle."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=TIMEOUT_MS)
+    page.wait_for_timeout(300)
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.match(/Running|Stop/i)",
-        timeout=timeout_ms,
+        "() => { const w = document.querySelector('[data-testid=\"stStatusWidget\"]');"
+        " return !w || !/Running|Stop/i.test(w.innerText); }",
+        timeout=TIMEOUT_MS,
     )
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick `option` in the selectbox or multiselect labelled `label`."""
+    widget = page.locator('[data-testid="stSelectbox"], [data-testid="stMultiSelect"]').filter(
+        has=page.get_by_text(label, exact=True))
+    widget.first.locator("input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.keyboard.press("Escape")
+    wait_for_app(page)
+
+
+def go_to(page, title: str) -> None:
+    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+    wait_for_app(page)
+
+
+def wait_for_plots(page, count: int, selector: str = ".js-plotly-plot") -> None:
+    page.wait_for_function(f"() => document.querySelectorAll({selector!r}).length >= {count}", timeout=TIMEOUT_MS)
+    page.wait_for_timeout(500)  # let Plotly finish drawing before a screenshot
+
+
+def heatmap_boxes(page, count: int = 3) -> list[dict]:
+    wait_for_plots(page, count, ".js-plotly-plot .heatmaplayer")
+    plots = page.locator(".js-plotly-plot").filter(has=page.locator(".heatmaplayer"))
+    return [plots.nth(i).bounding_box() for i in range(plots.count())]

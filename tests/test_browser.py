@@ -13,10 +13,19 @@ import re
 import pytest
 
 from engine import pipeline
-from tests.browser_harness import browser, dashboard, screenshot  # noqa: F401  (fixtures)
+from tests.browser_harness import (  # noqa: F401  (fixtures)
+    TIMEOUT_MS,
+    browser,
+    choose,
+    dashboard,
+    go_to,
+    heatmap_boxes,
+    screenshot,
+    wait_for_app,
+    wait_for_plots,
+)
 
 pytestmark = pytest.mark.browser
-TIMEOUT_MS = 240_000
 VIEWPORT = {"width": 1500, "height": 2000}  # tall: Streamlit scrolls inside the page, screenshots show the viewport
 
 
@@ -27,43 +36,6 @@ def en_x_experts(app) -> list[str]:
     experts = sorted(l for l in labels if (d := pipeline.direction_from_name(l)) and d.startswith("en-"))
     assert len(experts) >= 2, labels
     return experts[:2]
-
-
-def wait_for_app(page) -> None:
-    """Until the script run finished: Streamlit's status widget disappears when idle."""
-    page.wait_for_selector('[data-testid="stApp"]', timeout=TIMEOUT_MS)
-    page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => { const w = document.querySelector('[data-testid=\"stStatusWidget\"]');"
-        " return !w || !/Running|Stop/i.test(w.innerText); }",
-        timeout=TIMEOUT_MS,
-    )
-
-
-def choose(page, label: str, option: str) -> None:
-    """Pick `option` in the selectbox or multiselect labelled `label`."""
-    widget = page.locator('[data-testid="stSelectbox"], [data-testid="stMultiSelect"]').filter(
-        has=page.get_by_text(label, exact=True))
-    widget.first.locator("input").click()
-    page.get_by_role("option", name=option, exact=True).click()
-    page.keyboard.press("Escape")
-    wait_for_app(page)
-
-
-def go_to(page, title: str) -> None:
-    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
-    wait_for_app(page)
-
-
-def wait_for_plots(page, count: int, selector: str = ".js-plotly-plot") -> None:
-    page.wait_for_function(f"() => document.querySelectorAll({selector!r}).length >= {count}", timeout=TIMEOUT_MS)
-    page.wait_for_timeout(500)  # let Plotly finish drawing before a screenshot
-
-
-def heatmap_boxes(page, count: int = 3) -> list[dict]:
-    wait_for_plots(page, count, ".js-plotly-plot .heatmaplayer")
-    plots = page.locator(".js-plotly-plot").filter(has=page.locator(".heatmaplayer"))
-    return [plots.nth(i).bounding_box() for i in range(plots.count())]
 
 
 def test_merge_scores_layers_samples_and_shared_link(dashboard, browser):  # noqa: F811
