@@ -38,10 +38,16 @@ def test_micro_build_end_to_end(micro_zoo, tmp_path):
     assert next(model.parameters()).dtype.is_floating_point
     assert load_jsonl(zoo / "data" / "devtest" / "en-bn.jsonl").tgt_lang == "bn"
 
-    # a second build from the same seed gives the same data and the same weights
-    again = build(tmp_path, MICRO, command="test")
+
+def test_resumed_build_from_a_saved_base_gives_the_same_zoo(micro_zoo, tmp_path):
+    """A build interrupted after the base and resumed ends with the same files."""
+    zoo, manifest = micro_zoo
+    shutil.copytree(zoo / "models" / "base", tmp_path / "models" / "base")
+    again = build(tmp_path, MICRO, command="test", resume=True)
     assert again["data"]["corpus_hash"] == manifest["data"]["corpus_hash"]
-    assert again["models"]["expert-en-es"]["files"] == manifest["models"]["expert-en-es"]["files"]
+    for name in ("base", "expert-en-es", "expert-bn-en", "joint"):
+        assert again["models"][name]["files"] == manifest["models"][name]["files"], name
+    assert again["models"]["base"]["final_loss"] is None  # adopted, not retrained
 
 
 def test_verify_reports_a_changed_file(micro_zoo, tmp_path):

@@ -12,10 +12,15 @@ from engine.settings import ZOO_DIR
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("build", "verify"), help="build the zoo, or check files against the manifest")
+    parser.add_argument("action", choices=("build", "verify", "table"),
+                        help="build the zoo, check its files against the manifest, or build the merge table")
     parser.add_argument("--out", type=Path, default=ZOO_DIR, help=f"zoo folder (default {ZOO_DIR})")
     parser.add_argument("--preset", choices=("full", "micro"), default="full",
                         help="full: the committed zoo (~30 min on 2 cores); micro: seconds, for tests")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the models an interrupted build of the same settings finished")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="fine-tune this many models at once, one process each (same results)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: the preset's; 1 is faster when other jobs share the cores)")
 
@@ -29,6 +34,17 @@ def run(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print("zoo matches its manifest" if not problems else f"{len(problems)} problem(s)")
         return 1 if problems else 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.action == "table":
+        from engine.zoo.merge_table import merge_table, to_markdown, write_table
+
+        rows = merge_table(args.out)
+        write_table(args.out, rows)
+        print(to_markdown(rows))
+        return 0
     from engine.zoo.build import PRESETS, build
 
     command = "python -m engine.zoo build" + (f" --preset {args.preset}" if args.preset != "full" else "")
@@ -37,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         config = dataclasses.replace(config, torch_threads=args.threads)
         command += f" --threads {args.threads}"
-    manifest = build(args.out, config, command=command)
+    manifest = build(args.out, config, command=command, resume=args.resume, workers=args.workers)
     summary = {name: {d: s["chrf"] for d, s in m["devtest"].items()} if name != "base" and name != "joint"
                else round(sum(s["chrf"] for s in m["devtest"].values()) / len(m["devtest"]), 2)
                for name, m in manifest["models"].items()}

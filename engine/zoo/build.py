@@ -11,6 +11,7 @@ assumes); the joint model is one fine-tune on all directions. Everything is seed
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from engine.errors import DataError
 from engine.parallel import save_jsonl
 from engine.prompts import instruction
 from engine.zoo.corpus import Corpus, build_corpus
@@ -127,67 +129,153 @@ def load_half(path: Path):
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True).eval()
 
 
-def build(out_dir: Path, config: BuildConfig = BuildConfig(), command: str = "") -> dict:
-    """Build the whole zoo into out_dir (models/, data/, manifest.json); returns the manifest."""
+def _fine_tune_job(out_dir: Path, name: str, data_directions: list[tuple[str, str]], schedule: Schedule, seed: int,
+                   corpus: Corpus, config: BuildConfig) -> dict:
+    """Fine-tune one model from the saved base, save it, score it; the record goes to .build/<name>.json.
+
+    Runs in a worker process, so it loads the tokenizer and the base from disk: starting from the
+    saved fp16 base (not the fp32 training copy) makes every task vector expert − base exact
+    against the committed files, and a resumed build equal to an uninterrupted one.
+    """
+    import transformers
+
+    torch.set_num_threads(config.torch_threads)
+    t0 = time.time()
+    models_dir = out_dir / "models"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(models_dir / "base")
+    model = load_half(models_dir / "base")
+    model.train()
+    torch.manual_seed(seed)
+    losses = train(model, example_sampler(tokenizer, corpus, data_directions, 1.0, seed), schedule,
+                   tokenizer.pad_token_id, name)
+    save_half(model, tokenizer, models_dir / name)
+    scored = data_directions if name == "joint" else data_directions[:1]
+    return _record(out_dir, name, schedule, seed, data_directions, losses, t0, tokenizer, corpus, config, scored)
+
+
+def _record(out_dir, name, schedule, seed, data_directions, losses, t0, tokenizer, corpus, config, scored) -> dict:
+    trained_s = time.time() - t0
+    record = {"schedule": dataclasses.asdict(schedule), "seed": seed,
+              "directions": [f"{s}-{t}" for s, t in data_directions],
+              "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
+              "devtest": score_model(load_half(out_dir / "models" / name), tokenizer, corpus, config, scored),
+              "seconds": {"train": round(trained_s, 1), "score": round(time.time() - t0 - trained_s, 1)}}
+    path = out_dir / ".build" / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _finished(out_dir: Path, name: str) -> dict | None:
+    """The record of a model an interrupted build already finished (None if not)."""
+    path = out_dir / ".build" / f"{name}.json"
+    if path.is_file() and (out_dir / "models" / name / "model.safetensors").is_file():
+        return json.loads(path.read_text())
+    return None
+
+
+def _adopt(out_dir: Path, name: str, tokenizer, schedule: Schedule, seed: int, data_directions, corpus, config) -> dict | None:
+    """A saved model whose build record was lost (e.g. a build killed between saving and scoring):
+    kept if its tokenizer is this build's, rescored, with its final loss unknown."""
+    folder = out_dir / "models" / name
+    if not (folder / "model.safetensors").is_file() or not (folder / "tokenizer.json").is_file():
+        return None
+    import transformers
+
+    saved = transformers.AutoTokenizer.from_pretrained(folder)
+    if saved.get_vocab() != tokenizer.get_vocab():
+        raise DataError(f"{folder}: tokenizer differs from this build's; rebuild without --resume")
+    log.info("%s: adopting the saved checkpoint of an interrupted build", name)
+    record = _record(out_dir, name, schedule, seed, data_directions, [float("nan")], time.time(), tokenizer, corpus,
+                     config, data_directions if name in ("base", "joint") else data_directions[:1])
+    record["final_loss"] = None
+    record["seconds"] = None
+    (out_dir / ".build" / f"{name}.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def build(out_dir: Path, config: BuildConfig = BuildConfig(), command: str = "", resume: bool = False,
+          workers: int = 1) -> dict:
+    """Build the whole zoo into out_dir (models/, data/, manifest.json); returns the manifest.
+
+    resume: keep models an interrupted build of the same config finished (same results).
+    workers: fine-tune that many models at once, each in its own process with
+    config.torch_threads threads (results do not depend on it).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.torch_threads)
     started = time.time()
-    timings: dict[str, float] = {}
     directions = config.directions()
 
     corpus = build_corpus(config.targets, config.seed, config.train_per_kind, config.dev_size, config.devtest_size)
     data = write_data(corpus, config, out_dir / "data")
     tokenizer = train_tokenizer(tokenizer_texts(corpus, directions), config.vocab_size)
-    timings["corpus_and_tokenizer"] = time.time() - started
-    log.info("corpus %s: %s", data["corpus_hash"][:12], data["split_sizes"])
+    log.info("corpus %s: %s (%.0f s with the tokenizer)", data["corpus_hash"][:12], data["split_sizes"], time.time() - started)
 
     models_dir = out_dir / "models"
-    if models_dir.exists():
-        shutil.rmtree(models_dir)
-    pad = tokenizer.pad_token_id
+    settings_path = out_dir / ".build" / "config.json"
+    settings = json.dumps({"config": dataclasses.asdict(config), "corpus": data["corpus_hash"]}, sort_keys=True)
+    if not resume:
+        for stale in (models_dir, out_dir / ".build"):
+            if stale.exists():
+                shutil.rmtree(stale)
+    elif settings_path.is_file() and settings_path.read_text() != settings:
+        raise DataError(f"{out_dir}: the interrupted build used other settings; rebuild without --resume")
+    settings_path.parent.mkdir(parents=True, exist_ok=True)
+    settings_path.write_text(settings)
+
     names = model_names(config)
     overall = tqdm(total=len(names), desc="zoo models", position=0)
     runs: dict[str, dict] = {}
-
-    def finish(name, model, schedule, seed, data_directions, losses, t0):
-        save_half(model, tokenizer, models_dir / name)
-        timings[name] = time.time() - t0
-        runs[name] = {"schedule": dataclasses.asdict(schedule), "seed": seed,
-                      "directions": [f"{s}-{t}" for s, t in data_directions],
-                      "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4)}
-        overall.update(1)
-
-    t0 = time.time()
-    base = make_model(tokenizer, config.shape, seed=config.seed + 1)
-    losses = train(base, example_sampler(tokenizer, corpus, directions, config.pretrain.translation_share, config.seed + 1),
-                   config.pretrain, pad, "base (pretraining)")
-    finish("base", base, config.pretrain, config.seed + 1, directions, losses, t0)
-    base_state = {k: v.clone() for k, v in base.state_dict().items()}
-
-    fine_tunes = [(f"expert-{s}-{t}", [(s, t)]) for s, t in directions] + [("joint", directions)]
-    for index, (name, data_directions) in enumerate(fine_tunes):
+    runs["base"] = _finished(out_dir, "base") if resume else None
+    if resume and runs["base"] is None:
+        runs["base"] = _adopt(out_dir, "base", tokenizer, config.pretrain, config.seed + 1, directions, corpus, config)
+    if runs["base"] is None:
         t0 = time.time()
-        seed = config.seed + 100 + index
-        schedule = config.joint if name == "joint" else config.expert
-        model = make_model(tokenizer, config.shape, seed=seed)
-        model.load_state_dict(base_state)
-        losses = train(model, example_sampler(tokenizer, corpus, data_directions, 1.0, seed), schedule, pad, name)
-        finish(name, model, schedule, seed, data_directions, losses, t0)
+        base = make_model(tokenizer, config.shape, seed=config.seed + 1)
+        sampler = example_sampler(tokenizer, corpus, directions, config.pretrain.translation_share, config.seed + 1)
+        losses = train(base, sampler, config.pretrain, tokenizer.pad_token_id, "base (pretraining)")
+        save_half(base, tokenizer, models_dir / "base")
+        del base
+        runs["base"] = _record(out_dir, "base", config.pretrain, config.seed + 1, directions, losses, t0,
+                               tokenizer, corpus, config, directions)
+    overall.update(1)
+
+    jobs = []
+    for index, (name, data_directions) in enumerate([(f"expert-{s}-{t}", [(s, t)]) for s, t in directions]
+                                                    + [("joint", directions)]):
+        runs[name] = _finished(out_dir, name)
+        if runs[name] is None:
+            schedule = config.joint if name == "joint" else config.expert
+            jobs.append((out_dir, name, data_directions, schedule, config.seed + 100 + index, corpus, config))
+        else:
+            overall.update(1)
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # the joint model is the longest run: start it first so it does not finish last alone
+        jobs.sort(key=lambda job: job[1] != "joint")
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_fine_tune_job, *job): job[1] for job in jobs}
+            for future in as_completed(futures):
+                runs[futures[future]] = future.result()
+                overall.update(1)
+    else:
+        for job in jobs:
+            runs[job[1]] = _fine_tune_job(*job)
+            overall.update(1)
     overall.close()
 
-    t0 = time.time()
     models = {}
-    for name in tqdm(names, desc="devtest scores"):
-        scored = directions if name in ("base", "joint") else [tuple(name.split("-")[1:])]
+    for name in names:
         folder = models_dir / name
-        scores = score_model(load_half(folder), tokenizer, corpus, config, scored)
-        params = sum(p.numel() for p in load_half(folder).parameters())
-        models[name] = {**runs[name], "parameters": params, "devtest": scores, "files": folder_hashes(folder),
+        models[name] = {**{k: v for k, v in runs[name].items() if k != "seconds"},
+                        "parameters": sum(p.numel() for p in load_half(folder).parameters()),
+                        "files": folder_hashes(folder),
                         "bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())}
-    timings["scoring"] = time.time() - t0
-    timings["total"] = time.time() - started
-
+    timings = {name: runs[name]["seconds"] for name in names}
     manifest = {
         "build_command": command or "python -m engine.zoo build",
         "config": dataclasses.asdict(config),
@@ -195,13 +283,14 @@ def build(out_dir: Path, config: BuildConfig = BuildConfig(), command: str = "")
         "tokenizer": {"vocab_size": len(tokenizer), "kind": "byte-level BPE, digits split before BPE",
                       "sha256": sha256_file(models_dir / "base" / "tokenizer.json")},
         "models": models,
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "torch_threads": config.torch_threads,
+        "timings_s": {"per_model": timings, "this_run_total": round(time.time() - started, 1), "resumed": resume,
+                      "workers": workers, "torch_threads": config.torch_threads},
         "packages": package_versions(),
         "platform": sys.platform,
         "scoring": "engine.translate: greedy, first line, sacreBLEU corpus BLEU/chrF on devtest; off-target by "
                    "py3langid restricted to the zoo languages",
     }
     write_manifest(out_dir, manifest)
-    log.info("zoo built in %.0f s into %s", timings["total"], out_dir)
+    shutil.rmtree(out_dir / ".build")
+    log.info("zoo built in %.0f s into %s", time.time() - started, out_dir)
     return manifest
