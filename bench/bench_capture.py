@@ -77,13 +77,15 @@ def main() -> None:
         sync()
 
     times = {"plain": [], "capture": []}
+    cpu = {"plain": [], "capture": []}  # CPU seconds of this process: steadier than wall time on a shared machine
     with torch.inference_mode():
         plain(), captured()  # warm-up
         for _ in range(args.rounds):
             for name, fn in (("plain", plain), ("capture", captured)):
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 fn()
                 times[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - cpu_start)
     start = time.perf_counter()
     capture_api(model, tokenizer, pairs, settings, device=device)
     end_to_end = time.perf_counter() - start
@@ -93,7 +95,9 @@ def main() -> None:
           f"{args.layers} blocks; {args.n} pairs in {len(batches)} batches of {args.batch_size}, {tokens} padded tokens")
     print(f"plain decoder forward: {p * 1000:.0f} ms (median of {args.rounds})")
     print(f"capture forward:       {c * 1000:.0f} ms (median of {args.rounds})")
-    print(f"overhead: {100 * (c - p) / p:+.1f}%")
+    print(f"overhead: {100 * (c - p) / p:+.1f}% wall")
+    pc, cc = statistics.median(cpu["plain"]), statistics.median(cpu["capture"])
+    print(f"CPU time: plain {pc * 1000:.0f} ms, capture {cc * 1000:.0f} ms, overhead {100 * (cc - pc) / pc:+.1f}%")
     print(f"capture() end to end incl. chat rendering + tokenisation: {end_to_end * 1000:.0f} ms")
 
 
