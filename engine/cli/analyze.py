@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         per_data = []
         for d in datasets:
             log.info("capturing %s on %s (%d pairs, %s span)", ckpt.name, d.name, len(d), span)
-            per_data.append(capture_cached(model, tokenizer, d, ckpt.fingerprint, settings, device=args.device))
+            per_data.append(capture_cached(model, tokenizer, d, ckpt.fingerprint, settings, device=args.device,
+                                           progress=_progress(f"{ckpt.name} {d.direction}")))
         captures.append(per_data)
         del model
     names = [c.name for c in checkpoints]
@@ -101,6 +102,19 @@ def run(args: argparse.Namespace) -> int:
     _write_atomic(Path(args.out), report)
     print(f"wrote {args.out}: {len(names)} models × {len(datasets)} data sets, {span} span")
     return 0
+
+
+def _progress(label: str):
+    """A capture progress callback that logs about every tenth of the way."""
+    last = [-1]
+
+    def report(done: int, total: int) -> None:
+        step = 10 * done // total
+        if step != last[0]:
+            last[0] = step
+            log.info("%s: %d / %d pairs", label, done, total)
+
+    return report
 
 
 def _cka_section(names, datasets, captures, span, debiased, device) -> list[dict]:
