@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    store = cache.get_store()
+    try:
+        store = cache.get_store()
+    except (ValueError, OSError) as err:  # a malformed setting or an unwritable cache folder
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.command == "ls":
         entries = store.entries()
         for e in entries:

@@ -176,3 +176,16 @@ def test_cli_ls_and_gc(capsys):
     assert cache_cli(["gc"]) == 0
     assert "orphans: 1" in capsys.readouterr().out
     assert not orphan.exists() and not old_tmp.exists() and store.get(key) is not None
+
+
+def test_cli_works_without_model_roots(monkeypatch, tmp_path, capsys):
+    from engine.settings import get_settings
+
+    monkeypatch.setenv("MERGESCOPE_MODEL_ROOTS", str(tmp_path / "no-such-folder"))
+    get_settings.cache_clear()
+    assert cache_cli(["ls"]) == 0
+    assert "0 entries" in capsys.readouterr().out
+    monkeypatch.setenv("MERGESCOPE_CACHE_MAX_GB", "lots")
+    get_settings.cache_clear()
+    assert cache_cli(["gc"]) == 2
+    assert "MERGESCOPE_CACHE_MAX_GB" in capsys.readouterr().err
