@@ -83,8 +83,8 @@ class Capture:
     def from_entry(cls, entry: cache.Entry) -> "Capture":
         meta = dict(entry.meta)
         languages = meta.pop("languages")
-        pick = lambda prefix: {s: entry.tensors[f"{prefix}.{s}"] for s in languages}  # noqa: E731
-        return cls(pick("hidden"), pick("active"), pick("tokens"), languages, meta)
+        hidden, active, tokens = ({s: entry.tensors[f"{prefix}.{s}"] for s in languages} for prefix in ("hidden", "active", "tokens"))
+        return cls(hidden, active, tokens, languages, meta)
 
 
 @dataclass
