@@ -272,7 +272,12 @@ class Store:
         return bad
 
     def gc(self, max_bytes: int | None = None, tmp_age_s: float = 3600.0) -> dict[str, int]:
-        """Evict over the cap, delete files the index does not know, stale temporaries and idle locks."""
+        """Evict over the cap, delete files the index does not know, stale temporaries and idle locks.
+
+        A lock file is removed only while gc itself holds it; a process that opened it just
+        before could still race a newcomer, so at worst a key is computed twice (both writes
+        are whole and identical), never served half-written. Run gc when the cache is quiet.
+        """
         evicted = self.evict(max_bytes=max_bytes)
         known = {info.key for info in self.entries()}
         orphans = stale = locks = 0
