@@ -406,12 +406,15 @@ def evaluate_systems(systems: Sequence[System], sets: Sequence[ParallelSet], mod
     from engine.translate.evaluate import evaluate, languages_in_play
 
     langs = languages_in_play(sets)
+    settings = decoding_settings()
     results = []
     for i, system in enumerate(systems):
         if progress:
             progress(i, len(systems), f"scoring {system.name}")
-        results.append(evaluate(LazyTranslator(system, models), systems_directions(system, sets),
-                                system=system.name, languages=langs))
+        own = systems_directions(system, sets)
+        key = ("scores", system.identity, system.name, _data_key(own), langs, repr(settings.cache_parts()))
+        results.append(_MEMO.get_or_compute(key, lambda: evaluate(LazyTranslator(system, models, settings), own,
+                                                                  system=system.name, languages=langs)))
     if progress:
         progress(len(systems), len(systems), "scores done")
     return results
@@ -440,6 +443,44 @@ def sample_rows(results: Sequence, direction: str | None = None) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- captures and analyses
+
+
+class _Memo:
+    """Finished analyses by content key, in process memory (thread-safe, least recently used out).
+
+    The disk cache already makes warm views cheap; this makes them instant: a page switch
+    re-reads no capture and recomputes no Gram matrix when the same view was shown before.
+    """
+
+    def __init__(self, capacity: int = 128):
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple, object] = OrderedDict()
+
+    def get_or_compute(self, key: tuple, compute: Callable[[], object]):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = compute()  # outside the lock: a slow analysis must not block other sessions' views
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return value
+
+
+_MEMO = _Memo()
+
+
+def clear_memo() -> None:
+    """Forget in-memory analyses (as a fresh server process would); the disk cache stays."""
+    with _MEMO._lock:
+        _MEMO._items.clear()
+
+
+def _data_key(sets: Sequence[ParallelSet]) -> tuple:
+    return tuple(s.content_hash() for s in sets)
 
 
 @functools.lru_cache(maxsize=64)
@@ -493,10 +534,15 @@ def cka_pair(a: System, b: System, sets: Sequence[ParallelSet], span: str, model
 
     if not sets:
         raise DataError("CKA needs parallel data; pick at least one direction")
-    ha = pooled_hidden(a, sets, span, models, progress)
-    hb = ha if a.identity == b.identity else pooled_hidden(b, sets, span, models, progress)
-    directions = "+".join(s.direction for s in sets)
-    return cka_matrix(ha, hb, debiased=debiased, span=f"{span}|data:{directions}", labels=(a.name, b.name))
+
+    def compute():
+        ha = pooled_hidden(a, sets, span, models, progress)
+        hb = ha if a.identity == b.identity else pooled_hidden(b, sets, span, models, progress)
+        directions = "+".join(s.direction for s in sets)
+        return cka_matrix(ha, hb, debiased=debiased, span=f"{span}|data:{directions}", labels=(a.name, b.name))
+
+    key = ("cka", a.identity, b.identity, a.name, b.name, _data_key(sets), span, debiased)
+    return _MEMO.get_or_compute(key, compute)
 
 
 @dataclass
@@ -544,6 +590,11 @@ class NeuronReport:
 def neuron_report(base: System, finetune: System, sets: Sequence[ParallelSet], span: str, settings,
                   models: ModelCache, progress: Progress | None = None) -> NeuronReport:
     """LAPE on base and fine-tune, their per-layer comparison, NUA and histograms."""
+    key = ("neurons", base.identity, finetune.identity, _data_key(sets), span, settings)
+    return _MEMO.get_or_compute(key, lambda: _neuron_report(base, finetune, sets, span, settings, models, progress))
+
+
+def _neuron_report(base, finetune, sets, span, settings, models, progress) -> NeuronReport:
     from engine.neurons import compare_selections, neuron_histograms, neuron_usage_alignment, select_language_neurons
 
     rb = language_rates(base, sets, span, models, progress)

@@ -212,10 +212,11 @@ def screenshot(page, name: str) -> Path:
 TIMEOUT_MS = 240_000
 
 
-def wait_for_app(page) -> None:
-    """Until the script run finished: Streamlit's status widget disappears when idle."""
+def wait_for_app(page, settle_ms: int = 300) -> None:
+    """Until the script run finished: Streamlit's status widget disappears when idle. `settle_ms`
+    first gives a just-triggered run time to show that widget."""
     page.wait_for_selector('[data-testid="stApp"]', timeout=TIMEOUT_MS)
-    page.wait_for_timeout(300)
+    page.wait_for_timeout(settle_ms)
     page.wait_for_function(
         "() => { const w = document.querySelector('[data-testid=\"stStatusWidget\"]');"
         " return !w || !/Running|Stop/i.test(w.innerText); }",

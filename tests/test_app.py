@@ -60,7 +60,9 @@ def charts(at: AppTest) -> list[dict]:
 
 
 def systems_of(at: AppTest) -> list[pipeline.System]:
-    """The systems the view describes, rebuilt outside Streamlit from the URL's parameters."""
+    """The systems the view describes, rebuilt outside Streamlit from the URL's parameters.
+    Forgets in-memory results first, so expected values are recomputed, not the page's own objects."""
+    pipeline.clear_memo()
     params = at.query_params
     by_label = pipeline.checkpoints_by_label()
     names = [params["base"], *params["experts"].split(",")]

@@ -75,6 +75,7 @@ def test_warm_views_need_no_model(demo_env, monkeypatch):  # noqa: F811
     matrix = pipeline.cka_pair(systems[0], systems[1], sets, "source", cold)
     assert cold.builds == 2
 
+    pipeline.clear_memo()  # as a fresh process: only the disk cache remains
     warm = pipeline.ModelCache()
     assert pipeline.score_rows(pipeline.evaluate_systems(systems, sets, warm)) == scores
     again = pipeline.cka_pair(systems[0], systems[1], sets, "source", warm)
