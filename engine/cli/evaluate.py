@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     for out in args.out:
         if Path(out).suffix not in (".csv", ".md", ".json"):
             raise DataError(f"{out}: output must end in .csv, .md or .json")
+    if args.limit is not None and args.limit < 1:
+        raise DataError(f"--limit must be a positive number of pairs, got {args.limit}")
     settings = DecodingSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     sets = load_data(args.data, args.limit)
     languages = validate_sets(sets, args.languages.split(",") if args.languages else None)
