@@ -65,7 +65,7 @@ class SweepResult:
 
     @property
     def failed(self) -> list[PointResult]:
-        return [p for p in self.points if not p.ok]
+        return [p for p in self.points if p.error]
 
 
 def build_recipe(config: SweepConfig, group: str, point: GridPoint) -> Recipe:
@@ -144,7 +144,7 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
     def merged(recipe: Recipe) -> LazyModelTranslator:
         identity = content_hash(recipe, fingerprint=lambda ref: prints[ref], seed=config.seed)
         return LazyModelTranslator(identity, lambda: merge_model(recipe, device=device, seed=config.seed),
-                               config.decoding, device)
+                                   config.decoding, device)
 
     def group_sets(group: str, split: dict[str, ParallelSet]) -> list[ParallelSet]:
         return [split[d] for d in config.groups[group]]
@@ -179,9 +179,15 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
             best = max(candidates, key=lambda p: p.score(config.metric))  # first of equals: grid order
             report(f"{group}: best {best.point.label} (devtest)")
             translator = merged(best.recipe)
-            scored = evaluate(translator, group_sets(group, config.devtest), system=best.point.label,
-                              languages=config.languages, use_cache=use_cache)
-            translator.release()
+            try:
+                scored = evaluate(translator, group_sets(group, config.devtest), system=best.point.label,
+                                  languages=config.languages, use_cache=use_cache)
+            except Exception as err:  # same policy as a dev point: report with the recipe, go on
+                best.error = f"devtest: {type(err).__name__}: {err}"
+                log.warning("best point failed on devtest: %s\nrecipe:\n%s", best.error, best.recipe.to_yaml())
+                continue
+            finally:
+                translator.release()
             result.best[(group, method)] = (best, scored)
 
     for group in config.groups:
