@@ -155,3 +155,11 @@ def test_tied_embedding_checkpoints_merge_in_memory(model_root):
     expected = base.model.embed_tokens.weight + 0.5 * (expert.model.embed_tokens.weight - base.model.embed_tokens.weight)
     assert torch.allclose(model.model.embed_tokens.weight, expected, atol=1e-6)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+def test_sweep_cli_refuses_an_unknown_method_by_name(grid_file, capsys):
+    data = yaml.safe_load(grid_file.read_text())
+    data["methods"] = {"magic_merge": {"weight": [1.0]}}
+    grid_file.write_text(yaml.safe_dump(data))
+    assert main(["sweep", str(grid_file)]) == 2
+    assert "magic_merge" in capsys.readouterr().err
