@@ -175,3 +175,12 @@ def test_in_memory_model_end_to_end(tokenizer):
     result = evaluate(translator, SETS[:2], languages=["en", "es", "ru"], use_cache=True)
     assert len(result.directions) == 2 and all(len(d.samples) == 4 for d in result.directions)
     assert 0 <= result.metric("chrf") <= 100
+
+
+def test_a_changed_chat_template_changes_the_cache_key(tokenizer):
+    model = make_model(vocab_size=len(tokenizer))
+    other = make_tokenizer()
+    other.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    a = ModelTranslator(model, tokenizer, identity="same-weights").cache_parts()
+    b = ModelTranslator(model, other, identity="same-weights").cache_parts()
+    assert a["model"] == b["model"] and a != b

@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.checkpoints import load_model, load_tokenizer, open_checkpoint
     from engine.translate.evaluate import evaluate, validate_sets
-    from engine.translate.generate import DecodingSettings, LazyModelTranslator
+    from engine.translate.generate import DecodingSettings, LazyModelTranslator, prompt_signature
     from engine.translate.report import to_markdown, write_results
 
     for out in args.out:
@@ -66,16 +66,19 @@ def run(args: argparse.Namespace) -> int:
     sets = load_data(args.data, args.limit)
     languages = validate_sets(sets, args.languages.split(",") if args.languages else None)
     checkpoints = [open_checkpoint(m) for m in args.model]
+    prompts = {}
     for ckpt in checkpoints:
         tokenizer = load_tokenizer(ckpt)
         if not getattr(tokenizer, "chat_template", None):
             raise DataError(f"{ckpt.path}: tokenizer has no chat template; the paper's prompt needs one")
+        prompts[ckpt.path] = prompt_signature(tokenizer)
 
     results = []
     progress = lambda done, total, msg: log.info("[%d/%d] %s", done, total, msg)  # noqa: E731
     for ckpt in checkpoints:
         # Loaded only if some direction is not cached yet.
-        translator = LazyModelTranslator(ckpt.fingerprint, lambda c=ckpt: load_model(c, device=args.device), settings)
+        translator = LazyModelTranslator(ckpt.fingerprint, lambda c=ckpt: load_model(c, device=args.device),
+                                         prompts[ckpt.path], settings)
         results.append(evaluate(translator, sets, system=ckpt.name, languages=languages,
                                 use_cache=not args.no_cache, progress=progress))
         translator.release()

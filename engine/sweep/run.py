@@ -29,7 +29,7 @@ from engine.recipe import from_dict as recipe_from_dict
 from engine.sweep.config import SweepConfig
 from engine.sweep.grid import GridPoint
 from engine.translate.evaluate import EvaluationResult, evaluate
-from engine.translate.generate import LazyModelTranslator
+from engine.translate.generate import LazyModelTranslator, prompt_signature
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +80,23 @@ def build_recipe(config: SweepConfig, group: str, point: GridPoint) -> Recipe:
     }, source=f"{config.source}: {group}: {point.label}")
 
 
-def preflight(config: SweepConfig) -> dict[str, str]:
+def preflight(config: SweepConfig) -> tuple[dict[str, str], dict[str, str]]:
     """Everything checkable before work: checkpoints (roots, safetensors, compatibility, chat
-    template) and every point's recipe. Returns checkpoint path -> fingerprint."""
+    templates) and every point's recipe. Returns (path -> fingerprint, path -> prompt signature)."""
     paths = [config.base_model] + [p for g in config.groups.values() for p in g.values()]
     if config.joint:
         paths.append(config.joint)
     checkpoints = {str(p): open_checkpoint(p) for p in dict.fromkeys(paths)}
     check_compatible(list(checkpoints.values()))
-    if not getattr(load_tokenizer(checkpoints[str(config.base_model)]), "chat_template", None):
-        raise DataError(f"{config.base_model}: tokenizer has no chat template; the paper's prompt needs one")
+    prompts = {}
+    for path, ckpt in checkpoints.items():
+        tokenizer = load_tokenizer(ckpt)
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError(f"{path}: tokenizer has no chat template; the paper's prompt needs one")
+        prompts[path] = prompt_signature(tokenizer)
     for group, point in config.points():
         build_recipe(config, group, point)  # RecipeError names the point
-    return {path: ckpt.fingerprint for path, ckpt in checkpoints.items()}
+    return {path: ckpt.fingerprint for path, ckpt in checkpoints.items()}, prompts
 
 
 def merge_model(recipe: Recipe, device=None, seed: int = 0):
@@ -117,14 +121,15 @@ def merge_model(recipe: Recipe, device=None, seed: int = 0):
     return model.eval(), tokenizer
 
 
-def _checkpoint_translator(path, fingerprint: str, config: SweepConfig, device) -> LazyModelTranslator:
-    return LazyModelTranslator(fingerprint, lambda: load_model(path, device=device), config.decoding, device)
+def _checkpoint_translator(path, fingerprint: str, prompt: str, config: SweepConfig, device) -> LazyModelTranslator:
+    return LazyModelTranslator(fingerprint, lambda: load_model(path, device=device), prompt, config.decoding, device)
 
 
 def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None,
               should_stop: Callable[[], bool] | None = None, use_cache: bool = True) -> SweepResult:
     """Score every point on dev, the best per (group, method) on devtest, and the table rows."""
-    prints = preflight(config)
+    prints, prompts = preflight(config)
+    merge_prompt = prompts[str(config.base_model)]  # merges take the base's tokenizer
     result = SweepResult(config)
     points = config.points()
     n_best = len(config.groups) * len(config.grids)
@@ -144,7 +149,7 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
     def merged(recipe: Recipe) -> LazyModelTranslator:
         identity = content_hash(recipe, fingerprint=lambda ref: prints[ref], seed=config.seed)
         return LazyModelTranslator(identity, lambda: merge_model(recipe, device=device, seed=config.seed),
-                                   config.decoding, device)
+                                   merge_prompt, config.decoding, device)
 
     def group_sets(group: str, split: dict[str, ParallelSet]) -> list[ParallelSet]:
         return [split[d] for d in config.groups[group]]
@@ -197,7 +202,7 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
             if stop():
                 return result
             report(f"{group}: {name} (devtest)")
-            translator = _checkpoint_translator(path, prints[str(path)], config, device)
+            translator = _checkpoint_translator(path, prints[str(path)], prompts[str(path)], config, device)
             rows.append(evaluate(translator, devtest, system=name, languages=config.languages, use_cache=use_cache))
             translator.release()
             done += 1
@@ -207,7 +212,7 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
         own = []
         for pairs in devtest:
             path = config.groups[group][pairs.direction]
-            translator = _checkpoint_translator(path, prints[str(path)], config, device)
+            translator = _checkpoint_translator(path, prints[str(path)], prompts[str(path)], config, device)
             own += evaluate(translator, [pairs], languages=config.languages, use_cache=use_cache).directions
             translator.release()
         done += 1

@@ -12,6 +12,7 @@ scoring path (engine.translate.evaluate) only sees that interface, so tests can 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import weakref
 from dataclasses import dataclass
@@ -61,6 +62,13 @@ class Translator(Protocol):
     def translate(self, sources: Sequence[str], src_lang: str, tgt_lang: str) -> list[str]:
         """One output string per source, in order."""
         ...
+
+
+def prompt_signature(tokenizer) -> str:
+    """Short hash of the rendered prompt (chat template + instruction): weights fingerprints do not
+    cover the tokenizer files, so this keeps a changed chat template from hitting stale results."""
+    rendered = render_generation_prompt(tokenizer, "en", "de", "\x00SOURCE\x00")
+    return hashlib.sha256(rendered.encode()).hexdigest()[:16]
 
 
 def first_line(text: str) -> str:
@@ -188,9 +196,10 @@ class ModelTranslator:
             raise SettingsError("a ModelTranslator needs an identity (checkpoint fingerprint or recipe hash) for caching")
         self.model, self.tokenizer, self.identity = model, tokenizer, identity
         self.settings, self.device = settings, device
+        self.prompt = prompt_signature(tokenizer)
 
     def cache_parts(self) -> dict:
-        return {"model": self.identity, **self.settings.cache_parts()}
+        return {"model": self.identity, "prompt": self.prompt, **self.settings.cache_parts()}
 
     def translate(self, sources: Sequence[str], src_lang: str, tgt_lang: str) -> list[str]:
         return generate_translations(self.model, self.tokenizer, sources, src_lang, tgt_lang, self.settings, self.device)
@@ -199,24 +208,28 @@ class ModelTranslator:
 class LazyModelTranslator:
     """A Translator that loads (or merges) its model only when a translation is not cached.
 
-    `load()` returns (model, tokenizer). Cached results need only the identity, so re-opening a
+    `load()` returns (model, tokenizer); `prompt` is prompt_signature() of that tokenizer (cheap to
+    get from the checkpoint's tokenizer alone). Cached results need only these, so re-opening a
     finished evaluation or resuming a sweep never touches weights.
     """
 
-    def __init__(self, identity: str, load: Callable[[], tuple], settings: DecodingSettings = DecodingSettings(),
-                 device: torch.device | str | None = None):
-        self.identity, self._load, self.settings, self.device = identity, load, settings, device
+    def __init__(self, identity: str, load: Callable[[], tuple], prompt: str,
+                 settings: DecodingSettings = DecodingSettings(), device: torch.device | str | None = None):
+        self.identity, self._load, self.prompt = identity, load, prompt
+        self.settings, self.device = settings, device
         self._inner: ModelTranslator | None = None
         self.loads = 0  # how many times the model was built: what resuming saves
 
     def cache_parts(self) -> dict:
-        return {"model": self.identity, **self.settings.cache_parts()}
+        return {"model": self.identity, "prompt": self.prompt, **self.settings.cache_parts()}
 
     def translate(self, sources: Sequence[str], src_lang: str, tgt_lang: str) -> list[str]:
         if self._inner is None:
             model, tokenizer = self._load()
             self.loads += 1
             self._inner = ModelTranslator(model, tokenizer, self.identity, self.settings, self.device)
+            if self._inner.prompt != self.prompt:
+                raise DataError(f"{self.identity[:16]}: the loaded tokenizer renders a different prompt than announced")
         return self._inner.translate(sources, src_lang, tgt_lang)
 
     def release(self) -> None:
