@@ -113,6 +113,10 @@ def test_cached_capture_hits_and_misses(tokenizer, monkeypatch):
     capture_cached(model, tokenizer, PAIRS.head(3), model_id="fp-a")
     capture_cached(model, tokenizer, PAIRS, model_id="fp-a", settings=CaptureSettings(final_norm=False))
     assert len(runs) == 4
+    # A change of instruction wording changes every capture, so it must miss too.
+    monkeypatch.setattr("engine.prompts.instruction", lambda s, t: f"Render {s} as {t}")
+    capture_cached(model, tokenizer, PAIRS, model_id="fp-a")
+    assert len(runs) == 5
     assert isinstance(Capture.from_entry(first.to_entry()), Capture)
 
 

@@ -26,6 +26,7 @@ import cache
 from engine.activations.spans import SPANS, EncodedPair, encode_pairs
 from engine.errors import DataError, UnsupportedModelError
 from engine.parallel import ParallelSet
+from engine.prompts import render_teacher_forced
 
 log = logging.getLogger(__name__)
 
@@ -324,9 +325,12 @@ def capture_key(model_id: str, tokenizer, pairs: ParallelSet, settings: CaptureS
     """Cache key of a capture: model identity, tokenizer, data hash, settings (plus the code salt)."""
     if not model_id:
         raise ValueError("capture_cached needs a model identity: a checkpoint fingerprint or a recipe hash")
+    # The rendered prompt covers what neither the weights nor the data hash do: the
+    # instruction wording (engine.prompts) and the chat template as this tokenizer applies it.
+    sample = render_teacher_forced(tokenizer, pairs.src_lang, pairs.tgt_lang, "<source>", "<target>").text
     return cache.make_key(
         "capture", model=model_id, tokenizer=tokenizer_digest(tokenizer), data=pairs.content_hash(),
-        settings=settings.key_parts(),
+        prompt=hashlib.sha256(sample.encode()).hexdigest(), settings=settings.key_parts(),
     )
 
 
