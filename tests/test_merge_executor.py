@@ -97,6 +97,7 @@ def test_row_chunk_streaming_from_checkpoints_equals_whole_tensors(zoo, monkeypa
     recipe = _recipe(root, method="ties")
     whole = dict(iter_merged(plan_merge(recipe), "cpu"))
     monkeypatch.setattr(executor, "CHUNK_ELEMENTS", 100)  # every matrix in several row blocks
+    monkeypatch.setattr(executor, "STREAM_ABOVE", 100)
     chunked = dict(iter_merged(plan_merge(recipe), "cpu"))
     for name in whole:
         torch.testing.assert_close(chunked[name], whole[name], rtol=1e-6, atol=1e-7)

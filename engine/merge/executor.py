@@ -33,7 +33,8 @@ from engine.recipe import Recipe, content_hash
 
 log = logging.getLogger(__name__)
 
-CHUNK_ELEMENTS = 1 << 23  # rows per streamed block ≈ 8M entries (32 MB in float32) per input
+CHUNK_ELEMENTS = 1 << 22  # rows per streamed block ≈ 4M entries (16 MB in float32) per input
+STREAM_ABOVE = 1 << 23  # smaller tensors are merged whole: one read per input serves every pass
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -154,7 +155,7 @@ def available_memory(device: torch.device) -> tuple[int, int | None]:
 
 def _work_bytes(plan: MergePlan, job: TensorJob) -> int:
     n_in = len(plan.inputs)
-    if plan.spec.stream is not None and len(job.shape) >= 2:
+    if plan.spec.stream is not None and len(job.shape) >= 2 and job.numel > STREAM_ABOVE:
         rows = _chunk_rows(job.shape)
         elems = rows * math.prod(job.shape[1:])
     else:
@@ -215,7 +216,8 @@ class _ShardReader:
             self._maps[shard] = (f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY))
         return self._maps[shard][1]
 
-    def read(self, shard: Path, entry, start: int, stop: int) -> torch.Tensor:
+    def read(self, shard: Path, entry, start: int, stop: int, as_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows [start, stop) of a tensor as a fresh tensor (converted to `as_dtype` in the same copy)."""
         dtype = SAFETENSORS_DTYPES[entry.dtype]
         shape = tuple(entry.shape)
         row_bytes = (math.prod(shape[1:]) if shape else 1) * dtype.itemsize
@@ -225,7 +227,9 @@ class _ShardReader:
         raw = torch.frombuffer(mm, dtype=torch.uint8, count=count, offset=first)
         if first % dtype.itemsize:
             raw = raw.clone()
-        out = raw.view(dtype).reshape((stop - start,) + shape[1:] if shape else ()).clone()
+        view = raw.view(dtype).reshape((stop - start,) + shape[1:] if shape else ())
+        out = view.clone() if as_dtype in (None, dtype) else view.to(as_dtype)
+        del view
         del raw
         page = mmap.PAGESIZE
         lo = first - first % page
@@ -251,7 +255,7 @@ class _CheckpointSource:
         self.shape = job.shape
         self.n_models = len(plan.models)
         rows = job.shape[0] if job.shape else 1
-        step = _chunk_rows(job.shape) if streaming and len(job.shape) >= 2 else rows
+        step = _chunk_rows(job.shape) if streaming and len(job.shape) >= 2 and job.numel > STREAM_ABOVE else rows
         self.row_chunks = [(s, min(s + step, rows)) for s in range(0, rows, step)] or [(0, 0)]
         self._cache: dict = {}
         self._checked: set = set()
@@ -265,9 +269,14 @@ class _CheckpointSource:
         if key in self._cache:
             return self._cache[key]
         shard, entry = self.plan._entries[id(ckpt)][self.job.name]
-        x = self.reader.read(shard, entry, start, stop) if self.shape else self.reader.read(shard, entry, 0, 1)
+        stored = SAFETENSORS_DTYPES[entry.dtype]
+        on_host = self.device.type == "cpu" and self._round_to in (None, stored)
+        # On the CPU the conversion to the work dtype happens in the copy out of the mapped file.
+        x = self.reader.read(shard, entry, start, stop if self.shape else 1, self._work if on_host else None)
         if key not in self._checked:  # multi-pass methods re-read a block; checking it once is enough
-            check_finite(x, self.job.name, shard)
+            # A sum is NaN/Inf whenever an entry is (or on overflow, which the full check then clears).
+            if not torch.isfinite(x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)):
+                check_finite(x, self.job.name, shard)
             self._checked.add(key)
         x = x.to(self.device, non_blocking=True)
         if self._round_to is not None and x.dtype != self._round_to:
@@ -310,26 +319,34 @@ def iter_merged(plan: MergePlan, device: torch.device | str | None = None,
 
 
 def _merge_one(plan: MergePlan, job: TensorJob, reader: _ShardReader, device: torch.device) -> torch.Tensor:
+    """One whole merged tensor in its output dtype."""
+    chunks = list(_merge_chunks(plan, job, reader, device))
+    out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+    return out.reshape(job.shape)
+
+
+def _merge_chunks(plan: MergePlan, job: TensorJob, reader: _ShardReader, device: torch.device) -> Iterator[torch.Tensor]:
+    """The merged tensor as row blocks in order, in its output dtype: writers never hold it whole."""
     spec = plan.spec
     out_dtype = plan.output_dtype(job)
+    rows = job.shape[0] if job.shape else 1
     if not job.floating:  # integer buffers are copied from the template, never averaged
         shard, entry = plan._entries[id(plan.template)][job.name]
-        return reader.read(shard, entry, 0, job.shape[0] if job.shape else 1).reshape(job.shape).to(device)
+        yield reader.read(shard, entry, 0, rows).reshape(job.shape).to(device)
+        return
     streaming = spec.stream is not None
     source = _CheckpointSource(plan, job, reader, device, streaming)
     params = {**job.global_params, **job.model_params}
     seed = _tensor_seed(plan.seed, job.name)
     if spec.base_use == BaseUse.REQUIRED and not plan.models:
-        return source.whole(plan.base).reshape(job.shape).to(out_dtype)
-    if streaming:
-        out = torch.empty(job.shape, dtype=out_dtype, device=device)
-        flat = out if out.dim() else out.reshape(1)
+        yield source.whole(plan.base).reshape(job.shape).to(out_dtype)
+    elif streaming:
         for (s, e), chunk in zip(source.row_chunks, spec.stream(source, seed=seed, **params)):
-            flat[s:e] = chunk.reshape(flat[s:e].shape)
-        return out
-    base = source.whole(plan.base) if plan.base else None
-    models = [source.whole(m) for m in plan.models]
-    return spec.merge(base, models, seed=seed, **params).reshape(job.shape).to(out_dtype)
+            yield chunk.reshape(((e - s),) + job.shape[1:] if job.shape else ()).to(out_dtype)
+    else:
+        base = source.whole(plan.base) if plan.base else None
+        models = [source.whole(m) for m in plan.models]
+        yield spec.merge(base, models, seed=seed, **params).reshape(job.shape).to(out_dtype)
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -445,21 +462,24 @@ def _write_checkpoint(plan: MergePlan, folder: Path, device: torch.device, progr
     shards = _shards(plan, max_shard_bytes)
     names = (["model.safetensors"] if len(shards) == 1
              else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-    merged = iter_merged(plan, device, progress)
     weight_map, total = {}, 0
-    for shard_jobs, file_name in zip(shards, names):
-        with open(folder / file_name, "wb") as f:
-            f.write(_header(plan, shard_jobs))
-            for job in shard_jobs:
-                name, tensor = next(merged)
-                if name != job.name:
-                    raise RuntimeError(f"merge order broke at {name!r} (expected {job.name!r})")
-                data = tensor.detach().to("cpu").contiguous()
-                if data.numel():
-                    f.write(data.reshape(-1).view(torch.uint8).numpy().data)
-                weight_map[name] = file_name
-                total += data.numel() * data.element_size()
-    merged.close()
+    reader = _ShardReader()
+    try:
+        for shard_jobs, file_name in zip(shards, names):
+            with open(folder / file_name, "wb") as f:
+                f.write(_header(plan, shard_jobs))
+                for job in shard_jobs:
+                    for chunk in _merge_chunks(plan, job, reader, device):
+                        data = chunk.detach().to("cpu").contiguous()
+                        if data.numel():
+                            f.write(data.reshape(-1).view(torch.uint8).numpy().data)
+                        total += data.numel() * data.element_size()
+                        del chunk, data
+                    weight_map[job.name] = file_name
+                    if progress:
+                        progress(job.name, job.numel)
+    finally:
+        reader.close()
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))

@@ -48,9 +48,20 @@ def stream_task_arithmetic(
     numel = math.prod(source.shape)
     first = source.base(*source.row_chunks[0])
     wd = work_dtype(first)
+    single = len(source.row_chunks) == 1
+    cache: dict[int, torch.Tensor] = {}
+
+    def delta(i: int, s: int, e: int) -> torch.Tensor:
+        # A small tensor's task vectors are computed once and shared by the fitting and merging passes.
+        if single and i in cache:
+            return cache[i]
+        d = source.model(i, s, e).to(wd) - source.base(s, e).to(wd)
+        if single:
+            cache[i] = d
+        return d
 
     def deltas(i: int):
-        return lambda: (source.model(i, s, e).to(wd) - source.base(s, e).to(wd) for s, e in source.row_chunks)
+        return lambda: (delta(i, s, e) for s, e in source.row_chunks)
 
     apply = [lambda d: d] * n
     if sparsifier:
@@ -62,27 +73,30 @@ def stream_task_arithmetic(
             ).start()
             for i in range(n)
         ]
-    weights = torch.tensor(list(weight), dtype=wd)
     for s, e in source.row_chunks:
         base = source.base(s, e).to(wd)
-        w = weights.reshape((n,) + (1,) * base.dim())  # (n, 1, ...)
-        mixed = torch.stack([apply[i](source.model(i, s, e).to(wd) - base) for i in range(n)]) * w  # (n, rows, ...)
+        mixed = torch.empty((n,) + tuple(base.shape), dtype=wd, device=base.device)  # (n, rows, ...)
+        for i in range(n):
+            torch.mul(apply[i](delta(i, s, e)), float(weight[i]), out=mixed[i])
+        cache.clear()
         if consensus:
-            majority = torch.where(mixed.sum(0) >= 0, 1.0, -1.0).to(wd)  # (rows, ...)
-            agree = mixed.sign() == majority
-            divisor = (w * agree).sum(0)
-            divisor[divisor == 0] = 1
-            mixed = (mixed * agree).sum(0)
+            # sign(x) == elected sign, where the elected sign of a zero sum is +; zeros never agree.
+            agree = torch.where(mixed.sum(0) >= 0, mixed > 0, mixed < 0)  # (n, rows, ...)
+            divisor = torch.zeros_like(base)
+            for i in range(n):
+                divisor.add_(agree[i], alpha=float(weight[i]))
+            divisor = torch.where(divisor == 0, 1.0, divisor)
+            merged = mixed.mul_(agree).sum(0)
         else:
-            divisor = weights.sum()
-            if divisor.abs() < 1e-8:
-                divisor = torch.ones((), dtype=wd)
-            mixed = mixed.sum(0)
+            total = float(sum(weight))
+            divisor = 1.0 if abs(total) < 1e-8 else total
+            merged = mixed.sum(0)
+        del mixed
         if normalize:
-            mixed = mixed / divisor
+            merged = merged.div_(divisor)
         if lambda_ != 1:
-            mixed = mixed * lambda_
-        yield base + mixed
+            merged = merged.mul_(lambda_)
+        yield merged.add_(base)
 
 
 def variant(name: str, display_name: str, paper: str, *, sparsifier: str | None, consensus: bool,

@@ -44,6 +44,7 @@ class TopK:
 
     bits: int
     ties: int
+    all_equal_kept: bool = False  # every entry equal to the threshold is kept: the mask is just bits >= it
     keep_all: bool = False
     keep_none: bool = False
 
@@ -54,26 +55,23 @@ def top_k(chunks: ChunkFn, k: int, numel: int) -> TopK:
         return TopK(0, 0, keep_none=True)
     if k >= numel:
         return TopK(0, 0, keep_all=True)
-    first = next(iter(chunks()))
-    if first.numel() == numel:  # one chunk: a direct selection beats two histogram passes
-        bits = _abs_bits(first)
-        threshold = int(bits.kthvalue(numel - k + 1).values)
-        return TopK(threshold, k - int((bits > threshold).sum()))
-    hist = torch.zeros(_HI_BUCKETS, dtype=torch.int64)
+    hist = None
     for chunk in chunks():
-        hist += torch.bincount(_abs_bits(chunk) >> 16, minlength=_HI_BUCKETS)
+        counts = torch.bincount(_abs_bits(chunk) >> 16, minlength=_HI_BUCKETS)
+        hist = counts if hist is None else hist + counts
     from_top = hist.flip(0).cumsum(0)  # [j] = count in the j+1 highest buckets
     j = int(torch.searchsorted(from_top, k))
     bucket = _HI_BUCKETS - 1 - j
     above = int(from_top[j - 1]) if j > 0 else 0
-    low = torch.zeros(_LO_BUCKETS, dtype=torch.int64)
+    low = torch.zeros(_LO_BUCKETS, dtype=torch.int64, device=hist.device)
     for chunk in chunks():
         bits = _abs_bits(chunk)
         low += torch.bincount(bits[(bits >> 16) == bucket] & 0xFFFF, minlength=_LO_BUCKETS)
     low_from_top = low.flip(0).cumsum(0) + above
     i = int(torch.searchsorted(low_from_top, k))
     greater = int(low_from_top[i - 1]) if i > 0 else above
-    return TopK((bucket << 16) | (_LO_BUCKETS - 1 - i), k - greater)
+    equal = int(low_from_top[i]) - greater
+    return TopK((bucket << 16) | (_LO_BUCKETS - 1 - i), k - greater, all_equal_kept=k - greater == equal)
 
 
 def top_k_masks(rule: TopK) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -83,8 +81,10 @@ def top_k_masks(rule: TopK) -> Callable[[torch.Tensor], torch.Tensor]:
     def mask(chunk: torch.Tensor) -> torch.Tensor:
         nonlocal remaining
         if rule.keep_all or rule.keep_none:
-            return torch.full(chunk.shape, rule.keep_all, dtype=torch.bool)
+            return torch.full(chunk.shape, rule.keep_all, dtype=torch.bool, device=chunk.device)
         bits = _abs_bits(chunk)
+        if rule.all_equal_kept:
+            return (bits >= rule.bits).reshape(chunk.shape)
         keep = bits > rule.bits
         if remaining > 0:
             # Equal magnitudes at the threshold: the first ones in flat order, so the count is exactly k.
@@ -148,13 +148,17 @@ class Dropper:
         if self.zero:
             return torch.zeros_like
         scale = self.scale if scaled else 1.0
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = None  # made on the first chunk's device: CUDA draws need a CUDA generator
         keep = top_k_masks(self._keep) if self._keep else None
         drop = top_k_masks(self._drop_top) if self._drop_top else None
 
         def apply(chunk: torch.Tensor) -> torch.Tensor:
+            nonlocal generator
+            if generator is None:
+                generator = torch.Generator(device=chunk.device).manual_seed(self.seed)
             if self.kind == RANDOM:
-                mask = torch.bernoulli(torch.full(chunk.shape, self.density, dtype=chunk.dtype), generator=generator)
+                probs = torch.full(chunk.shape, self.density, dtype=chunk.dtype, device=chunk.device)
+                mask = torch.bernoulli(probs, generator=generator)
             elif self.kind == DELLA:
                 mask = torch.bernoulli(della_probabilities(chunk, self.density, self.epsilon), generator=generator)
             elif self.kind == MAGNITUDE:
@@ -162,6 +166,6 @@ class Dropper:
             else:
                 mask = keep(chunk) & ~drop(chunk)
             out = chunk * mask
-            return out * scale if scale != 1.0 else out
+            return out.mul_(scale) if scale != 1.0 else out
 
         return apply

@@ -19,7 +19,7 @@ def merge(base: torch.Tensor, models: Sequence[torch.Tensor], *, select_topk: fl
     b = base.to(wd)
     tv = torch.stack([m.to(wd) - b for m in models])  # (n, *shape)
     if select_topk < 1:
-        keep = torch.zeros(b.shape, dtype=wd)
+        keep = torch.zeros(b.shape, dtype=wd, device=b.device)
         if select_topk > 0:
             var = tv.var(dim=0, unbiased=False)  # (*shape)
             k = int(int(torch.count_nonzero(var)) * select_topk)
