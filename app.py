@@ -26,7 +26,14 @@ PAGES = [
 
 state.restore_from_url()
 state.keep_alive()
-page = st.navigation(PAGES)
+page = st.navigation(PAGES, position="hidden")
+with st.sidebar:
+    # Our own links carry the view in their query string, so the next page opens with it even
+    # when the browser's session is new (a reconnect, a copied link, a new tab).
+    view = state.url_params()
+    for p in PAGES:
+        st.page_link(p, label=p.title, query_params=view)
+    st.divider()
 try:
     common.draw_shared_pickers()
 except MergeScopeError as err:

@@ -35,6 +35,7 @@ from tests.browser_harness import (  # noqa: E402
 )
 
 log = logging.getLogger("bench_dashboard")
+PAGE_TIMEOUT_MS = 120_000
 METHODS = ("TIES", "Task Arithmetic", "Linear DARE", "SCE")  # display names: one per concurrent session
 PAGES = {  # page title -> JavaScript condition that says its content is on screen
     "Scores": "[...document.querySelectorAll('[data-testid=\"stTable\"] tbody th')].some(t => t.innerText.trim() === 'merge')",
@@ -47,10 +48,10 @@ PAGES = {  # page title -> JavaScript condition that says its content is on scre
 def open_page(page, title: str) -> float:
     """Click a page in the sidebar; seconds until its heading and content are shown and the run ended."""
     start = time.perf_counter()
-    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+    page.get_by_test_id("stSidebar").get_by_test_id("stPageLink").get_by_text(title, exact=True).click()
     page.wait_for_function(
         f"() => [...document.querySelectorAll('h1')].some(h => h.innerText.trim() === {title!r}) && ({PAGES[title]})",
-        timeout=TIMEOUT_MS,
+        timeout=PAGE_TIMEOUT_MS,
     )
     wait_for_app(page, settle_ms=0)  # the new page is on screen: only wait for its run to end
     return time.perf_counter() - start
@@ -63,32 +64,44 @@ def en_x_experts(roots) -> list[str]:
 
 
 def session(url: str, experts: list[str], method: str, switches: int, out: dict, barrier: threading.Barrier | None):
-    """One user: pick, merge, Scores, Layers (cold), then switch pages (warm)."""
+    """One browser of its own (Playwright's sync API is per thread) running `_session`."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
-        page.goto(url)
-        wait_for_app(page)
-        for name in experts:
-            choose(page, "Experts", name)
-        choose(page, "Method", method)
-        if barrier is not None:
-            barrier.wait()  # every session clicks Merge at the same moment
-        start = time.perf_counter()
-        page.get_by_role("button", name="Merge", exact=True).click()
-        page.get_by_text("Merge ready", exact=False).wait_for(timeout=TIMEOUT_MS)
-        wait_for_app(page)
-        merged = time.perf_counter() - start
-        scores = open_page(page, "Scores")
-        layers = open_page(page, "Layers")
-        cold = time.perf_counter() - start
-        order = ["Samples", "Scores", "Layers", "Models & merge"]
-        open_page(page, "Samples")  # the first visit computes translations the table did not need
-        warm = [open_page(page, order[i % len(order)]) for i in range(switches)]
-        out.update(method=method, merge_s=merged, scores_s=scores, layers_s=layers, cold_s=cold, warm_s=warm)
+        try:
+            _session(page, url, experts, method, switches, out, barrier)
+        except Exception as err:  # keep the other sessions' figures; say what this one saw
+            out["error"] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+            page.screenshot(path=str(ARTIFACTS / f"bench_session_{method.replace(' ', '_')}_error.png"))
+            log.error("session %s failed: %s", method, out["error"])
         browser.close()
+
+
+def _session(page, url, experts, method, switches, out, barrier) -> None:
+    """One user: pick, merge, Scores, Layers (cold), then switch pages (warm)."""
+    page.goto(url)
+    wait_for_app(page)
+    for name in experts:
+        choose(page, "Experts", name)
+    choose(page, "Method", method)
+    if barrier is not None:
+        barrier.wait()  # every session clicks Merge at the same moment
+    start = time.perf_counter()
+    page.get_by_role("button", name="Merge", exact=True).click()
+    page.get_by_text("Merge ready", exact=False).wait_for(timeout=TIMEOUT_MS)
+    wait_for_app(page)
+    merged = time.perf_counter() - start
+    scores = open_page(page, "Scores")
+    layers = open_page(page, "Layers")
+    cold = time.perf_counter() - start
+    order = ["Scores", "Layers", "Models & merge", "Samples"]  # never the page already shown
+    open_page(page, "Samples")  # the first visit computes translations the table did not need
+    out.update(method=method, merge_s=merged, scores_s=scores, layers_s=layers, cold_s=cold, warm_s=[])
+    for i in range(switches):
+        out["warm_s"].append(open_page(page, order[i % len(order)]))
+        log.info("%s: %s in %.2f s", method, order[i % len(order)], out["warm_s"][-1])
 
 
 def run(url: str, experts: list[str], sessions: int, switches: int) -> list[dict]:
@@ -104,6 +117,8 @@ def run(url: str, experts: list[str], sessions: int, switches: int) -> list[dict
 
 
 def summarise(label: str, results: list[dict]) -> dict:
+    failed = [r for r in results if "error" in r]
+    results = [r for r in results if "cold_s" in r]
     warm = [w for r in results for w in r["warm_s"]]
     return {
         "label": label, "sessions": len(results),
@@ -113,7 +128,7 @@ def summarise(label: str, results: list[dict]) -> dict:
         "scores_s_max": max(r["scores_s"] for r in results),
         "layers_s_max": max(r["layers_s"] for r in results),
         "warm_s_median": statistics.median(warm), "warm_s_p90": sorted(warm)[int(0.9 * (len(warm) - 1))],
-        "runs": results,
+        "runs": results, "failed": failed,
     }
 
 
@@ -152,7 +167,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for s in summaries:
         print(f"| {s['label']} | {s['sessions']} | {s['cold_s_median']:.1f} s / {s['cold_s_max']:.1f} s | "
-              f"≤ {s['merge_s_max']:.1f} s | {s['warm_s_median']:.2f} s / {s['warm_s_p90']:.2f} s |")
+              f"≤ {s['merge_s_max']:.1f} s | {s['warm_s_median']:.2f} s / {s['warm_s_p90']:.2f} s |"
+              + (f" {len(s['failed'])} session(s) failed: {s['failed']}" if s["failed"] else ""))
     print(f"experts: {', '.join(experts)}; written to {out}")
 
 

@@ -235,7 +235,7 @@ def choose(page, label: str, option: str) -> None:
 
 
 def go_to(page, title: str) -> None:
-    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+    page.get_by_test_id("stSidebar").get_by_test_id("stPageLink").get_by_text(title, exact=True).click()
     wait_for_app(page)
 
 
