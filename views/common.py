@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +33,21 @@ PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "
 def model_cache() -> pipeline.ModelCache:
     """Loaded and merged models, shared by every session (ModelCache is thread-safe)."""
     return pipeline.ModelCache()
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up() -> threading.Thread:
+    """Import the modelling stack in the background once per server: the first Merge click would
+    otherwise spend seconds importing transformers while the user waits."""
+    def imports():
+        import engine.activations  # noqa: F401
+        import engine.merge.executor  # noqa: F401
+        import engine.translate.evaluate  # noqa: F401
+        import transformers.modeling_utils  # noqa: F401
+
+    thread = threading.Thread(target=imports, name="mergescope-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 @st.cache_resource(ttl=60, show_spinner=False)
