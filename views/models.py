@@ -43,8 +43,13 @@ def load_uploaded() -> None:
         load_recipe_into_view(upload.getvalue().decode("utf-8", errors="replace"), upload.name)
 
 
-def request_merge(identity: str) -> None:
-    st.session_state["merged"] = identity[:16]
+def request_merge() -> None:
+    """Callback: merge the recipe the pickers describe *now*. Computed here rather than bound when
+    the button was drawn, so a click that lands before the previous rerun finished still merges
+    what the user sees selected."""
+    recipe = common.current_recipe()
+    if recipe is not None:
+        st.session_state["merged"] = pipeline.recipe_hash(recipe)[:16]
 
 
 def draw_checkpoints(discovery) -> None:
@@ -151,7 +156,7 @@ st.divider()
 if recipe is not None:
     identity = pipeline.recipe_hash(recipe)
     merged_now = bool(st.session_state.get("merged")) and identity.startswith(st.session_state["merged"])
-    st.button("Merge", key="merge", type="primary", on_click=request_merge, args=(identity,))
+    st.button("Merge", key="merge", type="primary", on_click=request_merge)
     if merged_now:
         system = common.merged_system()
         reporter = common.ProgressReporter(f"Merging {len(st.session_state['experts'])} expert(s) with {spec.display_name}")
