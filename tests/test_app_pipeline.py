@@ -93,3 +93,21 @@ def test_recipe_round_trip_through_the_view(demo_env):  # noqa: F811
     assert pipeline.recipe_hash(pipeline.parse_recipe(pipeline.recipe_yaml(recipe))) == pipeline.recipe_hash(recipe)
     with pytest.raises(RecipeError, match="no checkpoint called nowhere"):
         pipeline.build_recipe("base", ["nowhere"], "ties", {"weight": 1.0})
+
+
+def test_prefetch_fills_the_cache_so_the_foreground_loads_nothing(demo_env, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "4")
+    by_label = pipeline.checkpoints_by_label()
+    systems = [pipeline.checkpoint_system(by_label[n]) for n in ("base", "expert-en-es")]
+    sets = pipeline.data_sets("dev", ["en-es", "en-pt"], 4)
+    prefetcher = pipeline.Prefetcher()
+    background = pipeline.ModelCache()
+    pipeline.prefetch_checkpoints(prefetcher, systems, sets, background)
+    pipeline.prefetch_checkpoints(prefetcher, systems, sets, background)  # queued once only
+    prefetcher._pool.shutdown(wait=True)
+    assert background.builds == 2
+    pipeline.clear_memo()
+    foreground = pipeline.ModelCache()
+    pipeline.evaluate_systems(systems, sets, foreground)
+    pipeline.cka_pair(systems[0], systems[1], sets, "target", foreground)
+    assert foreground.builds == 0

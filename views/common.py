@@ -36,6 +36,12 @@ def model_cache() -> pipeline.ModelCache:
 
 
 @st.cache_resource(show_spinner=False)
+def prefetcher() -> pipeline.Prefetcher:
+    """One background worker per server for results users are about to ask for."""
+    return pipeline.Prefetcher()
+
+
+@st.cache_resource(show_spinner=False)
 def warm_up() -> threading.Thread:
     """Import the modelling stack in the background once per server: the first Merge click would
     otherwise spend seconds importing transformers while the user waits."""

@@ -143,6 +143,13 @@ with right:
             recipe_error = str(err)
             st.error(recipe_error)
     if recipe is not None:
+        # While the user looks at the recipe, score and capture the checkpoints in the background:
+        # after the Merge click only the merge itself is left to compute.
+        try:
+            pipeline.prefetch_checkpoints(common.prefetcher(), common.systems(include_merge=False), common.data_sets(),
+                                          common.model_cache())
+        except MergeScopeError:
+            pass  # e.g. no data for these directions: the pages that need it will say so
         text = pipeline.recipe_yaml(recipe)
         st.code(text, language="yaml")
         st.download_button("Download YAML", text, file_name="recipe.yaml", mime="application/x-yaml",
