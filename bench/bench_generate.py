@@ -80,10 +80,13 @@ def zoo_sweep(args) -> None:
     os.environ["MERGESCOPE_DEVICE"] = args.device
     from engine.sweep import load, run_sweep, write_sweep
 
-    directions = sorted(p.stem for p in (zoo / "data" / "dev").glob("*.jsonl"))
+    # Directions whose expert exists (a zoo still being built has only some).
+    directions = sorted(p.stem for p in (zoo / "data" / "dev").glob("*.jsonl") if (zoo / "models" / f"expert-{p.stem}").is_dir())
     groups = {"en-x": {d: str(zoo / "models" / f"expert-{d}") for d in directions if d.startswith("en-")},
               "x-en": {d: str(zoo / "models" / f"expert-{d}") for d in directions if d.endswith("-en")}}
-    grid = {"base_model": str(zoo / "models" / "base"), "groups": groups, "joint": str(zoo / "models" / "joint"),
+    groups = {name: experts for name, experts in groups.items() if experts}
+    joint = zoo / "models" / "joint"
+    grid = {"base_model": str(zoo / "models" / "base"), "groups": groups, **({"joint": str(joint)} if joint.is_dir() else {}),
             "data": {"dev": str(zoo / "data" / "dev"), "devtest": str(zoo / "data" / "devtest")},
             "methods": SMALL_GRID if args.grid == "small" else {m: "paper" for m in SMALL_GRID},
             "dev_limit": args.dev_limit, "decoding": {"max_new_tokens": args.max_new_tokens, "batch_size": 100}}
@@ -93,7 +96,8 @@ def zoo_sweep(args) -> None:
     result = run_sweep(config, progress=lambda done, total, msg: logging.info("[%d/%d] %s", done, total, msg))
     seconds = time.perf_counter() - start
     write_sweep(result, work / "out")
-    print(json.dumps({"zoo": str(zoo), "grid": args.grid, "points": len(result.points),
+    print(json.dumps({"zoo": str(zoo), "groups": groups and {g: sorted(e) for g, e in groups.items()},
+                      "grid": args.grid, "points": len(result.points),
                       "failed": len(result.failed), "dev_limit": args.dev_limit, "threads": args.threads,
                       "wall_s": round(seconds, 1), "s_per_point": round(seconds / max(1, len(result.points)), 2),
                       "load_average": os.getloadavg(), "table": str(work / "out" / "table.md")}, indent=1))
