@@ -96,10 +96,15 @@ def zoo_sweep(args) -> None:
     result = run_sweep(config, progress=lambda done, total, msg: logging.info("[%d/%d] %s", done, total, msg))
     seconds = time.perf_counter() - start
     write_sweep(result, work / "out")
+    # Same sweep again on the now-warm cache: what resuming a finished sweep costs.
+    start = time.perf_counter()
+    run_sweep(config)
+    warm = time.perf_counter() - start
     print(json.dumps({"zoo": str(zoo), "groups": groups and {g: sorted(e) for g, e in groups.items()},
                       "grid": args.grid, "points": len(result.points),
                       "failed": len(result.failed), "dev_limit": args.dev_limit, "threads": args.threads,
-                      "wall_s": round(seconds, 1), "s_per_point": round(seconds / max(1, len(result.points)), 2),
+                      "wall_s": round(seconds, 1), "wall_s_warm_cache": round(warm, 1),
+                      "s_per_point": round(seconds / max(1, len(result.points)), 2),
                       "load_average": os.getloadavg(), "table": str(work / "out" / "table.md")}, indent=1))
 
 
