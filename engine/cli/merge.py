@@ -19,8 +19,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _tune_malloc() -> None:
+    """Keep freed tensor buffers in glibc's heap instead of returning them to the OS.
+
+    A merge allocates and frees blocks of the same sizes for every tensor; with glibc's
+    defaults each one is a fresh mmap whose first touch page-faults, which cost a third of
+    the run time on 2 cores. Only the CLI process does this (the setting is process-wide).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or "libc.so" not in name:
+        return
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    libc.mallopt(m_mmap_threshold, 512 * 1024**2)
+    libc.mallopt(m_trim_threshold, 1024**3)
+    libc.mallopt(m_top_pad, 64 * 1024**2)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+
+    _tune_malloc()
 
     from engine.merge import plan_merge, save_merge
     from engine.recipe import load
