@@ -163,3 +163,16 @@ def test_sweep_cli_refuses_an_unknown_method_by_name(grid_file, capsys):
     grid_file.write_text(yaml.safe_dump(data))
     assert main(["sweep", str(grid_file)]) == 2
     assert "magic_merge" in capsys.readouterr().err
+
+
+def test_each_expert_rows(grid_file):
+    data = yaml.safe_load(grid_file.read_text())
+    data["each_expert"] = True
+    data["methods"] = {"task_arithmetic": {"weight": [0.5]}}
+    grid_file.write_text(yaml.safe_dump(data))
+    steps = []
+    result = run_sweep(load(grid_file), progress=lambda done, total, msg: steps.append((done, total)))
+    systems = [r.system for r in result.tables["experts"]]
+    assert systems == ["base", "experts (own direction)", "expert en-es", "expert en-ru", "task_arithmetic weight=0.5"]
+    assert all(len(r.directions) == 2 for r in result.tables["experts"])
+    assert steps[-1][0] == steps[-1][1]  # progress reaches its total

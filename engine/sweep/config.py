@@ -5,6 +5,7 @@
       en-x: {en-es: zoo/models/expert-en-es, en-ru: zoo/models/expert-en-ru}
       x-en: {es-en: zoo/models/expert-es-en, ru-en: zoo/models/expert-ru-en}
     joint: zoo/models/joint         # optional extra table row
+    each_expert: false              # true: also one row per expert on every direction of its group
     data: {dev: zoo/data/dev, devtest: zoo/data/devtest}   # folders of <src>-<tgt>.jsonl
     methods:                        # "paper" = the paper's grid; or parameter: [values]
       task_arithmetic: paper
@@ -36,7 +37,7 @@ from engine.translate.generate import DecodingSettings
 
 METRICS = ("bleu", "chrf", "chrfpp")
 _KEYS = {"base_model", "groups", "experts", "joint", "data", "methods", "metric", "dev_limit", "devtest_limit",
-         "decoding", "languages", "seed"}
+         "decoding", "languages", "seed", "each_expert"}
 
 
 @dataclass
@@ -53,6 +54,7 @@ class SweepConfig:
     metric: str = "bleu"
     decoding: DecodingSettings = field(default_factory=DecodingSettings)
     seed: int = 0
+    each_expert: bool = False
     source: str = "grid"
 
     def points(self) -> list[tuple[str, GridPoint]]:
@@ -137,8 +139,12 @@ def from_dict(data: Any, folder: Path = Path("."), source: str = "grid") -> Swee
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise RecipeError(f"{source}: seed must be an integer")
     joint = _path(data["joint"], folder, f"{source}: joint") if data.get("joint") else None
+    each_expert = data.get("each_expert", False)
+    if not isinstance(each_expert, bool):
+        raise RecipeError(f"{source}: each_expert must be true or false")
     return SweepConfig(base_model=base, groups=groups, dev=dev, devtest=devtest, grids=grids, languages=languages,
-                       joint=joint, metric=metric, decoding=DecodingSettings(**decoding_cfg), seed=seed, source=source)
+                       joint=joint, metric=metric, decoding=DecodingSettings(**decoding_cfg), seed=seed, each_expert=each_expert,
+                       source=source)
 
 
 def load(path: str | Path) -> SweepConfig:

@@ -134,6 +134,8 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
     points = config.points()
     n_best = len(config.groups) * len(config.grids)
     total = len(points) + n_best + len(config.groups) * (2 + bool(config.joint))
+    if config.each_expert:
+        total += sum(len(g) for g in config.groups.values())
     done = 0
 
     def report(message: str) -> None:
@@ -217,6 +219,17 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
             translator.release()
         done += 1
         rows.insert(1, EvaluationResult("experts (own direction)", "experts", tuple(own)))
+        if config.each_expert:
+            # Every expert on every direction of its group: what it does when asked for another target.
+            for direction, path in config.groups[group].items():
+                if stop():
+                    return result
+                report(f"{group}: expert {direction} on every direction (devtest)")
+                translator = _checkpoint_translator(path, prints[str(path)], prompts[str(path)], config, device)
+                rows.append(evaluate(translator, devtest, system=f"expert {direction}", languages=config.languages,
+                                     use_cache=use_cache))
+                translator.release()
+                done += 1
         rows += [scored for (g, _), (_, scored) in result.best.items() if g == group]
         result.tables[group] = rows
     report("done")
