@@ -6,8 +6,9 @@ through the model's chat template (engine.prompts), greedy decoding, and only th
 the output kept. Because the model is an object, not a path, a merge built in memory is
 evaluated without ever touching disk.
 
-Anything with `identity` and `translate(sources, src_lang, tgt_lang)` is a `Translator`; the
-scoring path (engine.translate.evaluate) only sees that interface, so tests can plug in stubs.
+Anything with `identity`, `cache_parts()` and `translate(sources, src_lang, tgt_lang)` is a
+`Translator`; the scoring path (engine.translate.evaluate) only sees that interface, so tests
+plug in stubs and sweeps plug in models that are merged only when a result is not cached.
 """
 
 from __future__ import annotations
