@@ -22,7 +22,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from engine.device import default_device
+from engine.device import default_device, resolve_device
 from engine.errors import DataError, SettingsError
 from engine.prompts import language_name, render_generation_prompt
 
@@ -79,7 +79,7 @@ def first_line(text: str) -> str:
 
 # Per-tokenizer tables of which token ids hold a newline / visible text (built once: decoding a
 # 150k vocabulary one id at a time is too slow to repeat per batch).
-_newline_tables: "weakref.WeakKeyDictionary[object, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]" = weakref.WeakKeyDictionary()
+_newline_tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> 3 bool (vocab,) tensors
 
 
 def _token_tables(tokenizer, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -185,6 +185,11 @@ def generate_translations(model, tokenizer, sources: Sequence[str], src_lang: st
     return [first_line(t) if settings.first_line else t.strip() for t in texts]
 
 
+def _device_kind(device) -> str:
+    # CPU float32 and CUDA half-precision greedy outputs can differ by a token; keep them apart.
+    return (resolve_device(str(device)) if device is not None else default_device()).type
+
+
 class ModelTranslator:
     """A Hugging Face causal LM (loaded or merged in memory) behind the Translator interface."""
 
@@ -200,7 +205,8 @@ class ModelTranslator:
         self.prompt = prompt_signature(tokenizer)
 
     def cache_parts(self) -> dict:
-        return {"model": self.identity, "prompt": self.prompt, **self.settings.cache_parts()}
+        return {"model": self.identity, "prompt": self.prompt, "device": _device_kind(self.device),
+                **self.settings.cache_parts()}
 
     def translate(self, sources: Sequence[str], src_lang: str, tgt_lang: str) -> list[str]:
         return generate_translations(self.model, self.tokenizer, sources, src_lang, tgt_lang, self.settings, self.device)
@@ -222,7 +228,8 @@ class LazyModelTranslator:
         self.loads = 0  # how many times the model was built: what resuming saves
 
     def cache_parts(self) -> dict:
-        return {"model": self.identity, "prompt": self.prompt, **self.settings.cache_parts()}
+        return {"model": self.identity, "prompt": self.prompt, "device": _device_kind(self.device),
+                **self.settings.cache_parts()}
 
     def translate(self, sources: Sequence[str], src_lang: str, tgt_lang: str) -> list[str]:
         if self._inner is None:
