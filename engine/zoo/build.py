@@ -46,8 +46,8 @@ class BuildConfig:
     vocab_size: int = 1024
     shape: ModelShape = ModelShape()
     pretrain: Schedule = Schedule(steps=800, batch_size=64, lr=3e-3, translation_share=0.3, weight_decay=0.01)
-    expert: Schedule = Schedule(steps=250, batch_size=16, lr=6e-4)
-    joint: Schedule = Schedule(steps=400, batch_size=32, lr=6e-4)
+    expert: Schedule = Schedule(steps=400, batch_size=16, lr=1e-3)
+    joint: Schedule = Schedule(steps=400, batch_size=32, lr=1e-3)
     max_new_tokens: int = 48
     eval_batch_size: int = 100
     eval_size: int | None = None  # devtest pairs scored per direction (None: all)

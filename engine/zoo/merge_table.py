@@ -90,37 +90,52 @@ def _merged_model(recipe, base: Path):
     return model, transformers.AutoTokenizer.from_pretrained(base)
 
 
-def merge_table(zoo_dir: Path, dev_size: int | None = 50, max_new_tokens: int = 48) -> list[Row]:
-    """Every row of the table; merges chosen on dev by average BLEU, all rows scored on devtest."""
+def zoo_groups(zoo_dir: Path) -> dict[str, list[str]]:
+    """{"en-x": [en-es, ...], "x-en": [es-en, ...]} from the committed devtest files."""
+    targets = sorted(p.stem.split("-")[1] for p in (Path(zoo_dir) / "data" / "devtest").glob("en-*.jsonl"))
+    return {"en-x": [f"en-{x}" for x in targets], "x-en": [f"{x}-en" for x in targets]}
+
+
+def merge_rows(zoo_dir: Path, group: str, dev_size: int | None = 50, max_new_tokens: int = 48) -> list[Row]:
+    """The merge rows of one group: per method, the dev-best setting scored on devtest.
+
+    Needs only the base and that group's experts, so a group can be scored while the other
+    group's experts are still training.
+    """
     zoo_dir = Path(zoo_dir)
-    manifest = json.loads((zoo_dir / "manifest.json").read_text())
-    languages = manifest["data"]["languages"]
-    targets = [lang for lang in languages if lang != "en"]
-    groups = {"en-x": [f"en-{x}" for x in targets], "x-en": [f"{x}-en" for x in targets]}
+    directions = zoo_groups(zoo_dir)[group]
+    # language ID answers among all zoo languages: a merge of En→X experts that writes the
+    # wrong target language is the failure the off-target rate is there to catch
+    languages = ["en", *(d.split("-")[1] for d in zoo_groups(zoo_dir)["en-x"])]
     models = zoo_dir / "models"
-    recorded = manifest["models"]  # base, joint and expert devtest scores, computed by the build
+    devtest = _sets(zoo_dir, "devtest", directions, None)
+    dev = _sets(zoo_dir, "dev", directions, dev_size)
+    experts = [models / f"expert-{d}" for d in directions]
+    rows = []
+    for label, (method, global_params, grid) in GRIDS.items():
+        best, best_bleu = None, -1.0
+        for setting in tqdm(grid, desc=f"{group} {label} (dev)", leave=False):
+            model, tokenizer = _merged_model(_recipe(method, global_params, setting, models / "base", experts), models / "base")
+            scores = _score(model, tokenizer, dev, languages, f"{label}:{setting}", max_new_tokens)
+            bleu = sum(s["bleu"] for s in scores.values()) / len(scores)
+            log.info("%s %s %s: dev BLEU %.2f", group, label, setting, bleu)
+            if bleu > best_bleu:
+                best, best_bleu = setting, bleu
+        model, tokenizer = _merged_model(_recipe(method, global_params, best, models / "base", experts), models / "base")
+        rows.append(Row(label, group, best, _score(model, tokenizer, devtest, languages, f"{label}:{best}", max_new_tokens)))
+    return rows
+
+
+def reference_rows(zoo_dir: Path) -> list[Row]:
+    """Base, joint and expert rows: the build's devtest scores from zoo/manifest.json."""
+    recorded = json.loads((Path(zoo_dir) / "manifest.json").read_text())["models"]
     keys = ("bleu", "chrf", "off_target", "off_target_ref")
     rows = []
-    for group, directions in groups.items():
-        devtest = _sets(zoo_dir, "devtest", directions, None)
+    for group, directions in zoo_groups(zoo_dir).items():
         for name in ("base", "joint"):
             rows.append(Row(name, group, {}, {d: {k: recorded[name]["devtest"][d][k] for k in keys} for d in directions}))
         rows.append(Row("experts", group, {}, {d: {k: recorded[f"expert-{d}"]["devtest"][d][k] for k in keys}
                                                for d in directions}))
-
-        dev = _sets(zoo_dir, "dev", directions, dev_size)
-        experts = [models / f"expert-{d}" for d in directions]
-        for label, (method, global_params, grid) in GRIDS.items():
-            best, best_bleu = None, -1.0
-            for setting in tqdm(grid, desc=f"{group} {label} (dev)", leave=False):
-                model, tokenizer = _merged_model(_recipe(method, global_params, setting, models / "base", experts), models / "base")
-                scores = _score(model, tokenizer, dev, languages, f"{label}:{setting}", max_new_tokens)
-                bleu = sum(s["bleu"] for s in scores.values()) / len(scores)
-                log.info("%s %s %s: dev BLEU %.2f", group, label, setting, bleu)
-                if bleu > best_bleu:
-                    best, best_bleu = setting, bleu
-            model, tokenizer = _merged_model(_recipe(method, global_params, best, models / "base", experts), models / "base")
-            rows.append(Row(label, group, best, _score(model, tokenizer, devtest, languages, f"{label}:{best}", max_new_tokens)))
     return rows
 
 
@@ -129,6 +144,8 @@ def to_markdown(rows: list[Row]) -> str:
     out = []
     for group in ("en-x", "x-en"):
         group_rows = [r for r in rows if r.group == group]
+        if not group_rows:
+            continue
         directions = list(group_rows[0].scores)
         title = "En→X" if group == "en-x" else "X→En"
         out.append(f"#### {title} (devtest; each cell chrF / BLEU / off-target %)\n")
@@ -145,8 +162,16 @@ def to_markdown(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def read_rows(zoo_dir: Path) -> list[Row]:
+    """Merge rows saved by earlier `table` runs (empty when none)."""
+    path = Path(zoo_dir) / "merge_table.json"
+    if not path.is_file():
+        return []
+    return [Row(**row) for row in json.loads(path.read_text())["rows"]]
+
+
 def write_table(zoo_dir: Path, rows: list[Row]) -> Path:
-    """zoo/merge_table.json: every row with its chosen setting and per-direction scores."""
+    """zoo/merge_table.json: every merge row with its chosen setting and per-direction scores."""
     path = Path(zoo_dir) / "merge_table.json"
     payload = {"grids": {k: {"method": m, "global": g, "grid": grid} for k, (m, g, grid) in GRIDS.items()},
                "rows": [r.__dict__ for r in rows]}
