@@ -60,14 +60,6 @@ def count(rows: list[list[int]], ends: set[int]) -> int:
     return sum(len(trim(r, ends)) for r in rows)
 
 
-SMALL_GRID = {
-    "task_arithmetic": {"weight": [0.1, 0.3, 0.5, 0.7, 1.0]},
-    "ties": {"density": [0.3, 0.5, 0.7], "weight": [0.5, 1.0], "normalize": [True]},
-    "dare_linear": {"density": [0.1, 0.5, 0.9], "weight": [0.5], "rescale": [True], "normalize": [True]},
-    "sce": {"select_topk": [0.1, 0.5, 0.9]},
-}
-
-
 def zoo_sweep(args) -> None:
     import tempfile
 
@@ -78,18 +70,10 @@ def zoo_sweep(args) -> None:
     os.environ["MERGESCOPE_MODEL_ROOTS"] = str(zoo / "models")
     os.environ["MERGESCOPE_CACHE_DIR"] = str(work / "cache")  # cold cache: every point computed
     os.environ["MERGESCOPE_DEVICE"] = args.device
-    from engine.sweep import load, run_sweep, write_sweep
+    from engine.sweep import load, run_sweep, write_sweep, zoo_grid
 
-    # Directions whose expert exists (a zoo still being built has only some).
-    directions = sorted(p.stem for p in (zoo / "data" / "dev").glob("*.jsonl") if (zoo / "models" / f"expert-{p.stem}").is_dir())
-    groups = {"en-x": {d: str(zoo / "models" / f"expert-{d}") for d in directions if d.startswith("en-")},
-              "x-en": {d: str(zoo / "models" / f"expert-{d}") for d in directions if d.endswith("-en")}}
-    groups = {name: experts for name, experts in groups.items() if experts}
-    joint = zoo / "models" / "joint"
-    grid = {"base_model": str(zoo / "models" / "base"), "groups": groups, **({"joint": str(joint)} if joint.is_dir() else {}),
-            "data": {"dev": str(zoo / "data" / "dev"), "devtest": str(zoo / "data" / "devtest")},
-            "methods": SMALL_GRID if args.grid == "small" else {m: "paper" for m in SMALL_GRID},
-            "dev_limit": args.dev_limit, "decoding": {"max_new_tokens": args.max_new_tokens, "batch_size": 100}}
+    grid = zoo_grid(zoo, args.grid, args.dev_limit, args.max_new_tokens)  # the experts present, if still building
+    groups = grid["groups"]
     (work / "GRID.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
     config = load(work / "GRID.yaml")
     start = time.perf_counter()

@@ -176,3 +176,13 @@ def test_each_expert_rows(grid_file):
     assert systems == ["base", "experts (own direction)", "expert en-es", "expert en-ru", "task_arithmetic weight=0.5"]
     assert all(len(r.directions) == 2 for r in result.tables["experts"])
     assert steps[-1][0] == steps[-1][1]  # progress reaches its total
+
+
+def test_zoo_grid_uses_the_experts_present(grid_file, tmp_path):
+    # The fixture's folder has the zoo layout: models/{base,expert-*} and data/{dev,devtest}.
+    from engine.sweep import from_dict, zoo_grid
+
+    config = from_dict(zoo_grid(tmp_path, dev_limit=1), tmp_path)
+    assert {g: sorted(e) for g, e in config.groups.items()} == {"en-x": ["en-es", "en-ru"]}
+    assert {m: len(p) for m, p in config.grids.items()} == {"task_arithmetic": 5, "ties": 6, "dare_linear": 3, "sce": 3}
+    assert all(len(s) == 1 for s in config.dev.values()) and config.joint is None

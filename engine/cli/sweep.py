@@ -2,6 +2,7 @@
 
     python -m engine sweep GRID.yaml --out results/sweep
     python -m engine sweep GRID.yaml --dry-run        # validate and count the points only
+    python -m engine sweep zoo                        # the demo zoo, small grid (--zoo-grid paper)
 
 Ctrl-C stops after the current point; run the same command again to resume from the cache.
 """
@@ -13,12 +14,14 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("grid", help="GRID.yaml (see engine/sweep/config.py for the format)")
+    parser.add_argument("grid", help="GRID.yaml (see engine/sweep/config.py for the format), or 'zoo'")
+    parser.add_argument("--zoo-grid", choices=("small", "paper"), default="small", help="grid for 'zoo'")
     parser.add_argument("--out", default="sweep-results", help="folder for table.md, table.csv, points.csv")
     parser.add_argument("--device", help="auto, cpu or cuda (default: MERGESCOPE_DEVICE)")
     parser.add_argument("--no-cache", action="store_true", help="recompute every score (no resuming)")
@@ -26,9 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.sweep import load, preflight, run_sweep, table_markdown, write_sweep
+    from engine.settings import ZOO_DIR
+    from engine.sweep import from_dict, load, preflight, run_sweep, table_markdown, write_sweep, zoo_grid
 
-    config = load(args.grid)
+    if args.grid == "zoo" and not Path(args.grid).is_file():
+        config = from_dict(zoo_grid(ZOO_DIR, args.zoo_grid), ZOO_DIR, source=f"demo zoo ({args.zoo_grid} grid)")
+    else:
+        config = load(args.grid)
     if args.dry_run:
         preflight(config)
         for method, points in config.grids.items():

@@ -31,7 +31,7 @@ import yaml
 
 from engine.errors import DataError, RecipeError
 from engine.parallel import ParallelSet, load_jsonl
-from engine.sweep.grid import GridPoint, expand, validate_grid
+from engine.sweep.grid import PAPER_GRIDS, SMALL_GRIDS, GridPoint, expand, validate_grid
 from engine.translate.evaluate import validate_sets
 from engine.translate.generate import DecodingSettings
 
@@ -157,3 +157,28 @@ def load(path: str | Path) -> SweepConfig:
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML ({err})") from None
     return from_dict(data, path.resolve().parent, str(path))
+
+
+def zoo_grid(zoo_dir: str | Path, grid: str = "small", dev_limit: int | None = 50,
+             max_new_tokens: int = 48) -> dict:
+    """GRID.yaml contents for the demo zoo: En→X and X→En groups of the experts present, the joint
+    model when built, and the small grid (or grid="paper")."""
+    zoo = Path(zoo_dir).resolve()
+    if not (zoo / "models" / "base").is_dir():
+        raise DataError(f"{zoo}: no demo zoo here (models/base is missing); build it with `python -m engine zoo build`")
+    if grid not in ("small", "paper"):
+        raise RecipeError(f"zoo grid must be 'small' or 'paper', got {grid!r}")
+    experts = {p.stem: zoo / "models" / f"expert-{p.stem}" for p in sorted((zoo / "data" / "dev").glob("*.jsonl"))}
+    experts = {d: str(p) for d, p in experts.items() if p.is_dir()}
+    groups = {"en-x": {d: p for d, p in experts.items() if d.startswith("en-")},
+              "x-en": {d: p for d, p in experts.items() if d.endswith("-en")}}
+    joint = zoo / "models" / "joint"
+    return {
+        "base_model": str(zoo / "models" / "base"),
+        "groups": {name: g for name, g in groups.items() if g},
+        **({"joint": str(joint)} if joint.is_dir() else {}),
+        "data": {"dev": str(zoo / "data" / "dev"), "devtest": str(zoo / "data" / "devtest")},
+        "methods": SMALL_GRIDS if grid == "small" else {m: "paper" for m in PAPER_GRIDS},
+        "dev_limit": dev_limit,
+        "decoding": {"max_new_tokens": max_new_tokens, "batch_size": 100},
+    }

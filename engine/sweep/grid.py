@@ -38,6 +38,15 @@ PAPER_GRIDS: dict[str, dict[str, list]] = {
 }
 
 
+# A coarse grid for the demo zoo on a CPU: 17 points per group instead of the paper's 334.
+SMALL_GRIDS: dict[str, dict[str, list]] = {
+    "task_arithmetic": {"weight": [0.1, 0.3, 0.5, 0.7, 1.0]},
+    "ties": {"density": [0.3, 0.5, 0.7], "weight": [0.5, 1.0], "normalize": [True]},
+    "dare_linear": {"density": [0.1, 0.5, 0.9], "weight": [0.5], "rescale": [True], "normalize": [True]},
+    "sce": {"select_topk": [0.1, 0.5, 0.9]},
+}
+
+
 @dataclass(frozen=True)
 class GridPoint:
     """One setting of one method."""
