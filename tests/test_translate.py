@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
 
 from engine.errors import DataError, SettingsError
 from engine.parallel import ParallelSet

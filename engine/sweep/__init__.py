@@ -7,6 +7,7 @@ from engine.sweep.report import points_csv, table_csv, table_markdown, write_swe
 from engine.sweep.run import PointResult, SweepResult, build_recipe, preflight, run_sweep
 
 __all__ = [
-    "PAPER_GRIDS", "SMALL_GRIDS", "GridPoint", "PointResult", "SweepConfig", "SweepResult", "build_recipe", "expand", "from_dict",
-    "load", "points_csv", "preflight", "run_sweep", "table_csv", "table_markdown", "validate_grid", "write_sweep", "zoo_grid",
+    "PAPER_GRIDS", "SMALL_GRIDS", "GridPoint", "PointResult", "SweepConfig", "SweepResult", "build_recipe", "expand",
+    "from_dict", "load", "points_csv", "preflight", "run_sweep", "table_csv", "table_markdown", "validate_grid",
+    "write_sweep", "zoo_grid",
 ]

@@ -143,8 +143,8 @@ def from_dict(data: Any, folder: Path = Path("."), source: str = "grid") -> Swee
     if not isinstance(each_expert, bool):
         raise RecipeError(f"{source}: each_expert must be true or false")
     return SweepConfig(base_model=base, groups=groups, dev=dev, devtest=devtest, grids=grids, languages=languages,
-                       joint=joint, metric=metric, decoding=DecodingSettings(**decoding_cfg), seed=seed, each_expert=each_expert,
-                       source=source)
+                       joint=joint, metric=metric, decoding=DecodingSettings(**decoding_cfg), seed=seed,
+                       each_expert=each_expert, source=source)
 
 
 def load(path: str | Path) -> SweepConfig:

@@ -10,6 +10,10 @@ from engine.sweep.run import SweepResult, dev_summary
 from engine.translate.report import COLUMNS, long_rows, to_markdown
 
 
+def _cell(value):
+    return f"{value:.4f}" if isinstance(value, float) else value
+
+
 def table_csv(result: SweepResult) -> str:
     """Long form: group, system, direction, scores, rates, signatures (devtest)."""
     out = io.StringIO()
@@ -17,7 +21,7 @@ def table_csv(result: SweepResult) -> str:
     writer.writeheader()
     for group, rows in result.tables.items():
         for row in long_rows(rows):
-            writer.writerow({"group": group, **{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()}})
+            writer.writerow({"group": group, **{k: _cell(v) for k, v in row.items()}})
     return out.getvalue()
 
 
@@ -26,7 +30,8 @@ def table_markdown(result: SweepResult) -> str:
     parts = [to_markdown(rows, title=f"{group} (devtest; merges chosen on dev by average {metric})")
              for group, rows in result.tables.items()]
     if result.failed:
-        parts.append("Failed points: " + "; ".join(f"{p.group} {p.point.label}: {p.error}" for p in result.failed) + "\n")
+        failures = "; ".join(f"{p.group} {p.point.label}: {p.error}" for p in result.failed)
+        parts.append(f"Failed points: {failures}\n")
     if result.stopped:
         parts.append("Sweep stopped before the end; run it again to resume from the cache.\n")
     return "\n".join(parts)
@@ -40,7 +45,7 @@ def points_csv(result: SweepResult) -> str:
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow({k: _cell(v) for k, v in row.items()})
     return out.getvalue()
 
 
@@ -51,7 +56,10 @@ def write_sweep(result: SweepResult, folder: str | Path) -> list[Path]:
     files = {"points.csv": points_csv(result)}
     if result.tables:
         files["table.csv"] = table_csv(result)
-    files["table.md"] = table_markdown(result) if result.tables else ("Sweep stopped before the table.\n" if result.stopped else "")
+    if result.tables:
+        files["table.md"] = table_markdown(result)
+    elif result.stopped:
+        files["table.md"] = "Sweep stopped before the table; run it again to resume from the cache.\n"
     written = []
     for name, text in files.items():
         (folder / name).write_text(text, encoding="utf-8")

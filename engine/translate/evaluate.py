@@ -129,7 +129,8 @@ def score_outputs(pairs: ParallelSet, outputs: Sequence[str], languages: Sequenc
     detected = detect(outputs, languages)
     reference_detected = detect(pairs.targets, languages)
     chrfs = sentence_chrf(outputs, pairs.targets)
-    samples = tuple(Sample(*row) for row in zip(pairs.sources, pairs.targets, outputs, chrfs, detected, reference_detected))
+    rows = zip(pairs.sources, pairs.targets, outputs, chrfs, detected, reference_detected)
+    samples = tuple(Sample(*row) for row in rows)
     return DirectionResult(
         src_lang=pairs.src_lang, tgt_lang=pairs.tgt_lang, data_hash=pairs.content_hash(), languages=tuple(languages),
         scores=corpus_scores(outputs, pairs.targets, pairs.tgt_lang),
@@ -179,4 +180,5 @@ def evaluate(translator: Translator, sets: Sequence[ParallelSet], system: str = 
         results.append(evaluate_direction(translator, pairs, langs, use_cache))
     if progress:
         progress(len(sets), len(sets), f"{system or translator.identity[:16]}: done")
-    return EvaluationResult(system=system or translator.identity, identity=translator.identity, directions=tuple(results))
+    return EvaluationResult(system=system or translator.identity, identity=translator.identity,
+                            directions=tuple(results))

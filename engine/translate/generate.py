@@ -199,7 +199,8 @@ class ModelTranslator:
             name = getattr(tokenizer, "name_or_path", "") or identity
             raise DataError(f"tokenizer of {name!r} has no chat template; the paper's prompt needs one")
         if not identity:
-            raise SettingsError("a ModelTranslator needs an identity (checkpoint fingerprint or recipe hash) for caching")
+            raise SettingsError("a ModelTranslator needs an identity (checkpoint fingerprint or recipe hash) "
+                                "for caching")
         self.model, self.tokenizer, self.identity = model, tokenizer, identity
         self.settings, self.device = settings, device
         self.prompt = prompt_signature(tokenizer)
@@ -209,7 +210,8 @@ class ModelTranslator:
                 **self.settings.cache_parts()}
 
     def translate(self, sources: Sequence[str], src_lang: str, tgt_lang: str) -> list[str]:
-        return generate_translations(self.model, self.tokenizer, sources, src_lang, tgt_lang, self.settings, self.device)
+        return generate_translations(self.model, self.tokenizer, sources, src_lang, tgt_lang, self.settings,
+                                     self.device)
 
 
 class LazyModelTranslator:
