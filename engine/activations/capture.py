@@ -321,8 +321,21 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def capture_key(model_id: str, tokenizer, pairs: ParallelSet, settings: CaptureSettings) -> cache.Key:
-    """Cache key of a capture: model identity, tokenizer, data hash, settings (plus the code salt)."""
+def _device_kind(device) -> str:
+    from engine.device import default_device, resolve_device
+
+    if device is None:
+        return default_device().type
+    return device.type if isinstance(device, torch.device) else resolve_device(str(device)).type
+
+
+def capture_key(model_id: str, tokenizer, pairs: ParallelSet, settings: CaptureSettings, device=None) -> cache.Key:
+    """Cache key of a capture: model identity, tokenizer, prompt, data hash, settings, device kind.
+
+    `device` is the one capture will run on (None: the configured default). CPU runs in float32
+    and CUDA in the checkpoint's half precision, so gate signs near zero can differ: their
+    captures are kept apart.
+    """
     if not model_id:
         raise ValueError("capture_cached needs a model identity: a checkpoint fingerprint or a recipe hash")
     # The rendered prompt covers what neither the weights nor the data hash do: the
@@ -330,7 +343,7 @@ def capture_key(model_id: str, tokenizer, pairs: ParallelSet, settings: CaptureS
     sample = render_teacher_forced(tokenizer, pairs.src_lang, pairs.tgt_lang, "<source>", "<target>").text
     return cache.make_key(
         "capture", model=model_id, tokenizer=tokenizer_digest(tokenizer), data=pairs.content_hash(),
-        prompt=hashlib.sha256(sample.encode()).hexdigest(), settings=settings.key_parts(),
+        prompt=hashlib.sha256(sample.encode()).hexdigest(), settings=settings.key_parts(), device=_device_kind(device),
     )
 
 
@@ -346,7 +359,7 @@ def capture_cached(
 ) -> Capture:
     """capture() through the cache, keyed by `model_id` (checkpoint fingerprint or recipe hash)."""
     store = store or cache.get_store()
-    key = capture_key(model_id, tokenizer, pairs, settings)
+    key = capture_key(model_id, tokenizer, pairs, settings, device)
     description = f"capture {model_id[:12]} {pairs.direction} n={len(pairs)}"
     entry = store.get_or_compute(key, lambda: capture(model, tokenizer, pairs, settings, device, progress).to_entry(), description)
     return Capture.from_entry(entry)
