@@ -400,6 +400,12 @@ def systems_directions(system: System, sets: Sequence[ParallelSet]) -> list[Para
     return list(sets)
 
 
+# engine.translate.langid checks the languages against the identifier's label set outside the lock
+# under which another thread temporarily restricts that set, so two evaluations at once can see
+# "cannot detect pt". Until that is fixed there, evaluations in this process take turns.
+_EVALUATION_LOCK = threading.Lock()
+
+
 def evaluate_systems(systems: Sequence[System], sets: Sequence[ParallelSet], models: ModelCache,
                      progress: Progress | None = None) -> list:
     """EvaluationResult per system (cached per system and direction)."""
@@ -413,11 +419,15 @@ def evaluate_systems(systems: Sequence[System], sets: Sequence[ParallelSet], mod
             progress(i, len(systems), f"scoring {system.name}")
         own = systems_directions(system, sets)
         key = ("scores", system.identity, system.name, _data_key(own), langs, repr(settings.cache_parts()))
-        results.append(_MEMO.get_or_compute(key, lambda: evaluate(LazyTranslator(system, models, settings), own,
-                                                                  system=system.name, languages=langs)))
+        results.append(_MEMO.get_or_compute(key, lambda: _evaluate(evaluate, system, models, settings, own, langs)))
     if progress:
         progress(len(systems), len(systems), "scores done")
     return results
+
+
+def _evaluate(evaluate, system, models, settings, sets, langs):
+    with _EVALUATION_LOCK:
+        return evaluate(LazyTranslator(system, models, settings), sets, system=system.name, languages=langs)
 
 
 def score_rows(results: Sequence) -> list[dict]:

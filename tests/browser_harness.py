@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from engine import pipeline
 from engine.settings import REPO_ROOT, get_settings
 from tests import tiny_models
 
@@ -93,6 +94,8 @@ def demo_env(tiny_zoo, isolated_settings, monkeypatch) -> DemoZoo:
     monkeypatch.setenv("MERGESCOPE_MODEL_ROOTS", str(tiny_zoo.models))
     monkeypatch.setenv("MERGESCOPE_DATA_DIR", str(tiny_zoo.data))
     get_settings.cache_clear()
+    # Analyses memoised in process by an earlier test would hide this test's empty cache folder.
+    pipeline.clear_memo()
     yield tiny_zoo
     get_settings.cache_clear()
 

@@ -126,6 +126,26 @@ def parse_schedule(text: str, name: str) -> list[float]:
     return values
 
 
+# Slider ranges per parameter name: the paper's grids fit inside (TIES weight up to 2.5).
+RANGES = {
+    "weight": (0.0, 2.5, 0.05), "density": (0.01, 1.0, 0.01), "select_topk": (0.01, 1.0, 0.01),
+    "t": (0.0, 1.0, 0.05), "lambda": (0.0, 2.0, 0.05), "gamma": (0.0, 0.2, 0.005), "epsilon": (0.0, 0.5, 0.01),
+}
+FALLBACK_RANGE = (0.0, 2.0, 0.01)
+REQUIRED_DEFAULTS = {"weight": 0.5, "t": 0.5}
+
+
+def param_range(name: str) -> tuple[float, float, float]:
+    return RANGES.get(name, FALLBACK_RANGE)
+
+
+def param_default(p):
+    """A parameter's starting value: its declared default, or ours for required ones."""
+    if p.kind is bool:
+        return bool(p.default) if not p.required else False
+    return float(REQUIRED_DEFAULTS.get(p.name, param_range(p.name)[0]) if p.required else p.default)
+
+
 def recipe_parts() -> tuple[str, list[str], str, dict, dict] | None:
     """(base, experts, method, parameters, schedules) from the view state; None while incomplete."""
     base, experts, method = st.session_state.get("base"), st.session_state.get("experts") or [], st.session_state.get("method")
@@ -136,9 +156,9 @@ def recipe_parts() -> tuple[str, list[str], str, dict, dict] | None:
         raise RecipeError(f"unknown merge method {method!r} in the link; known: {', '.join(specs)}")
     params, schedules = {}, {}
     for p in specs[method].params:
-        key = state.param_key(method, p.name)
-        if key in st.session_state:
-            params[p.name] = p.kind(st.session_state[key])
+        # Every parameter, drawn yet or not: a Merge click can land before the sliders of a newly
+        # chosen method were drawn, and the recipe (and its hash) must not depend on that.
+        params[p.name] = p.kind(st.session_state.get(state.param_key(method, p.name), param_default(p)))
         skey = state.schedule_key(method, p.name)
         if st.session_state.get("schedule_on") and p.kind is float and st.session_state.get(skey, "").strip():
             schedules[p.name] = parse_schedule(st.session_state[skey], p.name)

@@ -6,13 +6,6 @@ from engine import pipeline
 from engine.errors import MergeScopeError
 from views import common, state
 
-# Slider ranges per parameter name: the paper's grids fit inside (TIES weight up to 2.5).
-RANGES = {
-    "weight": (0.0, 2.5, 0.05), "density": (0.01, 1.0, 0.01), "select_topk": (0.01, 1.0, 0.01),
-    "t": (0.0, 1.0, 0.05), "lambda": (0.0, 2.0, 0.05), "gamma": (0.0, 0.2, 0.005), "epsilon": (0.0, 0.5, 0.01),
-}
-FALLBACK_RANGE = (0.0, 2.0, 0.01)
-REQUIRED_DEFAULTS = {"weight": 0.5, "t": 0.5}
 DEFAULT_METHOD = "task_arithmetic"
 
 
@@ -67,14 +60,12 @@ def draw_checkpoints(discovery) -> None:
 
 def draw_param(method: str, p) -> None:
     key = state.param_key(method, p.name)
+    state.default(key, common.param_default(p))
     if p.kind is bool:
-        state.default(key, bool(p.default) if not p.required else False)
         st.session_state[key] = bool(st.session_state[key])
         st.toggle(p.name, key=key, help=p.doc or None)
         return
-    low, high, step = RANGES.get(p.name, FALLBACK_RANGE)
-    start = REQUIRED_DEFAULTS.get(p.name, low) if p.required else p.default
-    state.default(key, float(start))
+    low, high, step = common.param_range(p.name)
     st.session_state[key] = min(high, max(low, float(st.session_state[key])))  # a link may carry any number
     st.slider(p.name, low, high, step=step, key=key, help=p.doc or None)
 
