@@ -73,6 +73,8 @@ def zoo_sweep(args) -> None:
     from engine.sweep import load, run_sweep, write_sweep, zoo_grid
 
     grid = zoo_grid(zoo, args.grid, args.dev_limit, args.max_new_tokens)  # the experts present, if still building
+    if args.group:
+        grid["groups"] = {g: e for g, e in grid["groups"].items() if g in args.group}
     groups = grid["groups"]
     (work / "GRID.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
     config = load(work / "GRID.yaml")
@@ -104,6 +106,7 @@ def main() -> None:
     parser.add_argument("--zoo-sweep", metavar="ZOO_DIR", help="time the whole sweep over this zoo instead")
     parser.add_argument("--grid", choices=("small", "paper"), default="small", help="zoo sweep grid")
     parser.add_argument("--dev-limit", type=int, default=50, help="zoo sweep: dev pairs per direction")
+    parser.add_argument("--group", action="append", choices=("en-x", "x-en"), help="zoo sweep: only these groups")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.zoo_sweep else logging.WARNING)
     torch.set_num_threads(args.threads)
