@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from engine import pipeline
 from engine.neurons import PRESETS
-from engine.settings import REPO_ROOT
+from engine.settings import REPO_ROOT, get_settings
 from tests.browser_harness import demo_env, tiny_zoo  # noqa: F401  (fixtures)
 
 TIMEOUT = 240
@@ -289,3 +289,12 @@ def test_sweep_curve_plots_the_engines_scores(app):
                                 pipeline.data_sets("devtest", ["en-es", "en-pt"], 32), pipeline.ModelCache())
     expected = [r["chrf"] for r in rows if r["direction"] == "avg"]
     np.testing.assert_allclose(array(avg["y"]), expected, rtol=1e-9)
+
+
+def test_missing_model_roots_is_a_message(demo_env, monkeypatch, tmp_path):  # noqa: F811
+    monkeypatch.setenv("MERGESCOPE_MODEL_ROOTS", str(tmp_path / "nowhere"))
+    get_settings.cache_clear()
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    assert any("MERGESCOPE_MODEL_ROOTS: not a folder" in e.value for e in at.error)
