@@ -66,7 +66,8 @@ def systems_of(at: AppTest) -> list[pipeline.System]:
     params = at.query_params
     by_label = pipeline.checkpoints_by_label()
     names = [params["base"], *params["experts"].split(",")]
-    out = [pipeline.checkpoint_system(by_label[n]) for n in names]
+    extras = params["extra_systems"].split(",") if "extra_systems" in params else []
+    out = [pipeline.checkpoint_system(by_label[n]) for n in names + extras]
     if "merged" in params:
         method = params["method"]
         spec = pipeline.method_specs()[method]
@@ -88,6 +89,7 @@ def test_models_page_lists_checkpoints_and_refusals(app):
     refused = [m.value for m in app.markdown if "pickle-only" in m.value]
     assert refused and "safetensors only" in refused[0]
     assert app.info[0].value.startswith("Pick one or more experts")
+    assert app.multiselect(key="extra_systems").value == ["joint"]  # the paper's table has the joint model
     assert app.button(key="merge").disabled
 
 

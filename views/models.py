@@ -95,7 +95,7 @@ with left:
         st.warning(f"Not available as experts: {', '.join(unknown)}")
     st.session_state["experts"] = [e for e in st.session_state["experts"] if e in others]
     st.multiselect("Experts", others, key="experts", placeholder="fine-tunes to merge")
-    state.default("extra_systems", [])
+    state.default("extra_systems", [l for l in others if "joint" in l.lower()])  # the paper's table has the joint model
     st.session_state["extra_systems"] = [e for e in st.session_state["extra_systems"] if e in others]
     st.multiselect("Also compare", others, key="extra_systems", placeholder="e.g. the jointly trained model",
                    help="shown next to the merge on Scores, Layers and Samples; not merged")
