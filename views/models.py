@@ -164,7 +164,7 @@ if recipe is not None:
         cols = st.columns(4)
         for col, (target, title) in zip(cols, [("views/scores.py", "Scores"), ("views/layers.py", "Layers"),
                                                ("views/neurons.py", "Neurons"), ("views/samples.py", "Samples")]):
-            col.page_link(target, label=title)
+            col.page_link(target, label=title, query_params=state.url_params())
     elif st.session_state.get("merged"):
         st.info("The recipe changed since the last merge; press Merge to merge it.")
 else:
