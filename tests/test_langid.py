@@ -41,3 +41,15 @@ def test_unknown_language_is_an_error_naming_it():
 def test_off_target_rates(detected, ref_detected, tgt, expected):
     rates = off_target_rates(detected, ref_detected, tgt)
     assert (rates.off_target, rates.off_target_ref, rates.reference_miss) == pytest.approx(expected)
+
+
+def test_concurrent_detection_with_different_language_sets():
+    # One thread's restriction must never leak into another's check or answer.
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(["el gato duerme en el sofá caliente"], ["es", "pt"], "es"),
+            (["двадцать одна тысяча триста четыре евро"], ["en", "ru"], "ru"),
+            (["the first of January, nineteen ninety-nine"], ["de", "en"], "en")] * 30
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda job: detect(job[0], job[1])[0], jobs))
+    assert answers == [expected for _, _, expected in jobs]

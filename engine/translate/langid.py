@@ -28,18 +28,22 @@ UNDETERMINED = "und"  # no letters to judge by (empty output, digits only)
 
 
 @functools.cache
-def _full_model():
+def _identifier():
+    """(the shared identifier, every label it knows), read once before any restriction."""
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    return identifier, frozenset(identifier.labels)
 
 
-_lock = threading.Lock()  # set_languages mutates the shared identifier
+# set_languages mutates the shared identifier: restrict, classify and reset under one lock. The
+# label set above never reads the identifier again, so checks need no lock.
+_lock = threading.Lock()
 
 
 def supported_languages() -> frozenset[str]:
     """Codes py3langid can detect."""
-    return frozenset(_full_model().labels)
+    return _identifier()[1]
 
 
 def check_languages(languages: Iterable[str]) -> tuple[str, ...]:
@@ -57,7 +61,7 @@ def check_languages(languages: Iterable[str]) -> tuple[str, ...]:
 def detect(texts: Sequence[str], languages: Iterable[str]) -> list[str]:
     """Detected language of each text among `languages`; 'und' where a text has no letters."""
     codes = check_languages(languages)
-    identifier = _full_model()
+    identifier = _identifier()[0]
     with _lock:
         identifier.set_languages(list(codes))
         try:
