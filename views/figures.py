@@ -101,7 +101,9 @@ def cka_heatmap(values: np.ndarray, title: str, row_label: str, col_label: str, 
 def cka_side_by_side(left, right) -> tuple[go.Figure, go.Figure, go.Figure | None]:
     """Two CKAMatrix results on one colour scale, and left − right when their shapes agree."""
     finite = np.concatenate([left.values[np.isfinite(left.values)], right.values[np.isfinite(right.values)]])
-    zmin = float(min(0.0, finite.min())) if finite.size else 0.0
+    # One scale for both maps, from the lower of their minima (to 0.05) up to 1: trained models sit
+    # mostly above 0.8, and a 0..1 scale would hide the differences the comparison is about.
+    zmin = float(np.floor(min(finite.min(), 1.0) * 20) / 20) if finite.size else 0.0
     zmax = 1.0
     fig_l = cka_heatmap(left.values, f"{left.labels[0]} vs {left.labels[1]}", *left.labels, zmin, zmax, left.signature)
     fig_r = cka_heatmap(right.values, f"{right.labels[0]} vs {right.labels[1]}", *right.labels, zmin, zmax, right.signature)
@@ -138,8 +140,8 @@ def count_heatmap(counts: np.ndarray, languages: Sequence[str], title: str, sign
     ))
     fig.update_layout(title=_title(title, signature), height=max(320, 28 * counts.shape[0] + 160),
                       margin={"t": 110})
-    fig.update_xaxes(title="language", side="top")
-    fig.update_yaxes(title="block", autorange="reversed")
+    fig.update_xaxes(side="top")  # language codes label themselves; an axis title would hit the figure title
+    fig.update_yaxes(title="block", autorange="reversed", dtick=1)
     return fig
 
 
