@@ -154,7 +154,7 @@ def test_della_refuses_density_epsilon_outside_unit_interval():
 @pytest.mark.parametrize("chunk_rows", [1, 3, 7])
 @pytest.mark.parametrize("name", ["ties", "breadcrumbs", "breadcrumbs_ties", "task_arithmetic", "linear"])
 def test_streaming_in_row_chunks_equals_whole_tensor(name, chunk_rows):
-    # Multi-chunk sources take the two-pass radix selection; whole tensors take kthvalue.
+    # Chunked sources replay row blocks through every pass; the selection must not depend on the blocking.
     base, *models = _tensors((23, 17), 4, 4)
     models = [m.float() for m in models]
     base = base.float()
