@@ -508,12 +508,12 @@ def _model_card(plan: MergePlan, recipe_yaml: str) -> str:
     base = f"`{plan.base.path}`" if plan.base else "none"
     seed = f"\nRandom seed: {plan.seed}." if spec.random else ""
     return (
-        f"---\ntags:\n- merge\n- mergescope\n---\n# {folder_name(plan)}\n\n"
+        f"---\ntags:\n- merge\n- mergescope\n---\n# {_card_title(plan)}\n\n"
         f"A merge made with MergeScope using **{spec.display_name}** ({spec.paper}).\n\n"
         f"Base model: {base}\n\nMerged models:\n{models}\n\n"
         f"Recipe hash: `{plan.key}`.{seed}\n\n## Recipe (mergekit YAML)\n\n```yaml\n{recipe_yaml}```\n"
     )
 
 
-def folder_name(plan: MergePlan) -> str:
+def _card_title(plan: MergePlan) -> str:
     return f"{plan.spec.name} merge of {len(plan.models)} model(s)"
