@@ -199,3 +199,30 @@ def test_cli_merges_and_reports_bad_recipes(zoo, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{bad}: model" in err and "missing required parameter 'weight'" in err
     assert not (tmp_path / "cli2").exists() and _leftovers(tmp_path) == []
+
+
+def test_tied_embedding_models_merge_into_a_live_model(model_root):
+    """The demo zoo ties lm_head to the embedding: the live merge must keep them one tensor."""
+    base_path = save_checkpoint(model_root / "base", tie_word_embeddings=True)
+    base = transformers.AutoModelForCausalLM.from_pretrained(base_path)
+    experts = [save_checkpoint(model_root / f"e{i}", base=base, delta_scale=0.05, seed=i, tie_word_embeddings=True) for i in (1, 2)]
+    recipe = loads(
+        f"merge_method: task_arithmetic\nbase_model: {base_path}\nmodels:\n"
+        + "".join(f"  - model: {e}\n    parameters: {{weight: 0.5}}\n" for e in experts),
+        source="tied.yaml",
+    )
+    model, _ = merge_into_model(recipe, device="cpu")
+
+    # Reference: base + 0.5 * sum of task vectors, in float64 from the saved files.
+    tensors = [load_file(p / "model.safetensors") for p in (base_path, *experts)]
+    expected = {n: (t.double() + sum(0.5 * (e[n].double() - t.double()) for e in tensors[1:])) for n, t in tensors[0].items()}
+    live = model.state_dict()
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    for name, value in expected.items():
+        torch.testing.assert_close(live[name].double(), value, rtol=1e-6, atol=1e-6)
+    ids = torch.tensor([[3, 17, 42, 99]])
+    reference = transformers.AutoModelForCausalLM.from_pretrained(base_path)
+    reference.load_state_dict({n: v.float() for n, v in expected.items()}, strict=False)
+    reference.tie_weights()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits)

@@ -373,6 +373,8 @@ def merge_into_model(recipe: Recipe, device: str | torch.device | None = None, d
     with no_init_weights(), torch.device(device):
         # Weights are overwritten below, so skip random init; buffers (rotary) still get built.
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
+    # no_init_weights leaves tied embeddings untied; re-tie so lm_head shares the merged embedding.
+    model.tie_weights()
     targets = model.state_dict(keep_vars=True)
     filled = set()
     with torch.no_grad():
