@@ -16,13 +16,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import torch
 
 from engine.checkpoints import check_compatible, load_model, load_tokenizer, open_checkpoint
 from engine.errors import DataError
-from engine.device import resolve_device
-from engine.merge import iter_merged, merge_into_model, plan_merge
-from engine.merge.executor import check_memory
+from engine.merge import merge_into_model
 from engine.parallel import ParallelSet
 from engine.recipe import Recipe, content_hash
 from engine.recipe import from_dict as recipe_from_dict
@@ -99,28 +96,6 @@ def preflight(config: SweepConfig) -> tuple[dict[str, str], dict[str, str]]:
     return {path: ckpt.fingerprint for path, ckpt in checkpoints.items()}, prompts
 
 
-def merge_model(recipe: Recipe, device=None, seed: int = 0):
-    """(model, tokenizer) of a merge, in memory.
-
-    engine.merge.merge_into_model builds the model from its config under no_init_weights, which
-    in transformers 5 leaves tied embeddings untied, and then reports lm_head.weight missing
-    (the demo zoo ties them). For such checkpoints the merged tensors are copied into a loaded
-    copy of the base instead, which from_pretrained ties as the config asks. Drop this once
-    merge_into_model ties weights itself.
-    """
-    plan = plan_merge(recipe, seed)
-    if not plan.template.config.get("tie_word_embeddings"):
-        return merge_into_model(recipe, device=device, seed=seed)
-    device = resolve_device(device) if not isinstance(device, torch.device) else device
-    check_memory(plan, device, into_model=True)
-    model, tokenizer = load_model(plan.template, device=device)
-    targets = model.state_dict(keep_vars=True)
-    with torch.no_grad():
-        for name, tensor in iter_merged(plan, device):
-            targets[name].data.copy_(tensor)
-    return model.eval(), tokenizer
-
-
 def _checkpoint_translator(path, fingerprint: str, prompt: str, config: SweepConfig, device) -> LazyModelTranslator:
     return LazyModelTranslator(fingerprint, lambda: load_model(path, device=device), prompt, config.decoding, device)
 
@@ -150,7 +125,7 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
 
     def merged(recipe: Recipe) -> LazyModelTranslator:
         identity = content_hash(recipe, fingerprint=lambda ref: prints[ref], seed=config.seed)
-        return LazyModelTranslator(identity, lambda: merge_model(recipe, device=device, seed=config.seed),
+        return LazyModelTranslator(identity, lambda: merge_into_model(recipe, device=device, seed=config.seed),
                                    merge_prompt, config.decoding, device)
 
     def group_sets(group: str, split: dict[str, ParallelSet]) -> list[ParallelSet]:
