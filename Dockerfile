@@ -24,7 +24,7 @@ RUN useradd --create-home --uid 10001 mergescope \
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY --chown=mergescope:mergescope app.py ./
-COPY --chown=mergescope:mergescope pages ./pages
+COPY --chown=mergescope:mergescope views ./views
 COPY --chown=mergescope:mergescope engine ./engine
 COPY --chown=mergescope:mergescope cache ./cache
 COPY --chown=mergescope:mergescope zoo ./zoo

@@ -15,9 +15,7 @@ Nothing here imports Streamlit.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
-import os
 import re
 import threading
 from collections import OrderedDict
@@ -27,12 +25,15 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from engine.checkpoints import Checkpoint, compatibility_problems, discover_checkpoints, load_model
+from engine.checkpoints import (
+    Checkpoint, compatibility_problems, discover_checkpoints, load_model, load_tokenizer, open_checkpoint,
+)
+from engine.device import default_device
 from engine.checkpoints.discover import Discovery
-from engine.errors import DataError, MergeScopeError, RecipeError
+from engine.errors import DataError, RecipeError
 from engine.parallel import ParallelSet, load_jsonl
 from engine.prompts import LANGUAGE_NAMES
-from engine.settings import REPO_ROOT, get_settings
+from engine.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +41,6 @@ Progress = Callable[[int, int, str], None]  # (done, total, what is running)
 MERGE = "merge"  # the system name of the current recipe's merge
 SPANS = ("source", "target")
 _DIRECTION = re.compile(r"(?<![a-z])([a-z]{2})(?:[-_]?(?:2|to)[-_]?|[-_])([a-z]{2})(?![a-z])")
-
-
-class MissingEnginePiece(MergeScopeError):
-    """A dashboard feature needs an engine module that is not installed in this checkout."""
-
-
-def require(module: str, feature: str) -> None:
-    """MissingEnginePiece naming `module` when it cannot be imported (a partial checkout)."""
-    if importlib.util.find_spec(module) is None:
-        raise MissingEnginePiece(f"{feature} needs the engine module {module}, which this checkout does not have yet")
-
-
-def available(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -298,11 +282,7 @@ class ModelCache:
 
     def _build(self, system: System) -> LoadedModel:
         if system.is_merge:
-            try:
-                from engine.merge import merge_into_model
-            except ImportError:
-                raise MissingEnginePiece("Merging in memory needs engine.merge.merge_into_model, "
-                                         "which this checkout does not have yet") from None
+            from engine.merge import merge_into_model  # imported on first merge: keeps app start-up light
 
             log.info("merging %s in memory", system.identity[:12])
             model, tokenizer = merge_into_model(system.recipe)
@@ -316,8 +296,8 @@ class ModelCache:
 
 
 def data_root() -> Path:
-    """Parallel data for evaluation and capture: MERGESCOPE_DATA_DIR, default the zoo's data."""
-    return Path(os.environ.get("MERGESCOPE_DATA_DIR") or REPO_ROOT / "zoo" / "data").resolve()
+    """Parallel data for evaluation and capture (MERGESCOPE_DATA_DIR, default the zoo's data)."""
+    return get_settings().data_dir
 
 
 @functools.lru_cache(maxsize=256)
@@ -360,36 +340,30 @@ def available_directions(split: str) -> list[str]:
 
 
 def decoding_settings():
-    """Greedy decoding as the paper's protocol; MERGESCOPE_MAX_NEW_TOKENS caps new tokens (tests use a
-    small cap: random tiny models never emit end-of-turn)."""
+    """Greedy decoding as the paper's protocol, with MERGESCOPE_MAX_NEW_TOKENS as the cap when set."""
     from engine.translate.generate import DecodingSettings
 
-    cap = os.environ.get("MERGESCOPE_MAX_NEW_TOKENS", "").strip()
-    if not cap:
-        return DecodingSettings()
-    try:
-        return DecodingSettings(max_new_tokens=int(cap))
-    except ValueError:
-        raise DataError(f"MERGESCOPE_MAX_NEW_TOKENS: expected a positive integer, got {cap!r}") from None
+    cap = get_settings().max_new_tokens
+    return DecodingSettings(max_new_tokens=cap) if cap else DecodingSettings()
 
 
-class LazyTranslator:
-    """A Translator that loads (or merges) its model only when something is not cached."""
+def system_translator(system: System, models: "ModelCache", settings):
+    """engine.translate's lazy translator over the shared model cache: the CLI's cache keys, and
+    the model's lock held while generating (capture hooks on the same module must not interleave)."""
+    from engine.translate.generate import LazyModelTranslator, prompt_signature
 
-    def __init__(self, system: System, models: ModelCache, settings=None):
-        self.system, self.models = system, models
-        self.identity = system.identity
-        self.settings = settings or decoding_settings()
+    class SharedModelTranslator(LazyModelTranslator):
+        def translate(self, sources, src_lang, tgt_lang):
+            loaded = models.get(system)
+            with loaded.lock:
+                return super().translate(sources, src_lang, tgt_lang)
 
-    def cache_parts(self) -> dict:
-        return {"model": self.identity, **self.settings.cache_parts()}
+    def load():
+        loaded = models.get(system)
+        return loaded.model, loaded.tokenizer
 
-    def translate(self, sources: Sequence[str], src_lang: str, tgt_lang: str) -> list[str]:
-        from engine.translate.generate import generate_translations
-
-        loaded = self.models.get(self.system)
-        with loaded.lock:
-            return generate_translations(loaded.model, loaded.tokenizer, sources, src_lang, tgt_lang, self.settings)
+    prompt = prompt_signature(system_tokenizer(system))
+    return SharedModelTranslator(system.identity, load, prompt, settings, default_device())
 
 
 def systems_directions(system: System, sets: Sequence[ParallelSet]) -> list[ParallelSet]:
@@ -398,12 +372,6 @@ def systems_directions(system: System, sets: Sequence[ParallelSet]) -> list[Para
         own = [s for s in sets if s.direction == system.direction]
         return own or list(sets)
     return list(sets)
-
-
-# engine.translate.langid checks the languages against the identifier's label set outside the lock
-# under which another thread temporarily restricts that set, so two evaluations at once can see
-# "cannot detect pt". Until that is fixed there, evaluations in this process take turns.
-_EVALUATION_LOCK = threading.Lock()
 
 
 def evaluate_systems(systems: Sequence[System], sets: Sequence[ParallelSet], models: ModelCache,
@@ -426,8 +394,7 @@ def evaluate_systems(systems: Sequence[System], sets: Sequence[ParallelSet], mod
 
 
 def _evaluate(evaluate, system, models, settings, sets, langs):
-    with _EVALUATION_LOCK:
-        return evaluate(LazyTranslator(system, models, settings), sets, system=system.name, languages=langs)
+    return evaluate(system_translator(system, models, settings), sets, system=system.name, languages=langs)
 
 
 def score_rows(results: Sequence) -> list[dict]:
@@ -495,7 +462,6 @@ def _data_key(sets: Sequence[ParallelSet]) -> tuple:
 
 @functools.lru_cache(maxsize=64)
 def _tokenizer_for(identity: str, folder: str):
-    from engine.checkpoints import load_tokenizer, open_checkpoint
 
     return load_tokenizer(open_checkpoint(folder))
 

@@ -6,6 +6,8 @@
 | MERGESCOPE_CACHE_DIR       | <repo>/.mergescope-cache     | content-addressed cache folder            |
 | MERGESCOPE_CACHE_MAX_GB    | 20                           | cache size cap before LRU eviction        |
 | MERGESCOPE_DEVICE          | auto                         | auto, cpu or cuda                         |
+| MERGESCOPE_DATA_DIR        | <repo>/zoo/data              | parallel data the dashboard evaluates on  |
+| MERGESCOPE_MAX_NEW_TOKENS  | (decoding default)           | cap on generated tokens per sentence      |
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Settings:
     cache_dir: Path
     cache_max_bytes: int
     device: str
+    data_dir: Path
+    max_new_tokens: int | None  # None: the decoding settings' own default
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -54,11 +58,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if device not in DEVICES:
         raise SettingsError(f"MERGESCOPE_DEVICE: expected one of {', '.join(DEVICES)}, got {device!r}")
 
+    data_dir = Path(env.get("MERGESCOPE_DATA_DIR", "") or ZOO_DIR / "data").expanduser()
+
+    tokens_text = env.get("MERGESCOPE_MAX_NEW_TOKENS", "").strip()
+    max_new_tokens = None
+    if tokens_text:
+        if not tokens_text.isdigit() or int(tokens_text) < 1:
+            raise SettingsError(f"MERGESCOPE_MAX_NEW_TOKENS: expected a positive integer, got {tokens_text!r}")
+        max_new_tokens = int(tokens_text)
+
     return Settings(
         model_roots=tuple(p.resolve() for p in roots),
         cache_dir=cache_dir.resolve(),
         cache_max_bytes=int(cap_gb * 1024**3),
         device=device,
+        data_dir=data_dir.resolve(),
+        max_new_tokens=max_new_tokens,
     )
 
 

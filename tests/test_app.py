@@ -27,6 +27,7 @@ APP = REPO_ROOT / "app.py"
 def app(demo_env, monkeypatch):  # noqa: F811
     # Random tiny models never emit end-of-turn; a small cap keeps generation short.
     monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "6")
+    get_settings.cache_clear()
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.run()
     assert not at.exception
@@ -270,6 +271,7 @@ def test_pages_without_input_say_what_is_missing(app):
 def test_engine_errors_are_messages_not_tracebacks(app, monkeypatch):
     merge(pick(app))
     monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "many")
+    get_settings.cache_clear()
     app.switch_page("views/scores.py").run()
     assert not app.exception
     assert "MERGESCOPE_MAX_NEW_TOKENS" in app.error[0].value

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from engine.settings import get_settings
 from engine import pipeline
 from engine.errors import DataError, RecipeError
 from tests.browser_harness import demo_env, tiny_zoo  # noqa: F401  (fixtures)
@@ -65,6 +66,7 @@ def test_warm_views_need_no_model(demo_env, monkeypatch):  # noqa: F811
     """Scores and captures come from the content-addressed cache: a second process (fresh
     ModelCache) shows the same results without loading or merging anything."""
     monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "4")
+    get_settings.cache_clear()
     by_label = pipeline.checkpoints_by_label()
     recipe = pipeline.build_recipe("base", ["expert-en-es", "expert-en-pt"], "ties", {"weight": 0.5, "density": 0.5})
     systems = [pipeline.checkpoint_system(by_label["base"]), pipeline.merge_system(recipe)]
@@ -97,6 +99,7 @@ def test_recipe_round_trip_through_the_view(demo_env):  # noqa: F811
 
 def test_prefetch_fills_the_cache_so_the_foreground_loads_nothing(demo_env, monkeypatch):  # noqa: F811
     monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "4")
+    get_settings.cache_clear()
     by_label = pipeline.checkpoints_by_label()
     systems = [pipeline.checkpoint_system(by_label[n]) for n in ("base", "expert-en-es")]
     sets = pipeline.data_sets("dev", ["en-es", "en-pt"], 4)

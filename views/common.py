@@ -212,10 +212,6 @@ def need(condition: bool, message: str) -> None:
         st.stop()
 
 
-def need_engine(module: str, feature: str) -> None:
-    need(pipeline.available(module), f"{feature} needs the engine module `{module}`, which is not in this checkout yet.")
-
-
 # ----------------------------------------------------------------- progress and downloads
 
 

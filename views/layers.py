@@ -11,7 +11,6 @@ from views import common, figures, state
 ALL = "all chosen directions"
 
 st.title("Layers")
-common.need_engine("engine.activations", "Layer CKA")
 common.need(bool(st.session_state.get("base")) and bool(st.session_state.get("experts")),
             "Pick a base model and experts on **Models & merge** first.")
 systems = {s.name: s for s in common.systems()}

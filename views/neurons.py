@@ -25,7 +25,6 @@ def mark_custom() -> None:
 
 
 st.title("Neurons")
-common.need_engine("engine.activations", "Neuron selectivity")
 common.need(bool(st.session_state.get("base")) and bool(st.session_state.get("experts")),
             "Pick a base model and experts on **Models & merge** first.")
 from engine.neurons import LapeSettings  # noqa: E402  (after the check that says what is missing)

@@ -6,7 +6,6 @@ from engine import pipeline
 from views import common, figures, state
 
 st.title("Samples")
-common.need_engine("engine.translate", "Samples")
 common.need(bool(st.session_state.get("base")) and bool(st.session_state.get("experts")),
             "Pick a base model and experts on **Models & merge** first.")
 all_systems = common.systems()

@@ -7,7 +7,6 @@ from engine import pipeline
 from views import common, figures, state
 
 st.title("Scores")
-common.need_engine("engine.translate", "Scores")
 systems = common.systems()
 common.need(bool(st.session_state.get("base")) and bool(st.session_state.get("experts")),
             "Pick a base model and experts on **Models & merge** first.")
