@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import transformers
 
 from engine.checkpoints.checkpoint import Checkpoint, open_checkpoint
 from engine.device import resolve_device
@@ -17,11 +16,15 @@ def default_dtype(device: torch.device) -> torch.dtype | str:
 
 
 def load_tokenizer(checkpoint: Checkpoint):
+    import transformers  # here, not at module level: merges and listings never need it
+
     return transformers.AutoTokenizer.from_pretrained(checkpoint.path, local_files_only=True, trust_remote_code=False)
 
 
 def load_model(path: str | Path | Checkpoint, device: str | torch.device | None = None, dtype=None):
     """(model in eval mode on `device`, tokenizer) for a checkpoint under the model roots."""
+    import transformers
+
     checkpoint = path if isinstance(path, Checkpoint) else open_checkpoint(path)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     model = transformers.AutoModelForCausalLM.from_pretrained(
