@@ -58,5 +58,6 @@ def test_checkpoint_loads_and_translates_into_the_target_language(name, manifest
         found = detect(outputs, languages)
         expected = detect(pairs.targets, languages)
         agree = sum(f == e for f, e in zip(found, expected)) / len(outputs)
-        floor = 0.5 if name == "base" else 0.8  # the base is meant to translate only weakly
+        # base and joint are weak translators (chrF 19–43, see zoo/README.md); experts must do better
+        floor = 0.8 if name.startswith("expert") else 0.5
         assert agree >= floor, f"{name} {direction}: output language agrees with the reference's on {agree:.0%}"
