@@ -4,8 +4,9 @@ Design (SPEC "The built-in demo zoo"; the pilot's findings): English plus es and
 related pair), de (Germanic), ru (Cyrillic) and bn (Bengali script, Indic, as in the paper).
 The base is pretrained on monolingual phrases of all six languages with a minority of
 translation examples in all ten directions, so it translates weakly everywhere; each expert
-is a full fine-tune on one direction at a low learning rate (small task vectors, as merging
-assumes); the joint model is one fine-tune on all directions. Everything is seeded.
+is a short full fine-tune on one direction (6 400 examples: long enough for chrF ~50–70 on
+2 CPU cores, short enough that task vectors stay small next to the base); the joint model is
+one fine-tune on all directions. Everything is seeded; zoo/README.md has the measured results.
 """
 
 from __future__ import annotations
