@@ -15,7 +15,6 @@ from engine.translate.generate import DecodingSettings, ModelTranslator, generat
 MODELS = ZOO_DIR / "models"
 DEVTEST = ZOO_DIR / "data" / "devtest"
 N = 40  # devtest items per direction: enough to separate a fine-tune from the base
-pytestmark = pytest.mark.skipif(not (MODELS / "base").is_dir() or not DEVTEST.is_dir(), reason="demo zoo not built")
 
 
 @pytest.fixture(autouse=True)
