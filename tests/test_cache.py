@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import subprocess
+import sys
 import os
 import pickle
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 import cache
 from cache.__main__ import main as cache_cli
+from engine.settings import REPO_ROOT
 
 
 def _entry(seed: int = 0, n: int = 16) -> cache.Entry:
@@ -130,34 +131,47 @@ def test_eviction_respects_the_cap_least_recently_used_first(tmp_path):
     assert store.get(keys[-1]) is not None
 
 
-def _race_worker(cache_dir: str, evidence_dir: str, worker: int, barrier) -> None:
-    store = cache.Store(cache_dir, max_bytes=1 << 30)
-    key = cache.make_key("test", race=True)
+RACE_WORKER = """
+import sys, time
+from pathlib import Path
+import torch
+import cache
 
-    def compute():
-        Path(evidence_dir, f"computed-by-{worker}").touch()
-        time.sleep(0.5)  # long enough that the other process arrives while this one computes
-        return _entry(7)
+cache_dir, evidence, worker = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+store = cache.Store(cache_dir, max_bytes=1 << 30)
+key = cache.make_key("test", race=True)
 
-    barrier.wait()
-    entry = store.get_or_compute(key, compute, description="race")
-    torch.save(entry.tensors["x"], Path(evidence_dir, f"result-{worker}.pt"))
+def compute():
+    (evidence / f"computed-by-{worker}").touch()
+    time.sleep(0.5)  # long enough that the other process arrives while this one computes
+    return cache.Entry({"x": torch.arange(7.0)}, {"n": 7})
+
+(evidence / f"ready-{worker}").touch()
+while not (evidence / "go").exists():  # a file barrier: both start get_or_compute together
+    time.sleep(0.01)
+entry = store.get_or_compute(key, compute, description="race")
+torch.save(entry.tensors["x"], evidence / f"result-{worker}.pt")
+"""
 
 
 def test_two_processes_racing_on_one_key_compute_once(tmp_path):
+    # Separate interpreters, not multiprocessing: spawn re-imports __main__, which other tests
+    # in this process (AppTest) may have pointed at the dashboard script.
     evidence = tmp_path / "evidence"
     evidence.mkdir()
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    procs = [ctx.Process(target=_race_worker, args=(str(tmp_path / "c"), str(evidence), i, barrier)) for i in range(2)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", RACE_WORKER, str(tmp_path / "c"), str(evidence), str(i)], env=env)
+             for i in range(2)]
+    deadline = time.time() + 120
+    while len(list(evidence.glob("ready-*"))) < 2:
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "a race worker did not start"
+        time.sleep(0.01)
+    (evidence / "go").touch()
     for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+        assert p.wait(120) == 0
     assert len(list(evidence.glob("computed-by-*"))) == 1
-    results = [torch.load(evidence / f"result-{i}.pt") for i in range(2)]
-    assert torch.equal(results[0], results[1]) and torch.equal(results[0], _entry(7).tensors["x"])
+    results = [torch.load(evidence / f"result-{i}.pt", weights_only=True) for i in range(2)]
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], torch.arange(7.0))
 
 
 def test_cli_ls_and_gc(capsys):
