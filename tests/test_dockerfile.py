@@ -100,3 +100,13 @@ def test_healthcheck_path_is_streamlits_own(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_smoke_script_checks_what_the_image_declares():
+    script = (REPO_ROOT / "scripts" / "docker-smoke.sh").read_text()
+    healthcheck = next(args for word, args in instructions() if word == "HEALTHCHECK")
+    health_path = re.search(r"127\.0\.0\.1:8501(/[\w/]+)", healthcheck).group(1)
+    user = [args for word, args in instructions() if word == "USER"][-1]
+    assert f":18501{health_path}" in script and "-p 127.0.0.1:18501:8501" in script
+    assert f'= "{user}" ]' in script and "TORCH_VARIANT" in script
+    assert subprocess.run(["bash", "-n", str(REPO_ROOT / "scripts" / "docker-smoke.sh")]).returncode == 0
