@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 from cache.store import CacheError, Entry, EntryInfo, Store
@@ -77,15 +76,7 @@ def make_key(kind: str, **parts) -> Key:
 
 def get_store() -> Store:
     """The Store at settings.cache_dir with settings.cache_max_bytes (settings read now)."""
-    from engine.errors import SettingsError
-    from engine.settings import REPO_ROOT, get_settings, load_settings
+    from engine.settings import get_settings
 
-    try:
-        settings = get_settings()
-    except SettingsError as err:
-        if not str(err).startswith("MERGESCOPE_MODEL_ROOTS"):
-            raise
-        # The cache does not need model roots: `python -m cache` must work on a machine
-        # without the zoo. Cache dir and size cap are still read and validated as usual.
-        settings = load_settings({**os.environ, "MERGESCOPE_MODEL_ROOTS": str(REPO_ROOT)})
+    settings = get_settings()
     return Store(settings.cache_dir, settings.cache_max_bytes)

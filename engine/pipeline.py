@@ -33,7 +33,7 @@ from engine.checkpoints.discover import Discovery
 from engine.errors import DataError, RecipeError
 from engine.parallel import ParallelSet, load_jsonl
 from engine.prompts import LANGUAGE_NAMES
-from engine.settings import get_settings
+from engine.settings import get_settings, model_roots
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +51,9 @@ def discover(roots: Sequence[Path] | None = None) -> Discovery:
     return discover_checkpoints(tuple(Path(r).resolve() for r in roots) if roots is not None else None)
 
 
-def model_roots() -> tuple[Path, ...]:
-    return get_settings().model_roots
-
-
 def checkpoint_label(checkpoint: Checkpoint, roots: Sequence[Path] | None = None) -> str:
     """A checkpoint's name in pickers and links: its path relative to the model root holding it."""
-    for root in roots if roots is not None else get_settings().model_roots:
+    for root in roots if roots is not None else model_roots():
         try:
             return checkpoint.path.relative_to(root).as_posix()
         except ValueError:

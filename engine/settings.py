@@ -39,10 +39,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build settings from `environ` (default: os.environ); raises SettingsError naming the variable."""
     env = os.environ if environ is None else environ
     roots_text = env.get("MERGESCOPE_MODEL_ROOTS", "").strip()
+    # Existence is checked where roots are used (model_roots()): the cache needs no model roots.
     roots = [Path(p).expanduser() for p in roots_text.split(os.pathsep) if p.strip()] or [ZOO_DIR / "models"]
-    missing = [str(p) for p in roots if not p.is_dir()]
-    if missing:
-        raise SettingsError(f"MERGESCOPE_MODEL_ROOTS: not a folder: {', '.join(missing)}")
 
     cache_dir = Path(env.get("MERGESCOPE_CACHE_DIR", "") or REPO_ROOT / ".mergescope-cache").expanduser()
 
@@ -75,6 +73,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         data_dir=data_dir.resolve(),
         max_new_tokens=max_new_tokens,
     )
+
+
+def model_roots() -> tuple[Path, ...]:
+    """The configured model roots; SettingsError naming any that is not a folder."""
+    roots = get_settings().model_roots
+    missing = [str(p) for p in roots if not p.is_dir()]
+    if missing:
+        raise SettingsError(f"MERGESCOPE_MODEL_ROOTS: not a folder: {', '.join(missing)}")
+    return roots
 
 
 @functools.cache

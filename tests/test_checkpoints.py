@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from engine import checkpoints as ck
 from engine.checkpoints import fingerprints as fp_module
 from engine.errors import CheckpointError, IncompatibleModelsError, PathNotAllowedError, SettingsError
-from engine.settings import REPO_ROOT, load_settings
+from engine.settings import REPO_ROOT, get_settings, load_settings
 from tests.tiny_models import make_model, save_checkpoint
 
 
@@ -182,12 +182,19 @@ def test_loaded_model_computes_what_the_saved_model_computed(model_root):
     [
         ("MERGESCOPE_DEVICE", "tpu", "MERGESCOPE_DEVICE: expected one of auto, cpu, cuda"),
         ("MERGESCOPE_CACHE_MAX_GB", "lots", "MERGESCOPE_CACHE_MAX_GB: expected a number"),
-        ("MERGESCOPE_MODEL_ROOTS", "/no/such/folder", "MERGESCOPE_MODEL_ROOTS: not a folder: /no/such/folder"),
     ],
 )
 def test_bad_settings_name_the_variable(model_root, variable, value, message):
     with pytest.raises(SettingsError, match=message):
         load_settings({"MERGESCOPE_MODEL_ROOTS": str(model_root), variable: value})
+
+
+def test_missing_model_root_is_named_where_roots_are_used(model_root, monkeypatch):
+    monkeypatch.setenv("MERGESCOPE_MODEL_ROOTS", f"{model_root}:/no/such/folder")
+    get_settings.cache_clear()
+    for use in (ck.discover_checkpoints, lambda: ck.open_checkpoint(model_root)):
+        with pytest.raises(SettingsError, match="MERGESCOPE_MODEL_ROOTS: not a folder: /no/such/folder"):
+            use()
 
 
 def test_checkpoints_cli_lists_what_discovery_finds(model_root):

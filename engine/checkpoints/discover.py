@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine.checkpoints.checkpoint import Checkpoint
 from engine.errors import MergeScopeError
-from engine.settings import get_settings
+from engine.settings import model_roots
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class Discovery:
 
 def discover_checkpoints(roots: tuple[Path, ...] | None = None) -> Discovery:
     """Every folder holding a config.json under the roots, opened and validated, sorted by path."""
-    roots = get_settings().model_roots if roots is None else tuple(Path(r).resolve() for r in roots)
+    roots = model_roots() if roots is None else tuple(Path(r).resolve() for r in roots)
     found = Discovery()
     for root in roots:
         for folder, subdirs, files in os.walk(root, followlinks=True):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.errors import PathNotAllowedError
-from engine.settings import get_settings
+from engine.settings import model_roots
 
 
 def resolve_model_path(path: str | Path, roots: tuple[Path, ...] | None = None) -> Path:
     """The real path of `path`, or PathNotAllowedError when it lies outside the model roots."""
-    roots = get_settings().model_roots if roots is None else tuple(Path(r).resolve() for r in roots)
+    roots = model_roots() if roots is None else tuple(Path(r).resolve() for r in roots)
     candidate = Path(path).expanduser()
     real = candidate.resolve()  # follows symlinks and folds `..`, so both are judged by where they land
     if not any(real == root or real.is_relative_to(root) for root in roots):
