@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from engine.settings import get_settings
 
@@ -24,3 +25,13 @@ def isolated_settings(tmp_path, monkeypatch):
 def model_root(isolated_settings):
     """The folder tests may write checkpoints into; it is the only configured model root."""
     return isolated_settings
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: tiny models are latency-bound, and on a shared 2-core machine OpenMP
+    threads spinning against other processes make each matmul many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

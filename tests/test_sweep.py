@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 import yaml
 
 import engine.sweep.run as sweep_run
@@ -13,19 +12,11 @@ from engine.parallel import ParallelSet, save_jsonl
 from engine.sweep import PAPER_GRIDS, expand, load, run_sweep, validate_grid, write_sweep
 from tests.tiny_models import make_model, make_tokenizer, save_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 EN = ["the first of January", "twenty-one thousand euros"]
 ES = ["el primero de enero", "veintiún mil euros"]
 RU = ["первое января", "двадцать одна тысяча евро"]
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny models are latency-bound: on a shared 2-core machine, OpenMP threads spinning
-    # against other processes make each matmul 10x slower than one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from engine.errors import DataError, SettingsError
 from engine.parallel import ParallelSet
@@ -12,6 +11,8 @@ from engine.translate.generate import (
     DecodingSettings, ModelTranslator, first_line, generate_token_ids, generate_translations, stop_token_ids,
 )
 from tests.tiny_models import make_model, make_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SOURCES = [
     "twenty-one thousand three hundred and four",
@@ -26,16 +27,6 @@ ES = ["el primero de enero de mil novecientos noventa y nueve", "veintiún mil t
       "el gato duerme en el sofá caliente", "llegaremos a la estación mañana por la mañana"]
 RU = ["первое января тысяча девятьсот девяносто девятого года", "двадцать одна тысяча триста четыре евро",
       "кошка спит на тёплом диване", "мы приедем на вокзал завтра утром"]
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny models are latency-bound: on a shared 2-core machine, OpenMP threads spinning
-    # against other processes make each matmul 10x slower than one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

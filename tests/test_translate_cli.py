@@ -6,24 +6,15 @@ import csv
 import json
 
 import pytest
-import torch
 
 from engine.__main__ import main
 from engine.parallel import ParallelSet, save_jsonl
 from tests.tiny_models import save_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 EN = ["the first of January, nineteen ninety-nine", "twenty-one thousand three hundred and four euros"]
 ES = ["el primero de enero de mil novecientos noventa y nueve", "veintiún mil trescientos cuatro euros"]
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny models are latency-bound: on a shared 2-core machine, OpenMP threads spinning
-    # against other processes make each matmul 10x slower than one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ batched generation equals one-by-one generation. Skipped until zoo/models is bui
 from __future__ import annotations
 
 import pytest
-import torch
 
 from engine.checkpoints import load_model, open_checkpoint
 from engine.parallel import load_jsonl
@@ -12,18 +11,11 @@ from engine.settings import ZOO_DIR
 from engine.translate.evaluate import evaluate
 from engine.translate.generate import DecodingSettings, ModelTranslator, generate_translations
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MODELS = ZOO_DIR / "models"
 DEVTEST = ZOO_DIR / "data" / "devtest"
 N = 40  # devtest items per direction: enough to separate a fine-tune from the base
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny models are latency-bound; one thread avoids OpenMP contention on a shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def load(name: str):

@@ -10,16 +10,9 @@ from pathlib import Path
 
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-# Qwen2.5's template, reduced to what translation prompts use (no tools, no default system turn).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+from engine.zoo.tokenizer import train_tokenizer
+
 TRAINING_TEXT = [
     "Translate the following English sentence to German",
     "Translate the following German sentence to English",
@@ -41,23 +34,8 @@ FAMILIES = {
 
 
 def make_tokenizer(vocab_size: int = 400) -> transformers.PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on a few multilingual lines, with the chat template."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(TRAINING_TEXT * 4, trainer=trainer)
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        chat_template=CHAT_TEMPLATE,
-    )
+    """The zoo's tokenizer recipe (byte-level BPE, digits split, chat template) on a few lines."""
+    return train_tokenizer(TRAINING_TEXT * 4, vocab_size)
 
 
 def make_config(family: str = "qwen2", vocab_size: int = 400, **overrides) -> transformers.PretrainedConfig:
