@@ -231,7 +231,9 @@ def choose(page, label: str, option: str) -> None:
     """Pick `option` in the selectbox or multiselect labelled `label`."""
     widget = page.locator('[data-testid="stSelectbox"], [data-testid="stMultiSelect"]').filter(
         has=page.get_by_text(label, exact=True))
-    widget.first.locator("input").click()
+    box = widget.first.locator("input")
+    box.click()
+    box.fill(option)  # type to filter, as a person would: the dropdown renders only the first options
     page.get_by_role("option", name=option, exact=True).click()
     page.keyboard.press("Escape")
     wait_for_app(page)
