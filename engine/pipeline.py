@@ -189,7 +189,7 @@ def recipe_view(recipe) -> RecipeView:
     params, schedules, notes = {}, {}, []
     for scope in ([recipe.models[0].parameters] if recipe.models else []) + [recipe.parameters]:
         for name, value in scope.items():
-            if isinstance(value, bool) or isinstance(value, (int, float)):
+            if isinstance(value, (int, float)):  # bool included
                 params.setdefault(name, value)
             elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
                 schedules.setdefault(name, [float(v) for v in value])

@@ -15,9 +15,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
+from engine.merge import merge_into_model
 from engine.parallel import load_jsonl
 
 log = logging.getLogger(__name__)
@@ -71,25 +71,6 @@ def _recipe(method: str, global_params: dict, setting: dict, base: Path, experts
     }, source=f"zoo {method} {setting}")
 
 
-def _merged_model(recipe, base: Path):
-    """The merge as a live model: engine.merge's tensors copied into a loaded copy of the base.
-
-    Loading the base with from_pretrained ties lm_head to the embeddings, as the zoo's config
-    asks; engine.merge.merge_into_model builds from the config and (transformers 5) leaves them
-    untied, then reports lm_head.weight missing.
-    """
-    import transformers
-
-    from engine.merge import iter_merged, plan_merge
-
-    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True).eval()
-    targets = model.state_dict(keep_vars=True)
-    with torch.no_grad():
-        for name, tensor in iter_merged(plan_merge(recipe), "cpu"):
-            targets[name].data.copy_(tensor)
-    return model, transformers.AutoTokenizer.from_pretrained(base)
-
-
 def zoo_groups(zoo_dir: Path) -> dict[str, list[str]]:
     """{"en-x": [en-es, ...], "x-en": [es-en, ...]} from the committed devtest files."""
     targets = sorted(p.stem.split("-")[1] for p in (Path(zoo_dir) / "data" / "devtest").glob("en-*.jsonl"))
@@ -115,13 +96,13 @@ def merge_rows(zoo_dir: Path, group: str, dev_size: int | None = 50, max_new_tok
     for label, (method, global_params, grid) in GRIDS.items():
         best, best_bleu = None, -1.0
         for setting in tqdm(grid, desc=f"{group} {label} (dev)", leave=False):
-            model, tokenizer = _merged_model(_recipe(method, global_params, setting, models / "base", experts), models / "base")
+            model, tokenizer = merge_into_model(_recipe(method, global_params, setting, models / "base", experts), device="cpu")
             scores = _score(model, tokenizer, dev, languages, f"{label}:{setting}", max_new_tokens)
             bleu = sum(s["bleu"] for s in scores.values()) / len(scores)
             log.info("%s %s %s: dev BLEU %.2f", group, label, setting, bleu)
             if bleu > best_bleu:
                 best, best_bleu = setting, bleu
-        model, tokenizer = _merged_model(_recipe(method, global_params, best, models / "base", experts), models / "base")
+        model, tokenizer = merge_into_model(_recipe(method, global_params, best, models / "base", experts), device="cpu")
         rows.append(Row(label, group, best, _score(model, tokenizer, devtest, languages, f"{label}:{best}", max_new_tokens)))
     return rows
 
