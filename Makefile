@@ -10,7 +10,7 @@ $(VENV)/.runtime: requirements.txt
 	$(PIP) -r requirements.txt
 	touch $@
 
-$(VENV)/.test: requirements-test.txt $(VENV)/.runtime
+$(VENV)/.test: requirements-test.txt requirements-ray.txt $(VENV)/.runtime
 	$(PIP) -r requirements-test.txt
 	scripts/install-chromium.sh
 	touch $@
