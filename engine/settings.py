@@ -8,6 +8,8 @@
 | MERGESCOPE_DEVICE          | auto                         | auto, cpu or cuda                         |
 | MERGESCOPE_DATA_DIR        | <repo>/zoo/data              | parallel data the dashboard evaluates on  |
 | MERGESCOPE_MAX_NEW_TOKENS  | (decoding default)           | cap on generated tokens per sentence      |
+| MERGESCOPE_BACKEND         | local                        | where sweeps and captures run: local, ray |
+| MERGESCOPE_RAY_ADDRESS     | (a local Ray, started on use) | Ray cluster address for backend ray      |
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from engine.errors import SettingsError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ZOO_DIR = REPO_ROOT / "zoo"
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class Settings:
     device: str
     data_dir: Path
     max_new_tokens: int | None  # None: the decoding settings' own default
+    backend: str = "local"
+    ray_address: str | None = None  # None: start a local Ray for the run, shut it down after
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +70,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             raise SettingsError(f"MERGESCOPE_MAX_NEW_TOKENS: expected a positive integer, got {tokens_text!r}")
         max_new_tokens = int(tokens_text)
 
+    backend = env.get("MERGESCOPE_BACKEND", "local").strip().lower() or "local"
+    if backend not in BACKENDS:
+        raise SettingsError(f"MERGESCOPE_BACKEND: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+
     return Settings(
         model_roots=tuple(p.resolve() for p in roots),
         cache_dir=cache_dir.resolve(),
@@ -72,6 +81,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         device=device,
         data_dir=data_dir.resolve(),
         max_new_tokens=max_new_tokens,
+        backend=backend,
+        ray_address=env.get("MERGESCOPE_RAY_ADDRESS", "").strip() or None,
     )
 
 

@@ -8,25 +8,32 @@ was stopped (a `should_stop` callback, Ctrl-C in the CLI) or crashed resumes whe
 off: a point whose dev scores are cached is never merged again, because merging is deferred
 until a translation is actually needed. A point that fails is logged with its recipe and
 recorded; the sweep goes on.
+
+Each point (dev) and each table row (devtest) is one ScoreJob run by a backend
+(engine.sweep.backend: in this process, or Ray tasks); the driver answers cached jobs from the
+cache and sends only the rest, and everything else (choosing the best point, the table) is
+this module's, whichever backend ran the jobs.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-
+import cache
 from engine.checkpoints import check_compatible, load_model, load_tokenizer, open_checkpoint
 from engine.errors import DataError
 from engine.merge import merge_into_model
 from engine.parallel import ParallelSet
 from engine.recipe import Recipe, content_hash
 from engine.recipe import from_dict as recipe_from_dict
+from engine.sweep.backend import Backend, LocalBackend
 from engine.sweep.config import SweepConfig
 from engine.sweep.grid import GridPoint
-from engine.translate.evaluate import EvaluationResult, evaluate
-from engine.translate.generate import LazyModelTranslator, prompt_signature
+from engine.sweep.progress import SweepProgress
+from engine.translate.evaluate import DirectionResult, EvaluationResult, direction_cache_key, evaluate
+from engine.translate.generate import DecodingSettings, LazyModelTranslator, prompt_signature
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,7 @@ class SweepResult:
     points: list[PointResult] = field(default_factory=list)
     best: dict[tuple[str, str], tuple[PointResult, EvaluationResult]] = field(default_factory=dict)
     tables: dict[str, list[EvaluationResult]] = field(default_factory=dict)  # group -> rows on devtest
+    errors: list[str] = field(default_factory=list)  # table rows that failed (left out of the table)
     stopped: bool = False
 
     @property
@@ -96,119 +104,199 @@ def preflight(config: SweepConfig) -> tuple[dict[str, str], dict[str, str]]:
     return {path: ckpt.fingerprint for path, ckpt in checkpoints.items()}, prompts
 
 
-def _checkpoint_translator(path, fingerprint: str, prompt: str, config: SweepConfig, device) -> LazyModelTranslator:
-    return LazyModelTranslator(fingerprint, lambda: load_model(path, device=device), prompt, config.decoding, device)
+@dataclass(frozen=True)
+class ScoreJob:
+    """One system scored on some sets: a sweep point on dev, or a table row on devtest. Holds all a
+    worker needs (picklable): the merge recipe or the checkpoint folder, and what keys the cache."""
+
+    system: str      # the row's label
+    identity: str    # recipe content hash or checkpoint fingerprint
+    prompt: str      # prompt signature of the tokenizer that will translate
+    sets: tuple[ParallelSet, ...]
+    languages: tuple[str, ...]
+    decoding: DecodingSettings
+    device: str      # 'cpu' or 'cuda': where the job runs, part of the cache key
+    use_cache: bool = True
+    recipe: Recipe | None = None  # a merge, built in memory...
+    checkpoint: str | None = None  # ...or a checkpoint folder
+    seed: int = 0
+
+    def translator(self) -> LazyModelTranslator:
+        if self.recipe is not None:
+            load = lambda: merge_into_model(self.recipe, device=self.device, seed=self.seed)  # noqa: E731
+        else:
+            load = lambda: load_model(self.checkpoint, device=self.device)  # noqa: E731
+        return LazyModelTranslator(self.identity, load, self.prompt, self.decoding, self.device)
+
+
+def score_job(job: ScoreJob) -> EvaluationResult:
+    """Merge or load the model (only if a direction is not cached), translate, score, cache."""
+    translator = job.translator()
+    try:
+        return evaluate(translator, job.sets, system=job.system, languages=job.languages, use_cache=job.use_cache)
+    finally:
+        translator.release()
+
+
+class _KeysOn:
+    """A job's translator as the cache sees it, for a device this process may lack (a Ray GPU
+    worker driven from a CPU machine): same parts, device kind taken from the job."""
+
+    def __init__(self, job: ScoreJob):
+        self.identity, self._job = job.identity, job
+
+    def cache_parts(self) -> dict:
+        parts = LazyModelTranslator(self.identity, None, self._job.prompt, self._job.decoding, "cpu").cache_parts()
+        return {**parts, "device": self._job.device}
+
+
+def cached_score(job: ScoreJob) -> EvaluationResult | None:
+    """The job's result when every direction is in the cache (nothing loaded), else None."""
+    if not job.use_cache:
+        return None
+    store = cache.get_store()
+    translator = _KeysOn(job)
+    found = []
+    for pairs in job.sets:
+        entry = store.get(direction_cache_key(translator, pairs, job.languages))
+        if entry is None:
+            return None
+        found.append(DirectionResult.from_dict(entry.meta))
+    return EvaluationResult(job.system or job.identity, job.identity, tuple(found))
+
+
+def _error(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
 
 
 def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None,
-              should_stop: Callable[[], bool] | None = None, use_cache: bool = True) -> SweepResult:
-    """Score every point on dev, the best per (group, method) on devtest, and the table rows."""
+              should_stop: Callable[[], bool] | None = None, use_cache: bool = True,
+              backend: Backend | None = None) -> SweepResult:
+    """Score every point on dev, the best per (group, method) on devtest, and the table rows.
+
+    Jobs run on `backend` (default: in this process); the driver answers cached jobs itself and
+    sends only the rest. A progress record is kept in the cache folder (engine.sweep.progress).
+    """
     prints, prompts = preflight(config)
-    merge_prompt = prompts[str(config.base_model)]  # merges take the base's tokenizer
+    backend = backend or LocalBackend()
+    on = backend.device(device)
     result = SweepResult(config)
     points = config.points()
-    n_best = len(config.groups) * len(config.grids)
-    total = len(points) + n_best + len(config.groups) * (2 + bool(config.joint))
-    if config.each_expert:
-        total += sum(len(g) for g in config.groups.values())
-    done = 0
+    n_rows = sum(1 + bool(config.joint) + len(g) * (1 + config.each_expert) for g in config.groups.values())
+    total = len(points) + len(config.groups) * len(config.grids) + n_rows
+    record = SweepProgress(config, backend.name, total)
+    steps = {"done": 0, "failed": 0}
 
-    def report(message: str) -> None:
+    def advance(message: str, failed: bool = False) -> None:
+        steps["done"] += 1
+        steps["failed"] += failed
+        record.update(steps["done"], message, steps["failed"])
         if progress:
-            progress(done, total, message)
+            progress(steps["done"], total, message)
 
     def stop() -> bool:
         if should_stop and should_stop():
             result.stopped = True
-            log.info("sweep stopped after %d of %d steps; cached results resume it", done, total)
         return result.stopped
 
-    def merged(recipe: Recipe) -> LazyModelTranslator:
-        identity = content_hash(recipe, fingerprint=lambda ref: prints[ref], seed=config.seed)
-        return LazyModelTranslator(identity, lambda: merge_into_model(recipe, device=device, seed=config.seed),
-                                   merge_prompt, config.decoding, device)
+    def job(system: str, identity: str, sets, recipe: Recipe | None = None, path=None) -> ScoreJob:
+        prompt = prompts[str(config.base_model) if recipe is not None else str(path)]  # merges take the base's tokenizer
+        return ScoreJob(system, identity, prompt, tuple(sets), config.languages, config.decoding, on, use_cache,
+                        recipe=recipe, checkpoint=str(path) if path else None, seed=config.seed)
+
+    def run_jobs(jobs: list[ScoreJob], phase: str) -> list[EvaluationResult | BaseException | None]:
+        outcomes: list = [cached_score(j) for j in jobs]
+        for j, o in zip(jobs, outcomes):
+            if o is not None:
+                advance(f"{j.system} ({phase}, cached)")
+        todo = [i for i, o in enumerate(outcomes) if o is None]
+
+        def done(k: int, value, error: BaseException | None) -> None:
+            i = todo[k]
+            outcomes[i] = value if error is None else error
+            advance(f"{jobs[i].system} ({phase}{', failed' if error else ''})", failed=error is not None)
+
+        backend.map(score_job, [jobs[i] for i in todo], done, stop)
+        return outcomes
+
+    def finish(state: str) -> SweepResult:
+        if state == "stopped":
+            log.info("sweep stopped after %d of %d steps; cached results resume it", steps["done"], total)
+        record.finish(state)
+        return result
 
     def group_sets(group: str, split: dict[str, ParallelSet]) -> list[ParallelSet]:
         return [split[d] for d in config.groups[group]]
 
+    entries = []
     for group, point in points:
-        if stop():
-            return result
         recipe = build_recipe(config, group, point)
-        translator = merged(recipe)
-        report(f"{group}: {point.label} (dev)")
-        entry = PointResult(group, point, recipe, translator.identity)
-        try:
-            entry.dev = evaluate(translator, group_sets(group, config.dev), system=point.label,
-                                 languages=config.languages, use_cache=use_cache)
-        except Exception as err:  # a failed point must not end a long sweep; it is reported with its recipe
-            entry.error = f"{type(err).__name__}: {err}"
-            log.warning("sweep point failed: %s\nrecipe:\n%s", entry.error, recipe.to_yaml())
-        finally:
-            translator.release()
+        identity = content_hash(recipe, fingerprint=lambda ref: prints[ref], seed=config.seed)
+        entries.append(PointResult(group, point, recipe, identity))
+    dev_jobs = [job(f"{e.group}: {e.point.label}", e.identity, group_sets(e.group, config.dev), e.recipe)
+                for e in entries]
+    for entry, outcome in zip(entries, run_jobs(dev_jobs, "dev")):
+        if outcome is None:
+            continue  # stopped before it ran
+        if isinstance(outcome, BaseException):  # a failed point must not end a long sweep
+            entry.error = _error(outcome)
+            log.warning("sweep point failed: %s\nrecipe:\n%s", entry.error, entry.recipe.to_yaml())
+        else:
+            entry.dev = replace(outcome, system=entry.point.label)
         result.points.append(entry)
-        done += 1
+    if result.stopped:
+        return finish("stopped")
 
-    for group in config.groups:
-        for method in config.grids:
-            if stop():
-                return result
-            candidates = [p for p in result.points if p.group == group and p.point.method == method and p.ok]
-            done += 1
-            if not candidates:
-                log.warning("%s: every %s point failed; no best merge", group, method)
-                continue
-            best = max(candidates, key=lambda p: p.score(config.metric))  # first of equals: grid order
-            report(f"{group}: best {best.point.label} (devtest)")
-            translator = merged(best.recipe)
-            try:
-                scored = evaluate(translator, group_sets(group, config.devtest), system=best.point.label,
-                                  languages=config.languages, use_cache=use_cache)
-            except Exception as err:  # same policy as a dev point: report with the recipe, go on
-                best.error = f"devtest: {type(err).__name__}: {err}"
-                log.warning("best point failed on devtest: %s\nrecipe:\n%s", best.error, best.recipe.to_yaml())
-                continue
-            finally:
-                translator.release()
-            result.best[(group, method)] = (best, scored)
-
+    # Devtest: the best point per (group, method), and every checkpoint row of each table.
+    table_jobs: list[tuple[str, str, object, ScoreJob]] = []  # (group, row kind, best point or None, job)
     for group in config.groups:
         devtest = group_sets(group, config.devtest)
-        rows = []
-        for name, path in [("base", config.base_model)] + ([("joint", config.joint)] if config.joint else []):
-            if stop():
-                return result
-            report(f"{group}: {name} (devtest)")
-            translator = _checkpoint_translator(path, prints[str(path)], prompts[str(path)], config, device)
-            rows.append(evaluate(translator, devtest, system=name, languages=config.languages, use_cache=use_cache))
-            translator.release()
-            done += 1
-        if stop():
-            return result
-        report(f"{group}: experts (devtest)")
-        own = []
+        for method in config.grids:
+            candidates = [p for p in result.points if p.group == group and p.point.method == method and p.ok]
+            if not candidates:
+                log.warning("%s: every %s point failed; no best merge", group, method)
+                advance(f"{group}: no {method} point to score on devtest", failed=True)
+                continue
+            best = max(candidates, key=lambda p: p.score(config.metric))  # first of equals: grid order
+            table_jobs.append((group, "best", best, job(best.point.label, best.identity, devtest, best.recipe)))
+        named = [("base", config.base_model)] + ([("joint", config.joint)] if config.joint else [])
+        for name, path in named:
+            table_jobs.append((group, name, None, job(name, prints[str(path)], devtest, path=path)))
         for pairs in devtest:
             path = config.groups[group][pairs.direction]
-            translator = _checkpoint_translator(path, prints[str(path)], prompts[str(path)], config, device)
-            own += evaluate(translator, [pairs], languages=config.languages, use_cache=use_cache).directions
-            translator.release()
-        done += 1
-        rows.insert(1, EvaluationResult("experts (own direction)", "experts", tuple(own)))
+            table_jobs.append((group, "own", None, job(f"expert {pairs.direction}", prints[str(path)], [pairs], path=path)))
         if config.each_expert:
             # Every expert on every direction of its group: what it does when asked for another target.
             for direction, path in config.groups[group].items():
-                if stop():
-                    return result
-                report(f"{group}: expert {direction} on every direction (devtest)")
-                translator = _checkpoint_translator(path, prints[str(path)], prompts[str(path)], config, device)
-                rows.append(evaluate(translator, devtest, system=f"expert {direction}", languages=config.languages,
-                                     use_cache=use_cache))
-                translator.release()
-                done += 1
-        rows += [scored for (g, _), (_, scored) in result.best.items() if g == group]
-        result.tables[group] = rows
-    report("done")
-    return result
+                table_jobs.append((group, "each", None, job(f"expert {direction}", prints[str(path)], devtest, path=path)))
+    outcomes = run_jobs([j for *_, j in table_jobs], "devtest")
+    if result.stopped:
+        return finish("stopped")
+
+    for group in config.groups:
+        rows, own, best_rows, missing = [], [], [], False
+        for (g, kind, best, j), outcome in zip(table_jobs, outcomes):
+            if g != group:
+                continue
+            if isinstance(outcome, BaseException):
+                if kind == "best":  # same policy as a dev point: report with the recipe, go on
+                    best.error = f"devtest: {_error(outcome)}"
+                    log.warning("best point failed on devtest: %s\nrecipe:\n%s", best.error, best.recipe.to_yaml())
+                else:
+                    result.errors.append(f"{group}: {j.system}: {_error(outcome)}")
+                    log.warning("%s: %s failed on devtest: %s", group, j.system, _error(outcome))
+                missing |= kind == "own"
+            elif kind == "best":
+                result.best[(group, best.point.method)] = (best, outcome)
+                best_rows.append(outcome)
+            elif kind == "own":
+                own += outcome.directions
+            else:
+                rows.append(outcome)
+        if not missing:
+            rows.insert(1, EvaluationResult("experts (own direction)", "experts", tuple(own)))
+        result.tables[group] = rows + best_rows
+    return finish("done")
 
 
 def dev_summary(points: Sequence[PointResult], metric: str) -> list[dict]:
