@@ -32,6 +32,8 @@ def table_markdown(result: SweepResult) -> str:
     if result.failed:
         failures = "; ".join(f"{p.group} {p.point.label}: {p.error}" for p in result.failed)
         parts.append(f"Failed points: {failures}\n")
+    if result.errors:
+        parts.append(f"Rows left out (failed): {'; '.join(result.errors)}\n")
     if result.stopped:
         parts.append("Sweep stopped before the end; run it again to resume from the cache.\n")
     return "\n".join(parts)

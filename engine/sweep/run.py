@@ -66,6 +66,7 @@ class SweepResult:
     best: dict[tuple[str, str], tuple[PointResult, EvaluationResult]] = field(default_factory=dict)
     tables: dict[str, list[EvaluationResult]] = field(default_factory=dict)  # group -> rows on devtest
     errors: list[str] = field(default_factory=list)  # table rows that failed (left out of the table)
+    fingerprints: dict[str, str] = field(default_factory=dict)  # checkpoint path -> weights fingerprint
     stopped: bool = False
 
     @property
@@ -180,7 +181,7 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
     prints, prompts = preflight(config)
     backend = backend or LocalBackend()
     on = backend.device(device)
-    result = SweepResult(config)
+    result = SweepResult(config, fingerprints=prints)
     points = config.points()
     n_rows = sum(1 + bool(config.joint) + len(g) * (1 + config.each_expert) for g in config.groups.values())
     total = len(points) + len(config.groups) * len(config.grids) + n_rows
