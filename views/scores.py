@@ -5,8 +5,10 @@ import streamlit as st
 
 from engine import pipeline
 from views import common, figures, state
+from views.sweep_progress import draw_sweep_progress
 
 st.title("Scores")
+draw_sweep_progress()
 systems = common.systems()
 common.need(bool(st.session_state.get("base")) and bool(st.session_state.get("experts")),
             "Pick a base model and experts on **Models & merge** first.")
