@@ -1,8 +1,12 @@
-"""Sweeps on tiny checkpoints: grid validation, failed points, stop and resume without recomputing."""
+"""Sweeps on tiny checkpoints: grid validation, failed points, stop and resume without recomputing,
+progress records, the backend setting, captures after a sweep."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
 import yaml
 
 import engine.sweep.run as sweep_run
@@ -158,3 +162,92 @@ def test_zoo_grid_uses_the_experts_present(grid_file, tmp_path):
     assert {g: sorted(e) for g, e in config.groups.items()} == {"en-x": ["en-es", "en-ru"]}
     assert {m: len(p) for m, p in config.grids.items()} == {"task_arithmetic": 5, "ties": 6, "dare_linear": 3, "sce": 3}
     assert all(len(s) == 1 for s in config.dev.values()) and config.joint is None
+
+
+def test_progress_record_follows_the_sweep_to_done(grid_file, monkeypatch):
+    from engine.sweep.progress import recent_sweeps, sweeps_folder
+
+    def read():
+        (path,) = sweeps_folder().glob("*.json")
+        return json.loads(path.read_text())
+
+    seen = []
+    config = load(grid_file)
+    merged = counting_merges(monkeypatch)
+    stopped = run_sweep(config, should_stop=lambda: len(merged) >= 1,
+                        progress=lambda done, total, msg: seen.append((done, total, read())))
+    assert read()["state"] == "stopped" and read()["done"] == 1
+    seen.clear()
+    run_sweep(config, progress=lambda done, total, msg: seen.append((done, total, read())))
+    # Written at every step, before the caller hears of it: done counts up to the total while running.
+    assert [r["done"] for *_, r in seen] == [done for done, *_ in seen] == list(range(1, seen[-1][1] + 1))
+    assert all(r["state"] == "running" and r["total"] == total for _, total, r in seen)
+    final = read()
+    # 3 points on dev; on devtest the best point, the base and the 2 experts
+    assert (final["state"], final["done"], final["total"], final["backend"]) == ("done", 7, 7, "local")
+    assert final["id"] == seen[0][2]["id"] and recent_sweeps()[0] == final  # a resumed sweep keeps its record
+    assert stopped.stopped
+
+
+def test_failed_points_are_counted_in_the_progress_record(grid_file, monkeypatch):
+    from engine.sweep.progress import recent_sweeps
+
+    real = sweep_run.merge_into_model
+
+    def flaky(recipe, *args, **kwargs):
+        if "weight=1.0" in recipe.source:
+            raise RuntimeError("simulated")
+        return real(recipe, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_run, "merge_into_model", flaky)
+    run_sweep(load(grid_file), use_cache=False)
+    assert recent_sweeps()[0]["failed"] == 1
+
+
+def test_ray_backend_without_ray_names_the_requirements_file(grid_file, monkeypatch, capsys):
+    import sys
+
+    from engine.errors import SettingsError
+    from engine.sweep import open_backend
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    monkeypatch.delitem(sys.modules, "engine.sweep.ray_backend", raising=False)
+    with pytest.raises(SettingsError, match="requirements-ray.txt"):
+        open_backend("ray")
+    assert main(["sweep", str(grid_file), "--backend", "ray"]) == 2
+    assert "requirements-ray.txt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, message", [("slurm", "MERGESCOPE_BACKEND"), ("", None), ("RAY", None)])
+def test_backend_setting(value, message):
+    from engine.errors import SettingsError
+    from engine.settings import load_settings
+
+    if message:
+        with pytest.raises(SettingsError, match=message):
+            load_settings({"MERGESCOPE_BACKEND": value})
+    else:
+        assert load_settings({"MERGESCOPE_BACKEND": value, "MERGESCOPE_RAY_ADDRESS": " ray://head:10001 "}).backend \
+            == (value.lower() or "local")
+        assert load_settings({"MERGESCOPE_RAY_ADDRESS": " ray://head:10001 "}).ray_address == "ray://head:10001"
+
+
+def test_sweep_cli_captures_the_table_models(grid_file, model_root, tmp_path):
+    import cache
+    from engine.activations import Capture, CaptureSettings, capture, capture_key
+    from engine.checkpoints import load_model, open_checkpoint
+
+    assert main(["sweep", str(grid_file), "--out", str(tmp_path / "res"), "--capture"]) == 0
+    config = load(grid_file)
+    store = cache.get_store()
+    captures = [e for e in store.entries() if e.kind == "capture"]
+    # base, two experts and the best merge, each on both devtest sets
+    assert len(captures) == 4 * 2
+    model, tokenizer = load_model(model_root / "expert-en-ru", device="cpu")
+    pairs = config.devtest["en-es"]
+    want = capture(model, tokenizer, pairs, device="cpu")
+    key = capture_key(open_checkpoint(model_root / "expert-en-ru").fingerprint, tokenizer, pairs, CaptureSettings(), "cpu")
+    got = Capture.from_entry(store.get(key))
+    for span in want.hidden:
+        torch.testing.assert_close(got.hidden[span], want.hidden[span], rtol=0, atol=1e-6)
+        assert torch.equal(got.active[span], want.active[span])
