@@ -246,7 +246,8 @@ def test_sweep_cli_captures_the_table_models(grid_file, model_root, tmp_path):
     model, tokenizer = load_model(model_root / "expert-en-ru", device="cpu")
     pairs = config.devtest["en-es"]
     want = capture(model, tokenizer, pairs, device="cpu")
-    key = capture_key(open_checkpoint(model_root / "expert-en-ru").fingerprint, tokenizer, pairs, CaptureSettings(), "cpu")
+    fingerprint = open_checkpoint(model_root / "expert-en-ru").fingerprint
+    key = capture_key(fingerprint, tokenizer, pairs, CaptureSettings(), "cpu")
     got = Capture.from_entry(store.get(key))
     for span in want.hidden:
         torch.testing.assert_close(got.hidden[span], want.hidden[span], rtol=0, atol=1e-6)

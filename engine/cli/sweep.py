@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster address for --backend ray (default: MERGESCOPE_RAY_ADDRESS; "
                                           "none: a local Ray started for this run)")
     parser.add_argument("--capture", action="store_true",
-                        help="after the table, capture span activations of its models on devtest (cached, one job each)")
+                        help="after the table, capture span activations of its models on devtest (one job each)")
     parser.add_argument("--dry-run", action="store_true", help="validate everything and list the points, merge nothing")
 
 

@@ -31,7 +31,8 @@ def sweeps_folder() -> Path:
 def sweep_id(config) -> str:
     """Hash of what a sweep computes: checkpoints, grids, data, metric, decoding and seed."""
     identity = {
-        "base": str(config.base_model), "groups": {g: {d: str(p) for d, p in e.items()} for g, e in config.groups.items()},
+        "base": str(config.base_model),
+        "groups": {g: {d: str(p) for d, p in experts.items()} for g, experts in config.groups.items()},
         "joint": str(config.joint) if config.joint else None,
         "points": [f"{g} {p.label}" for g, p in config.points()],
         "data": {split: {d: s.content_hash() for d, s in sets.items()}

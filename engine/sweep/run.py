@@ -201,7 +201,8 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
         return result.stopped
 
     def job(system: str, identity: str, sets, recipe: Recipe | None = None, path=None) -> ScoreJob:
-        prompt = prompts[str(config.base_model) if recipe is not None else str(path)]  # merges take the base's tokenizer
+        # Merges take the base's tokenizer.
+        prompt = prompts[str(config.base_model) if recipe is not None else str(path)]
         return ScoreJob(system, identity, prompt, tuple(sets), config.languages, config.decoding, on, use_cache,
                         recipe=recipe, checkpoint=str(path) if path else None, seed=config.seed)
 
@@ -265,11 +266,13 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
             table_jobs.append((group, name, None, job(name, prints[str(path)], devtest, path=path)))
         for pairs in devtest:
             path = config.groups[group][pairs.direction]
-            table_jobs.append((group, "own", None, job(f"expert {pairs.direction}", prints[str(path)], [pairs], path=path)))
+            expert_job = job(f"expert {pairs.direction}", prints[str(path)], [pairs], path=path)
+            table_jobs.append((group, "own", None, expert_job))
         if config.each_expert:
             # Every expert on every direction of its group: what it does when asked for another target.
             for direction, path in config.groups[group].items():
-                table_jobs.append((group, "each", None, job(f"expert {direction}", prints[str(path)], devtest, path=path)))
+                expert_job = job(f"expert {direction}", prints[str(path)], devtest, path=path)
+                table_jobs.append((group, "each", None, expert_job))
     outcomes = run_jobs([j for *_, j in table_jobs], "devtest")
     if result.stopped:
         return finish("stopped")
