@@ -135,7 +135,8 @@ def main() -> None:
     load = f"{load_before[0]:.1f} → {load_after[0]:.1f}"
     print(f"| {time.strftime('%Y-%m-%d')} | {load} | {', '.join(summary['groups'])}: {summary['points']} points, "
           f"{tasks} tasks, {args.dev_limit} dev / {args.devtest_limit} devtest pairs | {local_s:.1f} s | "
-          f"{ray_s:.1f} s (+ {startup_s:.1f} s start) | {summary['overhead_per_task_s']:+.2f} s | "
+          f"{ray_s:.1f} s ({args.workers} worker{'s' if args.workers > 1 else ''}; + {startup_s:.1f} s start) | "
+          f"{summary['overhead_per_task_s']:+.2f} s | "
           f"{point_s:.2f} s = {merge_s:.2f} merge + {point_s - merge_s:.2f} generate/score ({round(tokens)} tokens) | "
           f"{'yes' if summary['same_table'] and summary['same_dev_scores'] else 'NO'} |")
 

@@ -8,8 +8,8 @@
 | MERGESCOPE_DEVICE          | auto                         | auto, cpu or cuda                         |
 | MERGESCOPE_DATA_DIR        | <repo>/zoo/data              | parallel data the dashboard evaluates on  |
 | MERGESCOPE_MAX_NEW_TOKENS  | (decoding default)           | cap on generated tokens per sentence      |
-| MERGESCOPE_BACKEND         | local                        | where sweeps and captures run: local, ray |
-| MERGESCOPE_RAY_ADDRESS     | (a local Ray, started on use) | Ray cluster address for backend ray      |
+| MERGESCOPE_BACKEND         | local                        | where sweep jobs run: local or ray        |
+| MERGESCOPE_RAY_ADDRESS     | (local Ray, started per run) | Ray cluster for backend ray               |
 """
 
 from __future__ import annotations
