@@ -1,9 +1,8 @@
 """Run a recipe: plan, estimate memory, then stream tensor by tensor into a live model or a
 Hugging Face checkpoint folder.
 
-Inputs are read from memory-mapped safetensors shards, a block of rows at a time, and the
-pages are released after each read, so resident memory holds one tensor's working set, not
-the inputs. Large 2-D tensors are merged in row chunks by methods that can stream; the rest
+Inputs are read from safetensors shards a block of rows at a time with pread (nothing is
+mapped), so resident memory holds one tensor's working set, not the inputs. Large 2-D tensors are merged in row chunks by methods that can stream; the rest
 get whole tensors. Output shards are written with their header first, then each tensor as
 it is merged, so nothing waits in memory for a shard to fill.
 """
@@ -13,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import mmap
 import os
 import shutil
 import uuid
@@ -34,6 +32,7 @@ from engine.recipe import Recipe, content_hash
 log = logging.getLogger(__name__)
 
 CHUNK_ELEMENTS = 1 << 22  # rows per streamed block ≈ 4M entries (16 MB in float32) per input
+ONE_PASS_CHUNK_ELEMENTS = 1 << 20  # one-pass methods: 4 MB float32 blocks stay in the L3 cache
 STREAM_ABOVE = 1 << 23  # smaller tensors are merged whole: one read per input serves every pass
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -155,9 +154,9 @@ def available_memory(device: torch.device) -> tuple[int, int | None]:
 
 def _work_bytes(plan: MergePlan, job: TensorJob) -> int:
     n_in = len(plan.inputs)
-    if plan.spec.stream is not None and len(job.shape) >= 2 and job.numel > STREAM_ABOVE:
-        rows = _chunk_rows(job.shape)
-        elems = rows * math.prod(job.shape[1:])
+    step = _stream_rows(plan.spec, job.shape)
+    if step is not None:
+        elems = step * math.prod(job.shape[1:])
     else:
         elems = job.numel
     # Inputs in float32, the stacked weighted task vectors, masks and the result: about 3 copies per input.
@@ -199,66 +198,84 @@ def check_memory(plan: MergePlan, device: torch.device, into_model: bool = False
 # ---------------------------------------------------------------------------- reading
 
 
-def _chunk_rows(shape: tuple[int, ...]) -> int:
+def _chunk_rows(shape: tuple[int, ...], elements: int | None = None) -> int:
     row = math.prod(shape[1:]) or 1
-    return max(1, CHUNK_ELEMENTS // row)
+    return max(1, (elements or CHUNK_ELEMENTS) // row)
+
+
+def _stream_rows(spec: MethodSpec, shape: tuple[int, ...]) -> int | None:
+    """Rows per block when `spec` streams this tensor; None when it gets the tensor whole."""
+    if spec.stream is None or len(shape) < 2:
+        return None
+    if spec.one_pass:  # every block is read once, so small blocks cost no re-reading
+        return _chunk_rows(shape, ONE_PASS_CHUNK_ELEMENTS)
+    return _chunk_rows(shape) if math.prod(shape) > STREAM_ABOVE else None
+
+
+def _rounding(stored: torch.dtype, to: torch.dtype | None) -> bool:
+    """Whether converting `stored` values to `to` can change them (bf16 → f32 cannot; f32 → bf16 can)."""
+    if to is None or to == stored:
+        return False
+    return not (to in (torch.float32, torch.float64) and to.itemsize > stored.itemsize)
 
 
 class _ShardReader:
-    """Row blocks of tensors from memory-mapped shards; pages are dropped after each copy."""
+    """Row blocks of tensors read from shard files with pread: nothing is mapped, so resident
+    memory holds only the blocks being merged, whatever the block size."""
 
     def __init__(self):
-        self._maps: dict[Path, tuple[object, mmap.mmap]] = {}
+        self._files: dict[Path, int] = {}
+        self._scratch = torch.empty(0, dtype=torch.uint8)  # raw bytes of a block that is converted
 
-    def _map(self, shard: Path) -> mmap.mmap:
-        if shard not in self._maps:
-            f = open(shard, "rb")
-            self._maps[shard] = (f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY))
-        return self._maps[shard][1]
+    def _fd(self, shard: Path) -> int:
+        if shard not in self._files:
+            self._files[shard] = os.open(shard, os.O_RDONLY)
+        return self._files[shard]
 
     def read(self, shard: Path, entry, start: int, stop: int, as_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Rows [start, stop) of a tensor as a fresh tensor (converted to `as_dtype` in the same copy)."""
+        """Rows [start, stop) of a tensor as a fresh tensor (converted to `as_dtype` on the way)."""
         dtype = SAFETENSORS_DTYPES[entry.dtype]
         shape = tuple(entry.shape)
         row_bytes = (math.prod(shape[1:]) if shape else 1) * dtype.itemsize
         first = entry.start + start * row_bytes
         count = (stop - start) * row_bytes if shape else entry.end - entry.start
-        mm = self._map(shard)
-        raw = torch.frombuffer(mm, dtype=torch.uint8, count=count, offset=first)
-        if first % dtype.itemsize:
-            raw = raw.clone()
-        view = raw.view(dtype).reshape((stop - start,) + shape[1:] if shape else ())
-        out = view.clone() if as_dtype in (None, dtype) else view.to(as_dtype)
-        del view
-        del raw
-        page = mmap.PAGESIZE
-        lo = first - first % page
-        # The copy above is ours; dropping the mapped pages keeps resident memory to one block.
-        mm.madvise(mmap.MADV_DONTNEED, lo, first + count - lo)
-        return out
+        rows = (stop - start,) + shape[1:] if shape else ()
+        convert = as_dtype not in (None, dtype)
+        if convert:  # raw bytes into a reused buffer, converted into the fresh tensor
+            if self._scratch.numel() < count:
+                self._scratch = torch.empty(count, dtype=torch.uint8)
+            raw = self._scratch[:count]
+        else:
+            raw = torch.empty(count, dtype=torch.uint8)
+        buffer, done = raw.numpy(), 0
+        while done < count:  # one call moves at most about 2 GB
+            got = os.preadv(self._fd(shard), [buffer[done:]], first + done)
+            if got == 0:
+                raise CheckpointError(f"{shard}: tensor data ends early (read {done} of {count} bytes at offset {first})")
+            done += got
+        view = raw.view(dtype).reshape(rows)
+        return view.to(as_dtype) if convert else view
 
     def close(self):
-        for f, mm in self._maps.values():
-            try:
-                mm.close()
-            except BufferError:
-                pass  # a tensor still borrows the mapping; the OS reclaims it at exit
-            f.close()
-        self._maps.clear()
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
 
 
 class _CheckpointSource:
     """TensorSource over checkpoints for one tensor (see engine.merge.spec.TensorSource)."""
 
-    def __init__(self, plan: MergePlan, job: TensorJob, reader: _ShardReader, device: torch.device, streaming: bool):
+    def __init__(self, plan: MergePlan, job: TensorJob, reader: _ShardReader, device: torch.device):
         self.plan, self.job, self.reader, self.device = plan, job, reader, device
         self.shape = job.shape
         self.n_models = len(plan.models)
         rows = job.shape[0] if job.shape else 1
-        step = _chunk_rows(job.shape) if streaming and len(job.shape) >= 2 and job.numel > STREAM_ABOVE else rows
+        step = _stream_rows(plan.spec, job.shape) or rows
         self.row_chunks = [(s, min(s + step, rows)) for s in range(0, rows, step)] or [(0, 0)]
         self._cache: dict = {}
         self._checked: set = set()
+        # Methods whose output shows every NaN/Inf input get their output checked instead (see _checked_output).
+        self._check_inputs = not plan.spec.nonfinite_propagates
         recipe_dtype = DTYPE_NAMES.get(plan.recipe.dtype) if plan.recipe.dtype else None
         self._round_to = recipe_dtype
         self._work = torch.float64 if torch.float64 in (recipe_dtype, job.stored_dtype) else torch.float32
@@ -270,16 +287,17 @@ class _CheckpointSource:
             return self._cache[key]
         shard, entry = self.plan._entries[id(ckpt)][self.job.name]
         stored = SAFETENSORS_DTYPES[entry.dtype]
-        on_host = self.device.type == "cpu" and self._round_to in (None, stored)
+        rounds = _rounding(stored, self._round_to)
+        on_host = self.device.type == "cpu" and not rounds
         # On the CPU the conversion to the work dtype happens in the copy out of the mapped file.
         x = self.reader.read(shard, entry, start, stop if self.shape else 1, self._work if on_host else None)
-        if key not in self._checked:  # multi-pass methods re-read a block; checking it once is enough
+        if self._check_inputs and key not in self._checked:  # multi-pass methods re-read a block; once is enough
             # A sum is NaN/Inf whenever an entry is (or on overflow, which the full check then clears).
             if not torch.isfinite(x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)):
                 check_finite(x, self.job.name, shard)
             self._checked.add(key)
         x = x.to(self.device, non_blocking=True)
-        if self._round_to is not None and x.dtype != self._round_to:
+        if rounds:
             x = x.to(self._round_to)  # the recipe's dtype rounds inputs, as mergekit does
         x = x.to(self._work)
         if self._single:  # small tensors are read once and reused by every pass
@@ -295,6 +313,17 @@ class _CheckpointSource:
     def whole(self, ckpt: Checkpoint) -> torch.Tensor:
         rows = self.job.shape[0] if self.job.shape else 1
         return self._read(ckpt, 0, rows)
+
+    def refuse_nonfinite(self) -> None:
+        """CheckpointError naming the first input whose tensor holds NaN/Inf (counted block by block)."""
+        for ckpt in self.plan.inputs:
+            shard, entry = self.plan._entries[id(ckpt)][self.job.name]
+            bad = 0
+            for s, e in self.row_chunks:
+                x = self.reader.read(shard, entry, s, e if self.shape else 1)
+                bad += int((~torch.isfinite(x)).sum())
+            if bad:
+                raise CheckpointError(f"{shard}: tensor {self.job.name!r} holds {bad} NaN/Inf value(s); refusing to use it")
 
 
 def _tensor_seed(seed: int, name: str) -> int:
@@ -325,6 +354,16 @@ def _merge_one(plan: MergePlan, job: TensorJob, reader: _ShardReader, device: to
     return out.reshape(job.shape)
 
 
+def _checked_output(source: _CheckpointSource, chunk: torch.Tensor) -> torch.Tensor:
+    """The chunk, after refusing the merge when unchecked inputs put NaN/Inf into it.
+
+    A sum is NaN/Inf whenever an entry is; it can also overflow, which the full check clears.
+    """
+    if not source._check_inputs and not torch.isfinite(chunk.sum()):
+        source.refuse_nonfinite()
+    return chunk
+
+
 def _merge_chunks(plan: MergePlan, job: TensorJob, reader: _ShardReader, device: torch.device) -> Iterator[torch.Tensor]:
     """The merged tensor as row blocks in order, in its output dtype: writers never hold it whole."""
     spec = plan.spec
@@ -334,15 +373,14 @@ def _merge_chunks(plan: MergePlan, job: TensorJob, reader: _ShardReader, device:
         shard, entry = plan._entries[id(plan.template)][job.name]
         yield reader.read(shard, entry, 0, rows).reshape(job.shape).to(device)
         return
-    streaming = spec.stream is not None
-    source = _CheckpointSource(plan, job, reader, device, streaming)
+    source = _CheckpointSource(plan, job, reader, device)
     params = {**job.global_params, **job.model_params}
     seed = _tensor_seed(plan.seed, job.name)
     if spec.base_use == BaseUse.REQUIRED and not plan.models:
-        yield source.whole(plan.base).reshape(job.shape).to(out_dtype)
-    elif streaming:
+        yield _checked_output(source, source.whole(plan.base)).reshape(job.shape).to(out_dtype)
+    elif spec.stream is not None:
         for (s, e), chunk in zip(source.row_chunks, spec.stream(source, seed=seed, **params)):
-            yield chunk.reshape(((e - s),) + job.shape[1:] if job.shape else ()).to(out_dtype)
+            yield _checked_output(source, chunk).reshape(((e - s),) + job.shape[1:] if job.shape else ()).to(out_dtype)
     else:
         base = source.whole(plan.base) if plan.base else None
         models = [source.whole(m) for m in plan.models]

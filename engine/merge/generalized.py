@@ -23,6 +23,10 @@ from engine.merge.sparsify import DELLA, MAGNITUDE_OUTLIERS, Dropper
 from engine.merge.spec import BaseUse, MemorySource, MethodSpec, Param, Scope, TensorSource, work_dtype
 
 
+SAMPLE_ENTRIES = 1 << 16  # |delta| entries sampled to bracket a magnitude threshold
+SAMPLE_ROWS = 64  # rows sampled instead when a tensor is streamed (re-read one row each)
+
+
 def _expert_seed(seed: int, index: int) -> int:
     # Distinct, reproducible streams per model; 2**61-1 keeps it in Generator's range.
     return (seed * 1_000_003 + index * 7919 + 17) % (2**61 - 1)
@@ -44,6 +48,9 @@ def stream_task_arithmetic(
     seed: int = 0,
 ) -> Iterator[torch.Tensor]:
     """Yield the merged tensor row chunk by row chunk (work dtype) from a TensorSource."""
+    if not sparsifier and not consensus:
+        yield from _weighted_sum(source, weight, normalize=normalize, lambda_=lambda_)
+        return
     n = source.n_models
     numel = math.prod(source.shape)
     first = source.base(*source.row_chunks[0])
@@ -63,13 +70,22 @@ def stream_task_arithmetic(
     def deltas(i: int):
         return lambda: (delta(i, s, e) for s, e in source.row_chunks)
 
+    def sample(i: int):
+        # |delta| at entries spread evenly over the tensor (whole rows when it is streamed).
+        if single:
+            flat = delta(i, *source.row_chunks[0]).reshape(-1)
+            return lambda: flat[::max(1, flat.numel() // SAMPLE_ENTRIES)].abs()
+        rows = source.row_chunks[-1][1]
+        picks = sorted({r * rows // SAMPLE_ROWS for r in range(SAMPLE_ROWS)})
+        return lambda: torch.cat([delta(i, r, r + 1).reshape(-1) for r in picks]).abs()
+
     apply = [lambda d: d] * n
     if sparsifier:
         apply = [
             Dropper(
                 sparsifier, density[i], deltas(i), numel, rescale=rescale,
                 gamma=gamma[i] if gamma else 0.01, epsilon=epsilon[i] if epsilon else 0.15,
-                seed=_expert_seed(seed, i),
+                seed=_expert_seed(seed, i), sample=sample(i),
             ).start()
             for i in range(n)
         ]
@@ -97,6 +113,31 @@ def stream_task_arithmetic(
         if lambda_ != 1:
             merged = merged.mul_(lambda_)
         yield merged.add_(base)
+
+
+def _weighted_sum(source: TensorSource, weight: Sequence[float], *, normalize: bool,
+                  lambda_: float) -> Iterator[torch.Tensor]:
+    """Task arithmetic in one pass: each input block is read once and its weighted delta is
+    added in place, so no per-model temporaries outlive the block."""
+    total = float(sum(weight))
+    divisor = 1.0 if abs(total) < 1e-8 else total
+    delta = merged = None
+    for s, e in source.row_chunks:
+        base = source.base(s, e)
+        if merged is None or merged.shape != base.shape:
+            wd = work_dtype(base)
+            merged = torch.empty(base.shape, dtype=wd, device=base.device)
+            delta = torch.empty_like(merged)
+        merged.zero_()
+        for i, w in enumerate(weight):
+            torch.sub(source.model(i, s, e), base, out=delta)
+            merged.add_(delta, alpha=float(w))
+        if normalize:
+            merged.div_(divisor)
+        if lambda_ != 1:
+            merged.mul_(lambda_)
+        # A fresh tensor per block: the caller may keep it while the next block is computed.
+        yield torch.add(merged, base)
 
 
 def variant(name: str, display_name: str, paper: str, *, sparsifier: str | None, consensus: bool,
@@ -139,4 +180,5 @@ def variant(name: str, display_name: str, paper: str, *, sparsifier: str | None,
     return MethodSpec(
         name=name, display_name=display_name, paper=paper, params=tuple(params), merge=merge, stream=stream,
         base_use=BaseUse.REQUIRED, min_models=0, random=sparsifier in ("random", DELLA), check=check,
+        one_pass=not sparsifier and not consensus, nonfinite_propagates=True,
     )

@@ -13,6 +13,7 @@ al. 2024, arXiv 2406.11617).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -29,6 +30,7 @@ KINDS = (MAGNITUDE, RANDOM, MAGNITUDE_OUTLIERS, DELLA)
 RESCALE_EPS = 1e-7  # below this L1 norm a task vector is left unscaled (as mergekit does)
 _HI_BUCKETS = 1 << 15  # top 16 bits of a non-negative float32 (sign bit always 0)
 _LO_BUCKETS = 1 << 16
+MIN_SAMPLE = 4096  # fewer sampled |delta| bracket the top-k threshold too loosely to help
 
 ChunkFn = Callable[[], Iterator[torch.Tensor]]
 
@@ -49,12 +51,50 @@ class TopK:
     keep_none: bool = False
 
 
-def top_k(chunks: ChunkFn, k: int, numel: int) -> TopK:
-    """The exact k-th largest |delta| over all chunks (two passes), as a keep rule for top_k_mask."""
+def _bits(value: torch.Tensor) -> int:
+    return int(value.to(torch.float32).reshape(1).view(torch.int32))
+
+
+def _top_k_bracketed(chunks: ChunkFn, k: int, numel: int, sample: torch.Tensor) -> TopK | None:
+    """The exact k-th largest |delta| in one pass, or None when the sample's guess misses it.
+
+    Quantiles of a sample of |delta| bracket the threshold; one pass counts the entries above
+    the bracket and keeps those inside it (a few percent), where kthvalue finds it exactly.
+    """
+    m = sample.numel()
+    below = 1 - k / numel  # share of entries under the threshold
+    margin = 5 * math.sqrt(max(below * (1 - below), 1 / m) / m) + 2 / m  # 5 binomial sigmas
+    q = torch.tensor([max(0.0, below - margin), min(1.0, below + margin)], dtype=sample.dtype, device=sample.device)
+    lo, hi = (float(v) for v in torch.quantile(sample, q))
+    above, inside = 0, []
+    for chunk in chunks():
+        a = chunk.abs().reshape(-1)
+        above += int((a > hi).sum())
+        inside.append(a[(a >= lo) & (a <= hi)])
+    need = k - above  # how many of the bracketed entries are kept
+    candidates = torch.cat(inside)
+    if not 1 <= need <= candidates.numel():
+        return None
+    threshold = torch.kthvalue(candidates.to(torch.float32), candidates.numel() - need + 1).values
+    greater = above + int((candidates > threshold).sum())
+    equal = int((candidates == threshold).sum())
+    return TopK(_bits(threshold), k - greater, all_equal_kept=k - greater == equal)
+
+
+def top_k(chunks: ChunkFn, k: int, numel: int, sample: torch.Tensor | None = None) -> TopK:
+    """The exact k-th largest |delta| over all chunks, as a keep rule for top_k_mask.
+
+    With a sample of |delta| (a few thousand entries spread over the tensor) usually one pass;
+    otherwise, or when the sample misleads, a two-pass radix select over the float32 bits.
+    """
     if k <= 0:
         return TopK(0, 0, keep_none=True)
     if k >= numel:
         return TopK(0, 0, keep_all=True)
+    if sample is not None and sample.numel() >= MIN_SAMPLE and torch.isfinite(sample).all():
+        rule = _top_k_bracketed(chunks, k, numel, sample)
+        if rule is not None:
+            return rule
     hist = None
     for chunk in chunks():
         counts = torch.bincount(_abs_bits(chunk) >> 16, minlength=_HI_BUCKETS)
@@ -107,13 +147,15 @@ def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> 
 class Dropper:
     """One model's sparsifier for one tensor: fitted on the whole task vector, applied chunk by chunk.
 
-    `chunks` replays the task vector's row chunks in order (work dtype). Random kinds draw from
+    `chunks` replays the task vector's row chunks in order (work dtype); `sample`, optional,
+    gives |delta| at entries spread over the tensor to speed up magnitude selection. Random kinds draw from
     a generator seeded with `seed`, restarted on each pass so the fitting pass (for rescaling)
     and the applying pass see the same mask.
     """
 
     def __init__(self, kind: str, density: float, chunks: ChunkFn, numel: int, *, rescale: bool,
-                 gamma: float = 0.01, epsilon: float = 0.15, seed: int = 0):
+                 gamma: float = 0.01, epsilon: float = 0.15, seed: int = 0,
+                 sample: Callable[[], torch.Tensor] | None = None):
         if kind not in KINDS:
             raise ValueError(f"unknown sparsifier {kind!r}")
         self.kind, self.density, self.seed = kind, density, seed
@@ -123,14 +165,15 @@ class Dropper:
         if kind == DELLA and not (self.identity or self.zero) and not (0 < density - epsilon and density + epsilon < 1):
             raise RecipeError(f"della: density ± epsilon must lie in (0, 1); got density {density}, epsilon {epsilon}")
         self._keep = self._drop_top = None
-        if not (self.identity or self.zero):
+        if not (self.identity or self.zero) and kind in (MAGNITUDE, MAGNITUDE_OUTLIERS):
+            spread = sample() if sample else None
             if kind == MAGNITUDE:
-                self._keep = top_k(chunks, max(1, int(density * numel)), numel)
-            elif kind == MAGNITUDE_OUTLIERS:
+                self._keep = top_k(chunks, max(1, int(density * numel)), numel, spread)
+            else:
                 target = int(density * numel)
                 bottom = max(0, numel - target - int(gamma * numel))
-                self._keep = top_k(chunks, numel - bottom, numel)
-                self._drop_top = top_k(chunks, numel - bottom - target, numel)
+                self._keep = top_k(chunks, numel - bottom, numel, spread)
+                self._drop_top = top_k(chunks, numel - bottom - target, numel, spread)
         self.scale = 1.0
         if rescale and not (self.identity or self.zero):
             before = after = 0.0
@@ -146,7 +189,7 @@ class Dropper:
         if self.identity:
             return lambda chunk: chunk
         if self.zero:
-            return torch.zeros_like
+            return lambda chunk: chunk * 0  # not zeros_like: a NaN/Inf input must still reach the output
         scale = self.scale if scaled else 1.0
         generator = None  # made on the first chunk's device: CUDA draws need a CUDA generator
         keep = top_k_masks(self._keep) if self._keep else None

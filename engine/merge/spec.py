@@ -114,6 +114,10 @@ class MethodSpec:
     random:        whether results depend on `seed` (random dropping).
     check:         optional `check(global_params, model_params) -> str | None` naming a bad
                    combination of values (e.g. DELLA's density ± epsilon outside (0, 1)).
+    one_pass:      `stream` reads each input block once, so the executor can feed every
+                   matrix in small cache-sized blocks.
+    nonfinite_propagates: an output entry is NaN/Inf whenever that entry of any input is, so
+                   the executor checks each output block instead of every input block.
     """
 
     name: str
@@ -127,6 +131,8 @@ class MethodSpec:
     max_models: int | None = None
     random: bool = False
     check: Callable[[dict, dict], str | None] | None = None
+    one_pass: bool = False
+    nonfinite_propagates: bool = False
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
