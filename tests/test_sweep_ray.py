@@ -1,6 +1,7 @@
 """The Ray backend on a local Ray with 2 CPUs (started here, shut down after), over the demo zoo:
 the same table as the local backend, a worker killed mid-sweep loses nothing, a second run sends
-no task, and capture jobs on Ray equal captures made in this process."""
+no task, a job whose worker always dies is retried a bounded number of times then reported, and
+capture jobs on Ray equal captures made in this process."""
 
 from __future__ import annotations
 
@@ -27,13 +28,13 @@ MODELS = ZOO_DIR / "models"
 
 
 def zoo_config(groups=("en-x", "x-en")):
-    """Two directions per group, three points per group, three sentences: small enough for CI."""
-    grid = zoo_grid(ZOO_DIR, dev_limit=3, max_new_tokens=10)
+    """Two directions per group, three points per group, two sentences: small enough for CI."""
+    grid = zoo_grid(ZOO_DIR, dev_limit=2, max_new_tokens=8)
     grid["groups"] = {g: dict(list(e.items())[:2]) for g, e in grid["groups"].items() if g in groups}
     grid.pop("joint", None)
     grid["methods"] = {"task_arithmetic": {"weight": [0.3, 1.0]},
                        "ties": {"density": [0.5], "weight": [1.0], "normalize": [True]}}
-    grid["devtest_limit"] = 3
+    grid["devtest_limit"] = 2
     return from_dict(grid, ZOO_DIR, "zoo test grid")
 
 
@@ -136,3 +137,27 @@ def test_capture_jobs_on_ray_equal_captures_in_process(local_ray):
             torch.testing.assert_close(got.hidden[span], want.hidden[span], rtol=0, atol=1e-6)
             assert torch.equal(got.active[span], want.active[span])
             assert torch.equal(got.tokens[span], want.tokens[span])
+
+
+# Last: the workers it crashes are replaced by cold ones, which would slow the tests after it.
+def crash_worker(attempts_file):
+    """A job whose worker dies every time (as if killed for memory), leaving a line per attempt."""
+    import os
+
+    with open(attempts_file, "a") as f:
+        f.write("attempt\n")
+    os._exit(1)
+
+
+def test_a_job_whose_worker_keeps_dying_is_retried_a_bounded_number_of_times(local_ray, tmp_path):
+    from ray.exceptions import WorkerCrashedError
+
+    attempts = tmp_path / "attempts"
+    outcomes = []
+    backend = RayBackend(max_retries=1)
+    stopped = backend.map(crash_worker, [str(attempts)], lambda i, value, error: outcomes.append((i, value, error)),
+                          lambda: False)
+    assert not stopped and len(outcomes) == 1
+    (i, value, error), = outcomes
+    assert i == 0 and value is None and isinstance(error, WorkerCrashedError)
+    assert attempts.read_text().count("attempt") == 2  # the first run and one retry, then reported
