@@ -18,7 +18,7 @@ this module's, whichever backend ran the jobs.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import cache
@@ -206,17 +206,17 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
         return ScoreJob(system, identity, prompt, tuple(sets), config.languages, config.decoding, on, use_cache,
                         recipe=recipe, checkpoint=str(path) if path else None, seed=config.seed)
 
-    def run_jobs(jobs: list[ScoreJob], phase: str) -> list[EvaluationResult | BaseException | None]:
+    def run_jobs(jobs: list[ScoreJob], groups: list[str], phase: str) -> list[EvaluationResult | BaseException | None]:
         outcomes: list = [cached_score(j) for j in jobs]
-        for j, o in zip(jobs, outcomes):
+        for j, g, o in zip(jobs, groups, outcomes):
             if o is not None:
-                advance(f"{j.system} ({phase}, cached)")
+                advance(f"{g}: {j.system} ({phase}, cached)")
         todo = [i for i, o in enumerate(outcomes) if o is None]
 
         def done(k: int, value, error: BaseException | None) -> None:
             i = todo[k]
             outcomes[i] = value if error is None else error
-            advance(f"{jobs[i].system} ({phase}{', failed' if error else ''})", failed=error is not None)
+            advance(f"{groups[i]}: {jobs[i].system} ({phase}{', failed' if error else ''})", failed=error is not None)
 
         backend.map(score_job, [jobs[i] for i in todo], done, stop)
         return outcomes
@@ -235,16 +235,15 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
         recipe = build_recipe(config, group, point)
         identity = content_hash(recipe, fingerprint=lambda ref: prints[ref], seed=config.seed)
         entries.append(PointResult(group, point, recipe, identity))
-    dev_jobs = [job(f"{e.group}: {e.point.label}", e.identity, group_sets(e.group, config.dev), e.recipe)
-                for e in entries]
-    for entry, outcome in zip(entries, run_jobs(dev_jobs, "dev")):
+    dev_jobs = [job(e.point.label, e.identity, group_sets(e.group, config.dev), e.recipe) for e in entries]
+    for entry, outcome in zip(entries, run_jobs(dev_jobs, [e.group for e in entries], "dev")):
         if outcome is None:
             continue  # stopped before it ran
         if isinstance(outcome, BaseException):  # a failed point must not end a long sweep
             entry.error = _error(outcome)
             log.warning("sweep point failed: %s\nrecipe:\n%s", entry.error, entry.recipe.to_yaml())
         else:
-            entry.dev = replace(outcome, system=entry.point.label)
+            entry.dev = outcome
         result.points.append(entry)
     if result.stopped:
         return finish("stopped")
@@ -273,7 +272,7 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
             for direction, path in config.groups[group].items():
                 expert_job = job(f"expert {direction}", prints[str(path)], devtest, path=path)
                 table_jobs.append((group, "each", None, expert_job))
-    outcomes = run_jobs([j for *_, j in table_jobs], "devtest")
+    outcomes = run_jobs([j for *_, j in table_jobs], [g for g, *_ in table_jobs], "devtest")
     if result.stopped:
         return finish("stopped")
 
