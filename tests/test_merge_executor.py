@@ -92,11 +92,14 @@ def test_sharded_output_holds_the_same_tensors(zoo, tmp_path):
     assert transformers.AutoModelForCausalLM.from_pretrained(sharded).dtype == torch.bfloat16
 
 
-def test_row_chunk_streaming_from_checkpoints_equals_whole_tensors(zoo, monkeypatch):
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic"])
+def test_row_chunk_streaming_from_checkpoints_equals_whole_tensors(zoo, monkeypatch, method):
     root, _ = zoo
-    recipe = _recipe(root, method="ties")
+    recipe = _recipe(root, method=method)
+    monkeypatch.setattr(executor, "ONE_PASS_CHUNK_ELEMENTS", 1 << 30)  # one-pass methods too: matrices whole
     whole = dict(iter_merged(plan_merge(recipe), "cpu"))
     monkeypatch.setattr(executor, "CHUNK_ELEMENTS", 100)  # every matrix in several row blocks
+    monkeypatch.setattr(executor, "ONE_PASS_CHUNK_ELEMENTS", 100)
     monkeypatch.setattr(executor, "STREAM_ABOVE", 100)
     chunked = dict(iter_merged(plan_merge(recipe), "cpu"))
     for name in whole:
@@ -134,12 +137,15 @@ def _damaged_copy(root: Path, scratch: Path, name: str, tensor_name: str, value:
     return target
 
 
+@pytest.mark.parametrize("method, weight", [("ties", "0.5"), ("task_arithmetic", "0.5"), ("task_arithmetic", "0.0")])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_nan_or_inf_input_is_refused_naming_file_and_tensor_without_partial_output(zoo, tmp_path, value):
+def test_nan_or_inf_input_is_refused_naming_file_and_tensor_without_partial_output(zoo, tmp_path, value, method, weight):
+    # The task-arithmetic family checks its outputs, not its inputs: a NaN/Inf input must reach
+    # the output even when its model's weight is 0 or its entry is trimmed away.
     root, scratch = zoo
     last = plan_merge(_recipe(root)).jobs[-1].name  # fail late: earlier tensors are already written
-    bad = _damaged_copy(root, scratch, "bad", last, value)
-    recipe = _recipe(root, models=("e1", str(bad)))
+    bad = _damaged_copy(root, scratch, f"bad-{method}-{weight}-{value}", last, value)
+    recipe = _recipe(root, method=method, weight=weight, models=("e1", str(bad)))
     with pytest.raises(CheckpointError, match=rf"{bad / 'model.safetensors'}: tensor '{last}' holds 1 NaN/Inf"):
         save_merge(recipe, tmp_path / "out", device="cpu")
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []

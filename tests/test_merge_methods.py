@@ -151,11 +151,12 @@ def test_della_refuses_density_epsilon_outside_unit_interval():
         _merge("della", base, [x], weight=1.0, density=0.9, epsilon=0.2)
 
 
+@pytest.mark.parametrize("shape", [(23, 17), (300, 40)])  # the larger one samples |delta| to bracket top-k
 @pytest.mark.parametrize("chunk_rows", [1, 3, 7])
 @pytest.mark.parametrize("name", ["ties", "breadcrumbs", "breadcrumbs_ties", "task_arithmetic", "linear"])
-def test_streaming_in_row_chunks_equals_whole_tensor(name, chunk_rows):
+def test_streaming_in_row_chunks_equals_whole_tensor(name, chunk_rows, shape):
     # Chunked sources replay row blocks through every pass; the selection must not depend on the blocking.
-    base, *models = _tensors((23, 17), 4, 4)
+    base, *models = _tensors(shape, 4, 4)
     models = [m.float() for m in models]
     base = base.float()
     spec = get_method(name)
@@ -185,6 +186,25 @@ def test_top_k_keeps_exactly_the_k_largest_even_with_ties(seed, k_frac, levels, 
     assert int(mask.sum()) == k
     if 0 < k < x.numel():
         assert x.abs()[mask].min() >= x.abs()[~mask].max()
+
+
+@pytest.mark.parametrize("sample_kind", ["spread", "misleading"])
+@pytest.mark.parametrize("k_frac", [0.0001, 0.3, 0.5, 0.97])
+def test_top_k_from_a_sample_equals_the_radix_select(k_frac, sample_kind):
+    # A sample only guesses a bracket; the threshold and tie count must be exact either way.
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randint(-300, 300, (200, 60), generator=g) / 300).float() * torch.rand(200, 1, generator=g)
+    k = max(1, int(k_frac * x.numel()))
+    chunks = lambda: iter(x.split(9))  # noqa: E731
+    sample = x.reshape(-1)[::2].abs() if sample_kind == "spread" else torch.rand(5000, generator=g) * 1e-3
+    rule = top_k(chunks, k, x.numel(), sample)
+    assert rule == top_k(chunks, k, x.numel())
+    make = top_k_masks(rule)
+    mask = torch.cat([make(c) for c in x.split(9)]).reshape(-1)
+    order = torch.sort(x.abs().reshape(-1), descending=True, stable=True).indices[:k]  # first in flat order on ties
+    expected = torch.zeros(x.numel(), dtype=torch.bool)
+    expected[order] = True
+    assert torch.equal(mask, expected)
 
 
 def test_magnitude_dropper_rescale_matches_l1_norm():
