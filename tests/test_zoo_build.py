@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
 import pytest
 import transformers
+from safetensors.torch import load_file
+from torch import equal as torch_equal
 
 from engine.parallel import load_jsonl
-from engine.zoo.build import MICRO, build, model_names
+from engine.zoo.build import MICRO, _fine_tune_job, build, load_half, model_names
+from engine.zoo.corpus import build_corpus
 from engine.zoo.manifest import verify_zoo
-from engine.zoo.train import encode_translation
+from engine.zoo.train import encode_translation, example_sampler, save_half, train
 from engine.zoo.tokenizer import train_tokenizer
 
 
@@ -65,3 +69,50 @@ def test_loss_covers_only_the_reference_and_its_end():
     ids, labels = encode_translation(tokenizer, "en", "de", "five", "fünf")
     kept = [i for i, label in zip(ids, labels) if label != -100]
     assert tokenizer.decode(kept) == "fünf<|im_end|>"
+
+
+def _fine_tune_by_hand(start, direction, seed, corpus, tokenizer, out):
+    """One cycle from the primitives: the saved fp16 start, the sampler seeded with `seed`, saved in fp16."""
+    import torch
+
+    model = load_half(start)
+    torch.manual_seed(seed)
+    train(model, example_sampler(tokenizer, corpus, [direction], 1.0, seed), MICRO.expert, tokenizer.pad_token_id, "ref")
+    save_half(model, tokenizer, out)
+    return out
+
+
+def _same_weights(a, b):
+    left, right = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return left.keys() == right.keys() and all(torch_equal(left[k], right[k]) for k in left)
+
+
+def test_experts_below_the_aim_get_another_cycle_from_their_saved_weights(micro_zoo, tmp_path):
+    """MICRO's aim (chrF 100) is never met: every expert runs its 2 cycles, the second a warm restart
+    from the first one's saved fp16 weights with seed + 1000; the joint model runs once."""
+    zoo, manifest = micro_zoo
+    corpus = build_corpus(MICRO.targets, MICRO.seed, MICRO.train_per_kind, MICRO.dev_size, MICRO.devtest_size)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(zoo / "models" / "base")
+    seed = MICRO.seed + 100  # expert-en-es is the first direction
+    first = _fine_tune_by_hand(zoo / "models" / "base", ("en", "es"), seed, corpus, tokenizer, tmp_path / "c1")
+    second = _fine_tune_by_hand(first, ("en", "es"), seed + 1000, corpus, tokenizer, tmp_path / "c2")
+    assert _same_weights(second, zoo / "models" / "expert-en-es")
+    assert not _same_weights(first, zoo / "models" / "expert-en-es")
+    cycles = manifest["models"]["expert-en-es"]["cycles"]
+    assert [c["seed"] for c in cycles] == [seed, seed + 1000]
+    assert all(c["dev_chrf"] < 100 for c in cycles)
+    assert "cycles" not in manifest["models"]["joint"]
+
+
+def test_an_expert_at_the_aim_stops_after_one_cycle(micro_zoo, tmp_path):
+    """With an aim every model meets, an expert is one plain fine-tune from the base, as before cycles."""
+    zoo, _ = micro_zoo
+    shutil.copytree(zoo / "models" / "base", tmp_path / "models" / "base")
+    config = dataclasses.replace(MICRO, expert_aim_chrf=0.0)
+    corpus = build_corpus(MICRO.targets, MICRO.seed, MICRO.train_per_kind, MICRO.dev_size, MICRO.devtest_size)
+    record = _fine_tune_job(tmp_path, "expert-ru-en", [("ru", "en")], MICRO.expert, 108, corpus, config)
+    assert len(record["cycles"]) == 1
+    tokenizer = transformers.AutoTokenizer.from_pretrained(zoo / "models" / "base")
+    by_hand = _fine_tune_by_hand(zoo / "models" / "base", ("ru", "en"), 108, corpus, tokenizer, tmp_path / "ref")
+    assert _same_weights(by_hand, tmp_path / "models" / "expert-ru-en")
+    assert not (tmp_path / ".build" / "expert-ru-en.cycle").exists()

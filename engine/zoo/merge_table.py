@@ -1,160 +1,136 @@
-"""The zoo README's paper-style table: base, experts, joint and merges of the En→X and X→En experts.
+"""The zoo README's paper-style table, from engine.sweep's run over the zoo (`python -m engine.zoo table`).
 
-Protocol of Gain, Ekbal & Singh (arXiv 2604.02881), on a smaller grid: for each merge method
-and each group of experts (all En→X, all X→En; equal weight, on the base), the setting with
-the best average dev BLEU is chosen, then scored on devtest with BLEU, chrF and the off-target
-rate. Merges go straight into a live model (engine.merge's streamed tensors) and are scored by
-engine.translate, uncached; base, joint and expert rows are the build's devtest scores
-from zoo/manifest.json (same decoding, same scorer).
+engine.sweep does the work (its zoo_grid: the En→X and X→En experts merged on the base with
+equal weights, the small grid, the best point per method by average dev BLEU, rescored on
+devtest next to the base, the experts and the joint model); this module only keeps the result:
+zoo/merge_table.json, and the table between the markers in zoo/README.md.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-from dataclasses import dataclass
+import re
+import sys
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from engine.merge import merge_into_model
-from engine.parallel import load_jsonl
+from engine.errors import DataError
+from engine.settings import ZOO_DIR
 
 log = logging.getLogger(__name__)
-
-# name -> (method, global parameters, list of per-expert parameter settings)
-# A coarse subset of the paper's grids (2 CPU cores). With normalize on and equal weights the
-# weight cancels in TIES and DARE, so only density is searched there.
-GRIDS = {
-    "task_arithmetic": ("task_arithmetic", {}, [{"weight": w} for w in (0.1, 0.2, 0.3, 0.5)]),
-    "ties": ("ties", {"normalize": True}, [{"density": d, "weight": 1.0} for d in (0.2, 0.5, 0.8)]),
-    "dare_linear": ("dare_linear", {"normalize": True, "rescale": True},
-                    [{"density": d, "weight": 1.0} for d in (0.2, 0.5, 0.8)]),
-    "sce": ("sce", {}, [{"select_topk": k} for k in (0.2, 0.5, 0.8)]),
-}
+TABLE_NAME = "merge_table.json"
+README_MARKERS = ("<!-- merge-table: written by `python -m engine.zoo table` -->", "<!-- /merge-table -->")
+SCORES = ("bleu", "chrf", "off_target", "off_target_ref")
+GROUP_TITLES = {"en-x": "En→X", "x-en": "X→En"}
 
 
-@dataclass(frozen=True)
-class Row:
-    system: str
-    group: str  # "en-x" or "x-en"
-    setting: dict
-    scores: dict  # direction -> {"bleu", "chrf", "off_target", "off_target_ref"}
+def run_table(zoo_dir: Path, device: str = "cpu", use_cache: bool = True):
+    """engine.sweep's run over the zoo's small grid; DataError if any point or row failed."""
+    from engine.sweep import from_dict, run_sweep, zoo_grid
+
+    config = from_dict(zoo_grid(zoo_dir), Path(zoo_dir), source=f"demo zoo {zoo_dir} (small grid)")
+    result = run_sweep(config, device=device, use_cache=use_cache)
+    problems = [f"{p.group} {p.point.label}: {p.error}" for p in result.failed] + result.errors
+    if problems or result.stopped:
+        raise DataError(f"{zoo_dir}: the zoo sweep did not finish cleanly; no table written: {'; '.join(problems)}")
+    return result
 
 
-def _sets(zoo_dir: Path, split: str, directions: list[str], size: int | None):
-    sets = [load_jsonl(zoo_dir / "data" / split / f"{d}.jsonl") for d in directions]
-    return [s.head(size) if size else s for s in sets]
+def _scores(evaluation) -> dict:
+    return {d.direction: {k: round(d.metric(k), 4 if k.startswith("off") else 2) for k in SCORES}
+            for d in evaluation.directions}
 
 
-def _score(model, tokenizer, sets, languages, identity: str, max_new_tokens: int) -> dict:
-    from engine.translate.evaluate import evaluate
-    from engine.translate.generate import DecodingSettings, ModelTranslator
+def table_payload(result) -> dict:
+    """What merge_table.json holds: how the sweep ran, and every table row with its devtest scores.
 
-    translator = ModelTranslator(model, tokenizer, identity, DecodingSettings(max_new_tokens=max_new_tokens, batch_size=100),
-                                 device="cpu")
-    result = evaluate(translator, sets, languages=languages, use_cache=False)
-    return {d.direction: {"bleu": round(d.scores.bleu, 2), "chrf": round(d.scores.chrf, 2),
-                          "off_target": round(d.rates.off_target, 4), "off_target_ref": round(d.rates.off_target_ref, 4)}
-            for d in result.directions}
-
-
-def _recipe(method: str, global_params: dict, setting: dict, base: Path, experts: list[Path]):
-    from engine.recipe import from_dict
-
-    per_model = {k: v for k, v in setting.items() if k in ("weight", "density")}
-    global_all = {**global_params, **{k: v for k, v in setting.items() if k not in per_model}}
-    return from_dict({
-        "merge_method": method, "base_model": str(base), "dtype": "float32",
-        "models": [{"model": str(e), "parameters": dict(per_model)} for e in experts],
-        "parameters": global_all,
-    }, source=f"zoo {method} {setting}")
-
-
-def zoo_groups(zoo_dir: Path) -> dict[str, list[str]]:
-    """{"en-x": [en-es, ...], "x-en": [es-en, ...]} from the committed devtest files."""
-    targets = sorted(p.stem.split("-")[1] for p in (Path(zoo_dir) / "data" / "devtest").glob("en-*.jsonl"))
-    return {"en-x": [f"en-{x}" for x in targets], "x-en": [f"{x}-en" for x in targets]}
-
-
-def merge_rows(zoo_dir: Path, group: str, dev_size: int | None = 50, max_new_tokens: int = 48) -> list[Row]:
-    """The merge rows of one group: per method, the dev-best setting scored on devtest.
-
-    Needs only the base and that group's experts, so a group can be scored while the other
-    group's experts are still training.
+    Rows per group: base, joint, experts (each on its own direction), then the best point of each
+    method with its setting and its average dev score, the one it was chosen by.
     """
-    zoo_dir = Path(zoo_dir)
-    directions = zoo_groups(zoo_dir)[group]
-    # language ID answers among all zoo languages: a merge of En→X experts that writes the
-    # wrong target language is the failure the off-target rate is there to catch
-    languages = ["en", *(d.split("-")[1] for d in zoo_groups(zoo_dir)["en-x"])]
-    models = zoo_dir / "models"
-    devtest = _sets(zoo_dir, "devtest", directions, None)
-    dev = _sets(zoo_dir, "dev", directions, dev_size)
-    experts = [models / f"expert-{d}" for d in directions]
+    config = result.config
+    chosen = {best.identity: (method, best) for (_, method), (best, _) in result.best.items()}
     rows = []
-    for label, (method, global_params, grid) in GRIDS.items():
-        best, best_bleu = None, -1.0
-        for setting in tqdm(grid, desc=f"{group} {label} (dev)", leave=False):
-            model, tokenizer = merge_into_model(_recipe(method, global_params, setting, models / "base", experts), device="cpu")
-            scores = _score(model, tokenizer, dev, languages, f"{label}:{setting}", max_new_tokens)
-            bleu = sum(s["bleu"] for s in scores.values()) / len(scores)
-            log.info("%s %s %s: dev BLEU %.2f", group, label, setting, bleu)
-            if bleu > best_bleu:
-                best, best_bleu = setting, bleu
-        model, tokenizer = merge_into_model(_recipe(method, global_params, best, models / "base", experts), device="cpu")
-        rows.append(Row(label, group, best, _score(model, tokenizer, devtest, languages, f"{label}:{best}", max_new_tokens)))
-    return rows
+    for group, evaluations in result.tables.items():
+        for evaluation in evaluations:
+            row = {"group": group, "system": evaluation.system, "setting": {}, "scores": _scores(evaluation)}
+            if evaluation.identity in chosen:
+                method, best = chosen[evaluation.identity]
+                row.update(system=method, setting=dict(best.point.params),
+                           dev=round(best.score(config.metric), 2), recipe_hash=best.identity)
+            elif evaluation.identity == "experts":
+                row["system"] = "experts"
+            rows.append(row)
+    order = {"base": 0, "joint": 1, "experts": 2}
+    rows.sort(key=lambda r: (r["group"], order.get(r["system"], 3)))  # stable: merges keep the grid's order
+    return {
+        "sweep": {"source": config.source, "metric": config.metric,
+                  "dev_pairs_per_direction": len(next(iter(config.dev.values()))),
+                  "decoding": {"max_new_tokens": config.decoding.max_new_tokens,
+                               "batch_size": config.decoding.batch_size},
+                  "languages": list(config.languages),
+                  "grids": {m: [dict(p.params) for p in points] for m, points in config.grids.items()}},
+        "rows": rows,
+    }
 
 
-def reference_rows(zoo_dir: Path) -> list[Row]:
-    """Base, joint and expert rows: the build's devtest scores from zoo/manifest.json."""
-    recorded = json.loads((Path(zoo_dir) / "manifest.json").read_text())["models"]
-    keys = ("bleu", "chrf", "off_target", "off_target_ref")
-    rows = []
-    for group, directions in zoo_groups(zoo_dir).items():
-        for name in ("base", "joint"):
-            rows.append(Row(name, group, {}, {d: {k: recorded[name]["devtest"][d][k] for k in keys} for d in directions}))
-        rows.append(Row("experts", group, {}, {d: {k: recorded[f"expert-{d}"]["devtest"][d][k] for k in keys}
-                                               for d in directions}))
-    return rows
-
-
-def to_markdown(rows: list[Row]) -> str:
+def to_markdown(payload: dict) -> str:
     """One table per group: a column per direction (chrF / BLEU / off-target %) and the average."""
     out = []
-    for group in ("en-x", "x-en"):
-        group_rows = [r for r in rows if r.group == group]
-        if not group_rows:
+    for group, title in GROUP_TITLES.items():
+        rows = [r for r in payload["rows"] if r["group"] == group]
+        if not rows:
             continue
-        directions = list(group_rows[0].scores)
-        title = "En→X" if group == "en-x" else "X→En"
-        out.append(f"#### {title} (devtest; each cell chrF / BLEU / off-target %)\n")
+        directions = sorted(rows[0]["scores"])
+        out.append(f"### {title} (devtest; each cell chrF / BLEU / off-target %)")
         out.append("| system | setting (chosen on dev) | " + " | ".join(directions) + " | average |")
         out.append("|---|---|" + "---|" * (len(directions) + 1))
-        for r in group_rows:
-            cells = [f"{r.scores[d]['chrf']:.1f} / {r.scores[d]['bleu']:.1f} / {100 * r.scores[d]['off_target']:.0f}"
+        for r in rows:
+            scores = r["scores"]
+            cells = [f"{scores[d]['chrf']:.1f} / {scores[d]['bleu']:.1f} / {100 * scores[d]['off_target']:.0f}"
                      for d in directions]
-            mean = {k: sum(r.scores[d][k] for d in directions) / len(directions) for k in ("chrf", "bleu", "off_target")}
-            setting = ", ".join(f"{k}={v}" for k, v in r.setting.items()) or "–"
-            out.append(f"| {r.system} | {setting} | " + " | ".join(cells)
+            mean = {k: sum(scores[d][k] for d in directions) / len(directions) for k in ("chrf", "bleu", "off_target")}
+            setting = ", ".join(f"{k}={v}" for k, v in r["setting"].items()) or "–"
+            out.append(f"| {r['system']} | {setting} | " + " | ".join(cells)
                        + f" | **{mean['chrf']:.1f}** / {mean['bleu']:.1f} / {100 * mean['off_target']:.0f} |")
-        out.append("")
-    return "\n".join(out)
+    return "\n".join(out) + "\n"
 
 
-def read_rows(zoo_dir: Path) -> list[Row]:
-    """Merge rows saved by earlier `table` runs (empty when none)."""
-    path = Path(zoo_dir) / "merge_table.json"
-    if not path.is_file():
-        return []
-    return [Row(**row) for row in json.loads(path.read_text())["rows"]]
-
-
-def write_table(zoo_dir: Path, rows: list[Row]) -> Path:
-    """zoo/merge_table.json: every merge row with its chosen setting and per-direction scores."""
-    path = Path(zoo_dir) / "merge_table.json"
-    payload = {"grids": {k: {"method": m, "global": g, "grid": grid} for k, (m, g, grid) in GRIDS.items()},
-               "rows": [r.__dict__ for r in rows]}
+def write_table(zoo_dir: Path, payload: dict) -> list[Path]:
+    """zoo/merge_table.json, and the table in zoo/README.md between its markers (when there is a README)."""
+    zoo_dir = Path(zoo_dir)
+    readme = zoo_dir / "README.md"
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else None
+    block = re.compile(f"{re.escape(README_MARKERS[0])}\n.*?{re.escape(README_MARKERS[1])}", re.S)
+    if text is not None and not block.search(text):
+        raise DataError(f"{readme}: no merge-table markers ({README_MARKERS[0]} … {README_MARKERS[1]})")
+    path = zoo_dir / TABLE_NAME
     path.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    if text is None:
+        return [path]
+    table = f"{README_MARKERS[0]}\n{to_markdown(payload)}{README_MARKERS[1]}"
+    readme.write_text(block.sub(lambda _: table, text), encoding="utf-8")
+    return [path, readme]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.zoo table", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ZOO_DIR, help=f"zoo folder (default {ZOO_DIR})")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 is faster when other jobs share the cores)")
+    parser.add_argument("--no-cache", action="store_true", help="score every merge again instead of reading the cache")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        payload = table_payload(run_table(args.out, use_cache=not args.no_cache))
+        for path in write_table(args.out, payload):
+            log.info("wrote %s", path)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(to_markdown(payload))
+    return 0
