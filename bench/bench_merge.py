@@ -272,7 +272,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
     (OUT / "bench_merge.json").write_text(json.dumps(rows, indent=2))
-    print(f"\nCommand: .venv/bin/python bench/bench_merge.py --threads {args.threads} --rounds {args.rounds}; "
+    print(f"\nCommand: .venv/bin/python bench/bench_merge.py --methods {args.methods} --threads {args.threads} "
+          f"--rounds {args.rounds}; "
           f"memory-copy bandwidth {bandwidth / 1e9:.1f} GB/s\n")
     print(markdown(rows))
 

@@ -3,8 +3,9 @@ Model Breadcrumbs and DELLA, with mergekit's semantics and a streaming-friendly 
 
 Every sparsifier walks a task vector chunk by chunk (rows of the tensor, in order) so the
 executor never materialises a whole large tensor per model. Magnitude selection needs the
-k-th largest |delta| of the whole tensor: a two-pass radix select over the float32 bit
-patterns finds it exactly with O(65k) memory, instead of mergekit's full argsort.
+k-th largest |delta| of the whole tensor, found exactly instead of by mergekit's full argsort:
+usually in one pass, bracketed by a sample's quantiles and picked by kthvalue among the few
+entries inside the bracket; else by a two-pass radix select over the float32 bit patterns.
 
 References: TIES (Yadav et al. 2023, arXiv 2306.01708), DARE (Yu et al. 2023, arXiv
 2311.03099), Model Breadcrumbs (Davari & Belilovsky 2023, arXiv 2312.06795), DELLA (Deep et
