@@ -5,12 +5,15 @@ Measures, against `streamlit run app.py` with an empty cache:
      (navigation clicks included, as a user would do it);
   2. warm: switching pages once everything is cached (median over several switches);
   3. the same with N browser sessions working at once (each merges with its own method, so
-     the cold part really merges N recipes).
+     the cold part really merges N recipes);
+  4. CPU seconds per warm switch, chromium's (every browser process) and the server's, which
+     other jobs on the machine distort much less than wall-clock time.
 
     .venv/bin/python bench/bench_dashboard.py [--sessions 4] [--switches 8] [--tiny]
 
 --tiny runs on the tests' tiny random zoo (when zoo/models is not built yet). Results are
-printed as a Markdown table and written to bench/out/dashboard.json.
+printed as ready rows for BENCHMARKS.md (load average included) and written to
+bench/out/dashboard.json.
 """
 
 from __future__ import annotations
@@ -19,12 +22,16 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+import psutil
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -40,7 +47,7 @@ METHODS = ("TIES", "Task Arithmetic", "Linear DARE", "SCE")  # display names: on
 PAGES = {  # page title -> JavaScript condition that says its content is on screen
     "Scores": "[...document.querySelectorAll('[data-testid=\"stTable\"] tbody th')].some(t => t.innerText.trim() === 'merge')",
     "Layers": "document.querySelectorAll('.js-plotly-plot .heatmaplayer').length >= 3",
-    "Samples": "[...document.querySelectorAll('[data-testid=\"stTable\"] thead')].some(t => t.innerText.includes('merge · output'))",
+    "Samples": "[...document.querySelectorAll('[data-testid=\"stHtml\"] thead')].some(t => t.innerText.includes('merge · output'))",
     "Models & merge": "document.querySelector('[data-testid=\"stCode\"]') !== null",
 }
 
@@ -63,7 +70,42 @@ def en_x_experts(roots) -> list[str]:
     return sorted(l for l in labels if (d := pipeline.direction_from_name(l)) and d.startswith("en-"))[:2]
 
 
-def session(url: str, experts: list[str], method: str, switches: int, out: dict, barrier: threading.Barrier | None):
+class CpuMeter:
+    """CPU seconds (user + system) of the server's process tree and of every chromium process
+    this benchmark started, between `start()` and `stop()`."""
+
+    def __init__(self, server_pid: int):
+        self.server = psutil.Process(server_pid)
+        self.start_s = self.stop_s = (0.0, 0.0)
+
+    @staticmethod
+    def _cpu(processes) -> float:
+        total = 0.0
+        for p in processes:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:  # a renderer that just exited
+                pass
+        return total
+
+    def read(self) -> tuple[float, float]:
+        server = self._cpu([self.server, *self.server.children(recursive=True)])
+        chromium = self._cpu(c for c in psutil.Process().children(recursive=True) if "chrom" in c.name().lower())
+        return chromium, server
+
+    def start(self) -> None:
+        self.start_s = self.read()
+
+    def stop(self) -> None:
+        self.stop_s = self.read()
+
+    def used(self) -> tuple[float, float]:
+        """(chromium, server) CPU seconds between start and stop."""
+        return self.stop_s[0] - self.start_s[0], self.stop_s[1] - self.start_s[1]
+
+
+def session(url: str, experts: list[str], method: str, switches: int, out: dict, barriers: dict):
     """One browser of its own (Playwright's sync API is per thread) running `_session`."""
     from playwright.sync_api import sync_playwright
 
@@ -71,25 +113,52 @@ def session(url: str, experts: list[str], method: str, switches: int, out: dict,
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         try:
-            _session(page, url, experts, method, switches, out, barrier)
+            _session(page, url, experts, method, switches, out, barriers)
         except Exception as err:  # keep the other sessions' figures; say what this one saw
             out["error"] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
             page.screenshot(path=str(ARTIFACTS / f"bench_session_{method.replace(' ', '_')}_error.png"))
             log.error("session %s failed: %s", method, out["error"])
+            for barrier in barriers.values():
+                barrier.abort()  # the other sessions must not wait for this one
         browser.close()
 
 
-def _session(page, url, experts, method, switches, out, barrier) -> None:
+def wait_for_recipe(page, method: str) -> None:
+    """Until the YAML on screen is the chosen method's: the run that draws its sliders has ended,
+    so the Merge button no longer moves (a click on a moving button can land on a slider)."""
+    name = next(n for n, spec in pipeline.method_specs().items() if spec.display_name == method)
+    page.wait_for_function(
+        "name => [...document.querySelectorAll('[data-testid=\"stCode\"]')]"
+        ".some(c => c.innerText.includes('merge_method: ' + name))", arg=name, timeout=TIMEOUT_MS)
+    wait_for_app(page)
+
+
+def click_merge(page, attempts: int = 3) -> int:
+    """Click Merge until the link names the merge (written before the merge is computed); the
+    number of clicks it took. On a loaded machine a click that lands while Streamlit is still
+    settling a rerun can be dropped; the retries keep the round alive and are counted in the
+    cold time."""
+    for clicks in range(1, attempts + 1):
+        page.get_by_role("button", name="Merge", exact=True).click()
+        try:
+            page.wait_for_url(lambda u: "merged=" in u, timeout=15_000)
+            return clicks
+        except PlaywrightTimeout:
+            log.warning("Merge click %d was not taken; clicking again", clicks)
+    raise RuntimeError(f"the Merge button did not react to {attempts} clicks")
+
+
+def _session(page, url, experts, method, switches, out, barriers) -> None:
     """One user: pick, merge, Scores, Layers (cold), then switch pages (warm)."""
     page.goto(url)
     wait_for_app(page)
     for name in experts:
         choose(page, "Experts", name)
     choose(page, "Method", method)
-    if barrier is not None:
-        barrier.wait()  # every session clicks Merge at the same moment
+    wait_for_recipe(page, method)
+    barriers["merge"].wait()  # every session clicks Merge at the same moment
     start = time.perf_counter()
-    page.get_by_role("button", name="Merge", exact=True).click()
+    out["merge_clicks"] = click_merge(page)
     page.get_by_text("Merge ready", exact=False).wait_for(timeout=TIMEOUT_MS)
     wait_for_app(page)
     merged = time.perf_counter() - start
@@ -99,15 +168,18 @@ def _session(page, url, experts, method, switches, out, barrier) -> None:
     order = ["Scores", "Layers", "Models & merge", "Samples"]  # never the page already shown
     open_page(page, "Samples")  # the first visit computes translations the table did not need
     out.update(method=method, merge_s=merged, scores_s=scores, layers_s=layers, cold_s=cold, warm_s=[])
+    barriers["warm start"].wait()  # the warm switches of all sessions overlap, and the CPU meter starts
     for i in range(switches):
         out["warm_s"].append(open_page(page, order[i % len(order)]))
         log.info("%s: %s in %.2f s", method, order[i % len(order)], out["warm_s"][-1])
+    barriers["warm end"].wait()
 
 
-def run(url: str, experts: list[str], sessions: int, switches: int) -> list[dict]:
+def run(url: str, experts: list[str], sessions: int, switches: int, meter: CpuMeter) -> list[dict]:
     results = [{} for _ in range(sessions)]
-    barrier = threading.Barrier(sessions) if sessions > 1 else None
-    threads = [threading.Thread(target=session, args=(url, experts, METHODS[i % len(METHODS)], switches, results[i], barrier))
+    barriers = {"merge": threading.Barrier(sessions), "warm start": threading.Barrier(sessions, action=meter.start),
+                "warm end": threading.Barrier(sessions, action=meter.stop)}
+    threads = [threading.Thread(target=session, args=(url, experts, METHODS[i % len(METHODS)], switches, results[i], barriers))
                for i in range(sessions)]
     for t in threads:
         t.start()
@@ -116,15 +188,20 @@ def run(url: str, experts: list[str], sessions: int, switches: int) -> list[dict
     return results
 
 
-def summarise(label: str, results: list[dict]) -> dict:
+def summarise(label: str, results: list[dict], meter: CpuMeter, load: tuple[float, float]) -> dict:
     failed = [r for r in results if "error" in r]
     results = [r for r in results if "cold_s" in r]
+    if not results:
+        return {"label": label, "sessions": 0, "load_average": load, "failed": failed}
     warm = [w for r in results for w in r["warm_s"]]
+    chromium_s, server_s = meter.used()
     return {
-        "label": label, "sessions": len(results),
+        "label": label, "sessions": len(results), "load_average": load,
+        "cpu_per_switch_chromium_s": chromium_s / len(warm), "cpu_per_switch_server_s": server_s / len(warm),
         "cold_s_median": statistics.median(r["cold_s"] for r in results),
         "cold_s_max": max(r["cold_s"] for r in results),
         "merge_s_max": max(r["merge_s"] for r in results),
+        "merge_clicks": sum(r["merge_clicks"] for r in results),
         "scores_s_max": max(r["scores_s"] for r in results),
         "layers_s_max": max(r["layers_s"] for r in results),
         "warm_s_median": statistics.median(warm), "warm_s_p90": sorted(warm)[int(0.9 * (len(warm) - 1))],
@@ -151,25 +228,35 @@ def main() -> None:
         models, data, label = ZOO_MODELS, ZOO_DATA, "demo zoo"
     experts = en_x_experts([models])
     summaries = []
-    for sessions in (1, args.sessions):
+    for sessions in sorted({1, args.sessions}):
         # A fresh server and an empty cache per round: the cold figures are really cold.
         server = start_server(models, data, work / f"cache-{sessions}", ARTIFACTS / f"bench_dashboard_{sessions}.log",
                               extra_env=extra_env)
         try:
-            summaries.append(summarise(label, run(server.url, experts, sessions, args.switches)))
+            meter = CpuMeter(server.process.pid)
+            load_before = os.getloadavg()[0]
+            results = run(server.url, experts, sessions, args.switches, meter)
+            summaries.append(summarise(label, results, meter, (load_before, os.getloadavg()[0])))
         finally:
             stop_server(server)
     out = Path(__file__).resolve().parent / "out" / "dashboard.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"experts": experts, "cpus": os.cpu_count(), "summaries": summaries}, indent=1))
-    print("| zoo | sessions | Merge click → Scores row + Layers heatmaps (median / max) | of which merge | "
-          "page switch, warm (median / p90) |")
-    print("|---|---|---|---|---|")
+    command = shlex.join([".venv/bin/python", "bench/bench_dashboard.py", *sys.argv[1:]])
+    print(f"Rows for BENCHMARKS.md (`{command}`; experts {', '.join(experts)}; raw figures in {out}):\n")
+    print("| machine | zoo | sessions | Merge click → Scores row + Layers heatmaps (median / max) | merge alone (max) | "
+          "page switch, warm (median / p90) | CPU per warm switch: chromium + server |")
+    print("|---|---|---|---|---|---|---|")
     for s in summaries:
-        print(f"| {s['label']} | {s['sessions']} | {s['cold_s_median']:.1f} s / {s['cold_s_max']:.1f} s | "
-              f"≤ {s['merge_s_max']:.1f} s | {s['warm_s_median']:.2f} s / {s['warm_s_p90']:.2f} s |"
-              + (f" {len(s['failed'])} session(s) failed: {s['failed']}" if s["failed"] else ""))
-    print(f"experts: {', '.join(experts)}; written to {out}")
+        machine = f"CPU, {os.cpu_count()} cores, load average {s['load_average'][0]:.1f} → {s['load_average'][1]:.1f}"
+        if not s["sessions"]:
+            print(f"| {machine} | {s['label']} | every session failed: {s['failed']} |")
+            continue
+        print(f"| {machine} | {s['label']} | {s['sessions']} | {s['cold_s_median']:.1f} s / {s['cold_s_max']:.1f} s | "
+              f"≤ {s['merge_s_max']:.1f} s | {s['warm_s_median']:.2f} s / {s['warm_s_p90']:.2f} s | "
+              f"{s['cpu_per_switch_chromium_s']:.2f} s + {s['cpu_per_switch_server_s']:.2f} s |"
+              + (f" {len(s['failed'])} session(s) failed: {s['failed']}" if s["failed"] else "")
+              + (f" ({s['merge_clicks']} Merge clicks for {s['sessions']} merges)" if s["merge_clicks"] > s["sessions"] else ""))
 
 
 if __name__ == "__main__":

@@ -288,6 +288,24 @@ class ModelCache:
         return LoadedModel(model, tokenizer, system.identity)
 
 
+def limit_torch_threads(cpus: int | None = None) -> int:
+    """Torch threads per job for a server that runs several jobs at once (sessions' merges,
+    evaluations and captures, and the prefetch worker): a quarter of the cores, at least one.
+
+    Torch's default (every core per job) oversubscribes the CPU as soon as two jobs overlap, and
+    OpenMP threads then spin against each other: on 2 cores, one cold Merge → Scores → Layers took
+    62 s (31 s of server CPU) with the default and 15 s (6 s) with one thread. An explicit
+    OMP_NUM_THREADS is left alone. Returns the thread count in effect.
+    """
+    import os
+
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (cpus or os.cpu_count() or 1) // 4))
+    return torch.get_num_threads()
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -418,8 +436,8 @@ def sample_rows(results: Sequence, direction: str | None = None) -> list[dict]:
 # --------------------------------------------------------------------------- captures and analyses
 
 
-class _Memo:
-    """Finished analyses by content key, in process memory (thread-safe, least recently used out).
+class Memo:
+    """Finished results (analyses, figures) by content key, in process memory (thread-safe, least recently used out).
 
     The disk cache already makes warm views cheap; this makes them instant: a page switch
     re-reads no capture and recomputes no Gram matrix when the same view was shown before.
@@ -443,7 +461,7 @@ class _Memo:
         return value
 
 
-_MEMO = _Memo()
+_MEMO = Memo()
 
 
 def clear_memo() -> None:

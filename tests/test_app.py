@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import json
+from html.parser import HTMLParser
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
@@ -18,6 +20,7 @@ from engine import pipeline
 from engine.neurons import PRESETS
 from engine.settings import REPO_ROOT, get_settings
 from tests.browser_harness import demo_env, tiny_zoo  # noqa: F401  (fixtures)
+from views import figures
 
 TIMEOUT = 240
 APP = REPO_ROOT / "app.py"
@@ -185,7 +188,7 @@ def test_scores_page_shows_the_engines_scores(app):
     assert {t["name"] for t in bars["data"]} == set(wide.index)
 
 
-def test_layers_heatmaps_carry_the_engines_cka(app):
+def test_layers_heatmaps_carry_the_engines_cka(app, monkeypatch):
     merge(pick(app))
     app.switch_page("views/layers.py").run()
     assert not app.exception and not app.error, [e.value for e in app.error]
@@ -213,6 +216,15 @@ def test_layers_heatmaps_carry_the_engines_cka(app):
     np.testing.assert_allclose(z, target.values, rtol=1e-9)
     assert app.query_params["span"] == "target"
 
+    # Coming back to the page draws the same figures without building them again.
+    built = []
+    build = figures.cka_side_by_side
+    monkeypatch.setattr(figures, "cka_side_by_side", lambda a, b: built.append((a, b)) or build(a, b))
+    app.switch_page("views/scores.py").run()
+    app.switch_page("views/layers.py").run()
+    assert not built
+    np.testing.assert_allclose(array(charts(app)[0]["data"][0]["z"]), target.values, rtol=1e-9)
+
 
 def test_neurons_page_counts_equal_the_engines(app):
     merge(pick(app))
@@ -239,11 +251,48 @@ def test_neurons_page_counts_equal_the_engines(app):
     np.testing.assert_array_equal(z, lape.finetune.counts)
 
 
+class _TableReader(HTMLParser):
+    """The header, cell texts and cell classes of the first HTML table (stdlib parser only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.header, self.rows, self.classes = [], [], []
+        self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+            self.classes.append([])
+        elif tag in ("td", "th"):
+            self._cell = [tag, dict(attrs).get("class", ""), ""]
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[2] += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            kind, classes, text = self._cell
+            (self.header if kind == "th" else self.rows[-1]).append(text)
+            if kind == "td":
+                self.classes[-1].append(classes.split())
+            self._cell = None
+
+
+def samples_html(at: AppTest) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The Samples page's table as shown (texts) and the CSS classes of each cell."""
+    reader = _TableReader()
+    reader.feed(at.html[0].value)
+    rows = [r for r in reader.rows if r]
+    classes = [c for c in reader.classes if c]
+    return pd.DataFrame(rows, columns=reader.header), pd.DataFrame(classes, columns=reader.header)
+
+
 def test_samples_page_shows_outputs_and_off_target_flags(app):
     merge(pick(app))
     app.switch_page("views/samples.py").run()
     assert not app.exception and not app.error, [e.value for e in app.error]
-    table = app.table[0].value
+    table, classes = samples_html(app)
     systems = systems_of(app)
     # the languages in play (what language ID chooses among) are those of every chosen direction
     sets = pipeline.data_sets("devtest", ["en-es", "en-pt"], 32)
@@ -253,12 +302,22 @@ def test_samples_page_shows_outputs_and_off_target_flags(app):
     assert list(table["source"]) == list(sets[0].sources)
     assert list(table[f"{pipeline.MERGE} · output"]) == [s.output for s in merged.samples]
     assert list(table[f"{pipeline.MERGE} · detected"]) == [s.detected for s in merged.samples]
+    assert [float(c) for c in table[f"{pipeline.MERGE} · chrF"]] == [round(s.chrf, 1) for s in merged.samples]
+    for system, result in results.items():  # exactly the off-target outputs are highlighted
+        shown_here = [d for d in result.directions if d.direction == "en-es"]  # experts: their own direction only
+        if not shown_here:
+            continue
+        samples = shown_here[0].samples
+        for field in ("output", "detected"):
+            shown = ["off-target" in c for c in classes[f"{system} · {field}"]]
+            assert shown == [s.detected != "es" for s in samples], (system, field)
+    assert not any("off-target" in c for c in classes["source"])
 
     app.toggle(key="off_target_only").set_value(True).run()
-    filtered = app.table[0].value
+    filtered, _ = samples_html(app)
     off = {i for s in results.values() for d in s.directions if d.direction == "en-es"
            for i, x in enumerate(d.samples) if x.detected != "es"}
-    assert set(filtered["item"]) == off
+    assert {int(i) for i in filtered["item"]} == off
 
 
 def test_pages_without_input_say_what_is_missing(app):

@@ -114,3 +114,18 @@ def test_prefetch_fills_the_cache_so_the_foreground_loads_nothing(demo_env, monk
     pipeline.evaluate_systems(systems, sets, foreground)
     pipeline.cka_pair(systems[0], systems[1], sets, "target", foreground)
     assert foreground.builds == 0
+
+
+def test_torch_threads_limited_to_a_quarter_of_the_cores_unless_set(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert pipeline.limit_torch_threads(cpus=2) == 1 == torch.get_num_threads()
+        assert pipeline.limit_torch_threads(cpus=16) == 4 == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the operator's choice wins
+        torch.set_num_threads(3)
+        assert pipeline.limit_torch_threads(cpus=16) == 3
+    finally:
+        torch.set_num_threads(before)

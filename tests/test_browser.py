@@ -79,7 +79,7 @@ def test_merge_scores_layers_samples_and_shared_link(dashboard, browser):  # noq
     screenshot(page, "browser_neurons")
 
     go_to(page, "Samples")
-    samples = page.locator('[data-testid="stTable"]').first
+    samples = page.locator('[data-testid="stHtml"] table').first
     samples.wait_for(timeout=TIMEOUT_MS)
     header = samples.locator("thead").inner_text()
     assert f"{pipeline.MERGE} · output" in header and "reference" in header
@@ -92,7 +92,7 @@ def test_merge_scores_layers_samples_and_shared_link(dashboard, browser):  # noq
     other = fresh.new_page()
     other.goto(link)
     wait_for_app(other)
-    shared = other.locator('[data-testid="stTable"]').first
+    shared = other.locator('[data-testid="stHtml"] table').first
     shared.wait_for(timeout=TIMEOUT_MS)
     assert shared.locator("thead").inner_text() == header
     assert shared.locator("tbody").inner_text() == samples.locator("tbody").inner_text()

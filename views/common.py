@@ -31,7 +31,9 @@ PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "
 
 @st.cache_resource(show_spinner=False)
 def model_cache() -> pipeline.ModelCache:
-    """Loaded and merged models, shared by every session (ModelCache is thread-safe)."""
+    """Loaded and merged models, shared by every session (ModelCache is thread-safe). Every
+    model computation goes through it, so torch's threads are limited here, before the first."""
+    pipeline.limit_torch_threads()
     return pipeline.ModelCache()
 
 
@@ -165,8 +167,9 @@ def recipe_parts() -> tuple[str, list[str], str, dict, dict] | None:
     return base, list(experts), method, params, schedules
 
 
-def current_recipe():
-    """The recipe the pickers describe (None while incomplete); built once per distinct view."""
+def _recipe_and_merge() -> tuple | None:
+    """(recipe, its merge System) for the pickers' view; built once per distinct view, since
+    hashing a recipe fingerprints every checkpoint it names."""
     parts = recipe_parts()
     if parts is None:
         return None
@@ -175,8 +178,21 @@ def current_recipe():
     memo = st.session_state.setdefault("_recipe_memo", {})
     if cache_key not in memo:
         memo.clear()
-        memo[cache_key] = pipeline.build_recipe(base, experts, method, params, schedules)
+        recipe = pipeline.build_recipe(base, experts, method, params, schedules)
+        memo[cache_key] = (recipe, pipeline.merge_system(recipe))
     return memo[cache_key]
+
+
+def current_recipe():
+    """The recipe the pickers describe (None while incomplete)."""
+    entry = _recipe_and_merge()
+    return entry[0] if entry else None
+
+
+def recipe_identity() -> str | None:
+    """The content hash of the current recipe (None while incomplete)."""
+    entry = _recipe_and_merge()
+    return entry[1].identity if entry else None
 
 
 def merged_system():
@@ -184,11 +200,10 @@ def merged_system():
     merged = st.session_state.get("merged")
     if not merged:
         return None
-    recipe = current_recipe()
-    if recipe is None:
+    entry = _recipe_and_merge()
+    if entry is None:
         return None
-    system = pipeline.merge_system(recipe)
-    return system if system.identity.startswith(merged) else None
+    return entry[1] if entry[1].identity.startswith(merged) else None
 
 
 def systems(include_merge: bool = True) -> list[pipeline.System]:
@@ -231,6 +246,17 @@ class ProgressReporter:
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "figure"
+
+
+# Plotly validates every property while a figure is built (~50 ms for a heatmap), and a page
+# switch draws the same figures again: built once per content, shared by sessions (st.plotly_chart
+# sends a copy, never the figure itself).
+_FIGURES = pipeline.Memo(capacity=64)
+
+
+def cached_figures(key: tuple, build):
+    """`build()` (a figure or a tuple of them) once per content `key`."""
+    return _FIGURES.get_or_compute(key, build)
 
 
 def show_figure(fig, name: str, key: str) -> None:

@@ -6,6 +6,7 @@ sacreBLEU idea), so a downloaded PNG still says what it shows.
 
 from __future__ import annotations
 
+import html
 from typing import Sequence
 
 import numpy as np
@@ -201,16 +202,46 @@ def samples_table(rows: Sequence[dict]) -> pd.DataFrame:
     return wide[ordered].reset_index()
 
 
-def off_target_style(frame: pd.DataFrame):
-    """Highlight each output whose detected language is not the target."""
-    def colour(row):
-        styles = [""] * len(row)
-        for i, col in enumerate(row.index):
-            if col.endswith(" · detected") and row[col] != row["target"]:
-                out = f"{col[: -len(' · detected')]} · output"
-                for j, c in enumerate(row.index):
-                    if c in (col, out):
-                        styles[j] = "background-color: #f8d7da"
-        return styles
+OFF_TARGET_COLOUR = "#f8d7da"
+# One HTML block instead of st.table: st.table renders every cell as Markdown (hundreds of React
+# components for 32 sentences × 5 systems), which made Samples the slowest page to draw.
+_TABLE_CSS = """<style>
+.samples-table { border-collapse: collapse; font-size: 0.875rem; width: 100%; }
+.samples-table th, .samples-table td { border: 1px solid rgba(49, 51, 63, 0.1); padding: 0.25rem 0.375rem;
+  vertical-align: top; text-align: left; }
+.samples-table thead th { font-weight: 600; color: rgba(49, 51, 63, 0.6); }
+.samples-table td.number { text-align: right; }
+.samples-table td.off-target { background-color: OFF_TARGET; }
+</style>""".replace("OFF_TARGET", OFF_TARGET_COLOUR)
 
-    return frame.style.apply(colour, axis=1).format(precision=1, subset=[c for c in frame.columns if c.endswith("chrF")])
+
+def off_target_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """True where an output or its detected language is off target (detected language is not the row's target)."""
+    flags = pd.DataFrame(False, index=frame.index, columns=frame.columns)
+    for col in frame.columns:
+        if col.endswith(" · detected"):
+            off = frame[col] != frame["target"]
+            flags[col] = off
+            output = f"{col[: -len(' · detected')]} · output"
+            if output in flags:
+                flags[output] = off
+    return flags
+
+
+def samples_html(frame: pd.DataFrame) -> str:
+    """The samples as one HTML table, off-target outputs highlighted, chrF to one decimal."""
+    flags = off_target_cells(frame)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for (_, row), (_, off) in zip(frame.iterrows(), flags.iterrows()):
+        cells = []
+        for col, value in row.items():
+            classes = []
+            if col.endswith("chrF") and isinstance(value, (int, float)) and not pd.isna(value):
+                value, classes = f"{value:.1f}", ["number"]
+            if off[col]:
+                classes.append("off-target")
+            attr = f' class="{" ".join(classes)}"' if classes else ""
+            cells.append(f"<td{attr}>{html.escape('' if pd.isna(value) else str(value))}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f'{_TABLE_CSS}<table class="samples-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'

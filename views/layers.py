@@ -69,7 +69,8 @@ pair_b = pipeline.cka_pair(systems[st.session_state["b_row"]], systems[st.sessio
                            models, debiased, reporter)
 reporter.finish(f"CKA on {pair_a.n} sentences, {span} span")
 
-fig_a, fig_b, fig_diff = figures.cka_side_by_side(pair_a, pair_b)
+content = tuple((m.values.tobytes(), m.labels, m.signature) for m in (pair_a, pair_b))
+fig_a, fig_b, fig_diff = common.cached_figures(("cka", content), lambda: figures.cka_side_by_side(pair_a, pair_b))
 with left:
     common.show_figure(fig_a, f"cka_{pair_a.labels[0]}_vs_{pair_a.labels[1]}", key="cka_left")
 with right:
@@ -87,7 +88,8 @@ with below[1]:
         if m.values.shape[0] == m.values.shape[1]:
             curves[f"{m.labels[0]} vs {m.labels[1]}"] = np.diag(m.values)
     if curves:
-        common.show_figure(figures.cka_curves(curves, pair_a.signature), "cka_per_layer", key="cka_curves")
+        fig_curves = common.cached_figures(("cka curves", content), lambda: figures.cka_curves(curves, pair_a.signature))
+        common.show_figure(fig_curves, "cka_per_layer", key="cka_curves")
 
 frames = []
 for side, m in (("left", pair_a), ("right", pair_b)):

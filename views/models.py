@@ -40,9 +40,9 @@ def request_merge() -> None:
     """Callback: merge the recipe the pickers describe *now*. Computed here rather than bound when
     the button was drawn, so a click that lands before the previous rerun finished still merges
     what the user sees selected."""
-    recipe = common.current_recipe()
-    if recipe is not None:
-        st.session_state["merged"] = pipeline.recipe_hash(recipe)[:16]
+    identity = common.recipe_identity()
+    if identity is not None:
+        st.session_state["merged"] = identity[:16]
 
 
 def draw_checkpoints(discovery) -> None:
@@ -152,7 +152,7 @@ with right:
 
 st.divider()
 if recipe is not None:
-    identity = pipeline.recipe_hash(recipe)
+    identity = common.recipe_identity()
     merged_now = bool(st.session_state.get("merged")) and identity.startswith(st.session_state["merged"])
     st.button("Merge", key="merge", type="primary", on_click=request_merge)
     if merged_now:

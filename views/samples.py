@@ -38,5 +38,5 @@ table = table.drop(columns=["direction"])  # one direction at a time; its target
 st.caption(f"{len(table)} sentence(s). Red: the output's detected language is not the target "
            f"({st.session_state['sample_direction'].split('-')[1]}).")
 # An HTML table keeps every sentence and highlight visible without scrolling inside a grid.
-st.table(figures.off_target_style(table).hide(axis="index"))
+st.html(figures.samples_html(table))
 common.download_csv(table, f"samples_{st.session_state['sample_direction']}", key="samples_csv")

@@ -32,7 +32,8 @@ st.subheader(f"{figures.SCORE_COLUMNS[metric]} by system and direction")
 wide = figures.scores_wide(rows, metric)
 st.table(wide.style.format(precision=2, na_rep="–"))  # small: a plain HTML table, easy to read and copy
 common.download_csv(table, "scores", key="scores_csv")
-common.show_figure(figures.scores_bars(rows, metric), f"scores_{metric}", key="scores_bars")
+bars = common.cached_figures(("bars", repr(rows), metric), lambda: figures.scores_bars(rows, metric))
+common.show_figure(bars, f"scores_{metric}", key="scores_bars")
 
 
 
