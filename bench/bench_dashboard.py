@@ -9,7 +9,7 @@ Measures, against `streamlit run app.py` with an empty cache:
   4. CPU seconds per warm switch, chromium's (every browser process) and the server's, which
      other jobs on the machine distort much less than wall-clock time.
 
-    .venv/bin/python bench/bench_dashboard.py [--sessions 4] [--switches 8] [--tiny]
+    .venv/bin/python bench/bench_dashboard.py [--sessions 4] [--switches 8] [--tiny] [--torch-threads N]
 
 --tiny runs on the tests' tiny random zoo (when zoo/models is not built yet). Results are
 printed as ready rows for BENCHMARKS.md (load average included) and written to
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine import pipeline  # noqa: E402
 from tests.browser_harness import (  # noqa: E402
     ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, ZOO_DATA, ZOO_MODELS, build_demo_zoo, choose, start_server,
-    stop_server, wait_for_app,
+    stop_server, wait_for_app, wait_for_recipe,
 )
 
 log = logging.getLogger("bench_dashboard")
@@ -123,16 +123,6 @@ def session(url: str, experts: list[str], method: str, switches: int, out: dict,
         browser.close()
 
 
-def wait_for_recipe(page, method: str) -> None:
-    """Until the YAML on screen is the chosen method's: the run that draws its sliders has ended,
-    so the Merge button no longer moves (a click on a moving button can land on a slider)."""
-    name = next(n for n, spec in pipeline.method_specs().items() if spec.display_name == method)
-    page.wait_for_function(
-        "name => [...document.querySelectorAll('[data-testid=\"stCode\"]')]"
-        ".some(c => c.innerText.includes('merge_method: ' + name))", arg=name, timeout=TIMEOUT_MS)
-    wait_for_app(page)
-
-
 def click_merge(page, attempts: int = 3) -> int:
     """Click Merge until the link names the merge (written before the merge is computed); the
     number of clicks it took. On a loaded machine a click that lands while Streamlit is still
@@ -214,6 +204,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--switches", type=int, default=8)
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny random zoo instead of zoo/")
+    parser.add_argument("--torch-threads", type=int,
+                        help="torch threads per job in the server (OMP_NUM_THREADS); default: the dashboard's own "
+                             "choice, a quarter of the cores (pass the core count to see torch's default)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -226,6 +219,9 @@ def main() -> None:
         label = "tiny random zoo"
     else:
         models, data, label = ZOO_MODELS, ZOO_DATA, "demo zoo"
+    if args.torch_threads:
+        extra_env["OMP_NUM_THREADS"] = str(args.torch_threads)
+        label += f", {args.torch_threads} torch thread(s) per job"
     experts = en_x_experts([models])
     summaries = []
     for sessions in sorted({1, args.sessions}):

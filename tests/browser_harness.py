@@ -239,6 +239,17 @@ def choose(page, label: str, option: str) -> None:
     wait_for_app(page)
 
 
+def wait_for_recipe(page, method: str) -> None:
+    """Until the YAML on screen is the chosen method's (its display name) and the run that drew
+    it has ended: a user clicks Merge once the recipe is shown, and a click that lands while
+    the method's sliders are still being drawn can be lost."""
+    name = next(n for n, spec in pipeline.method_specs().items() if spec.display_name == method)
+    page.wait_for_function(
+        "name => [...document.querySelectorAll('[data-testid=\"stCode\"]')]"
+        ".some(c => c.innerText.includes('merge_method: ' + name))", arg=name, timeout=TIMEOUT_MS)
+    wait_for_app(page)
+
+
 def go_to(page, title: str) -> None:
     page.get_by_test_id("stSidebar").get_by_test_id("stPageLink").get_by_text(title, exact=True).click()
     wait_for_app(page)

@@ -23,6 +23,7 @@ from tests.browser_harness import (  # noqa: F401  (fixtures)
     screenshot,
     wait_for_app,
     wait_for_plots,
+    wait_for_recipe,
 )
 
 pytestmark = pytest.mark.browser
@@ -51,6 +52,7 @@ def test_merge_scores_layers_samples_and_shared_link(dashboard, browser):  # noq
     for name in experts:
         choose(page, "Experts", name)
     choose(page, "Method", "TIES")
+    wait_for_recipe(page, "TIES")
     page.get_by_role("button", name="Merge", exact=True).click()
     wait_for_app(page)
     page.get_by_text("Merge ready", exact=False).wait_for(timeout=TIMEOUT_MS)
