@@ -206,6 +206,7 @@ OFF_TARGET_COLOUR = "#f8d7da"
 # One HTML block instead of st.table: st.table renders every cell as Markdown (hundreds of React
 # components for 32 sentences × 5 systems), which made Samples the slowest page to draw.
 _TABLE_CSS = """<style>
+.samples-scroll { overflow-x: auto; }
 .samples-table { border-collapse: collapse; font-size: 0.875rem; width: 100%; }
 .samples-table th, .samples-table td { border: 1px solid rgba(49, 51, 63, 0.1); padding: 0.25rem 0.375rem;
   vertical-align: top; text-align: left; }
@@ -244,4 +245,5 @@ def samples_html(frame: pd.DataFrame) -> str:
             attr = f' class="{" ".join(classes)}"' if classes else ""
             cells.append(f"<td{attr}>{html.escape('' if pd.isna(value) else str(value))}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
-    return f'{_TABLE_CSS}<table class="samples-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (f'{_TABLE_CSS}<div class="samples-scroll"><table class="samples-table"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
