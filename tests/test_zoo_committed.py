@@ -7,12 +7,15 @@ phrases it mislabels some references too (SPEC, pilot findings).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import transformers
 
 from engine.parallel import load_jsonl
 from engine.settings import ZOO_DIR
+from engine.translate.evaluate import score_outputs
 from engine.translate.generate import DecodingSettings, generate_translations
 from engine.translate.langid import detect
 from engine.zoo.manifest import read_manifest, verify_zoo
@@ -60,3 +63,45 @@ def test_checkpoint_loads_and_translates_into_the_target_language(name, manifest
         # base and joint are weak translators (chrF 19–43, see zoo/README.md); experts must do better
         floor = 0.8 if name.startswith("expert") else 0.5
         assert agree >= floor, f"{name} {direction}: output language agrees with the reference's on {agree:.0%}"
+
+
+@pytest.fixture(scope="module")
+def merge_table():
+    return json.loads((ZOO_DIR / "merge_table.json").read_text(encoding="utf-8"))
+
+
+def test_merge_table_single_model_rows_are_the_builds_scores(merge_table, manifest):
+    """engine.sweep scored base, joint and experts for the table; the build scored them on its own."""
+    checked = 0
+    for row in merge_table["rows"]:
+        if row["system"] not in ("base", "joint", "experts"):
+            continue
+        for direction, scores in row["scores"].items():
+            name = f"expert-{direction}" if row["system"] == "experts" else row["system"]
+            recorded = manifest["models"][name]["devtest"][direction]
+            assert scores["chrf"] == pytest.approx(recorded["chrf"], abs=0.011), (row["system"], direction)
+            assert scores["bleu"] == pytest.approx(recorded["bleu"], abs=0.011), (row["system"], direction)
+            checked += 1
+    assert checked == 30  # 3 systems × 5 directions × 2 groups
+
+
+def test_merge_table_row_is_reproduced_from_the_committed_models(merge_table, manifest, monkeypatch, one_torch_thread):
+    """The X→En task-arithmetic row, merged again from the committed files and scored on de-en."""
+    from engine.merge import merge_into_model
+    from engine.recipe import from_dict
+    from engine.settings import get_settings
+
+    monkeypatch.setenv("MERGESCOPE_MODEL_ROOTS", str(ZOO_DIR / "models"))
+    get_settings.cache_clear()
+    row = next(r for r in merge_table["rows"] if r["group"] == "x-en" and r["system"] == "task_arithmetic")
+    models = ZOO_DIR / "models"
+    recipe = from_dict({"merge_method": "task_arithmetic", "base_model": str(models / "base"),
+                        "models": [{"model": str(models / f"expert-{d}"), "parameters": dict(row["setting"])}
+                                   for d in sorted(row["scores"])]}, source="test")
+    model, tokenizer = merge_into_model(recipe, device="cpu")
+    pairs = load_jsonl(ZOO_DIR / "data" / "devtest" / "de-en.jsonl")
+    outputs = generate_translations(model, tokenizer, pairs.sources, "de", "en",
+                                    DecodingSettings(max_new_tokens=48, batch_size=100), device="cpu")
+    scores = score_outputs(pairs, outputs, manifest["data"]["languages"]).scores
+    assert scores.chrf == pytest.approx(row["scores"]["de-en"]["chrf"], abs=0.011)
+    assert scores.bleu == pytest.approx(row["scores"]["de-en"]["bleu"], abs=0.011)
