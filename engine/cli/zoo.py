@@ -1,14 +1,18 @@
-"""`python -m engine zoo build|verify`: rebuild the demo zoo or check it against its manifest."""
+"""`python -m engine zoo build|verify|table`: rebuild the demo zoo, check it against its manifest, or
+build its merge table (engine.sweep over the zoo, kept by engine.zoo.merge_table)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 
 from engine.settings import ZOO_DIR
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=ZOO_DIR, help=f"zoo folder (default {ZOO_DIR})")
     parser.add_argument("--preset", choices=("full", "micro"), default="full",
                         help="full: the committed zoo (~30 min on 2 cores); micro: seconds, for tests")
-    parser.add_argument("--group", choices=("en-x", "x-en"), default=None,
-                        help="table: merge only this group of experts (default both; others kept from merge_table.json)")
+    parser.add_argument("--no-cache", action="store_true", help="table: score every merge again instead of reading the cache")
     parser.add_argument("--resume", action="store_true",
                         help="keep the models an interrupted build of the same settings finished")
     parser.add_argument("--workers", type=int, default=1,
@@ -41,16 +44,12 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     if args.action == "table":
-        from engine.zoo.merge_table import merge_rows, read_rows, reference_rows, to_markdown, write_table
+        from engine.zoo.merge_table import run_table, table_payload, to_markdown, write_table
 
-        groups = [args.group] if args.group else ["en-x", "x-en"]
-        rows = [r for r in read_rows(args.out) if r.group not in groups]
-        for group in groups:
-            rows += merge_rows(args.out, group)
-            write_table(args.out, rows)
-        if (args.out / "manifest.json").is_file():
-            rows = reference_rows(args.out) + rows
-        print(to_markdown(sorted(rows, key=lambda r: r.group)))
+        payload = table_payload(run_table(args.out, use_cache=not args.no_cache))
+        for path in write_table(args.out, payload):
+            log.info("wrote %s", path)
+        print(to_markdown(payload))
         return 0
     from engine.zoo.build import PRESETS, build
 

@@ -8,15 +8,12 @@ zoo/merge_table.json, and the table between the markers in zoo/README.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
-import sys
 from pathlib import Path
 
 from engine.errors import DataError
-from engine.settings import ZOO_DIR
 
 log = logging.getLogger(__name__)
 TABLE_NAME = "merge_table.json"
@@ -111,26 +108,3 @@ def write_table(zoo_dir: Path, payload: dict) -> list[Path]:
     table = f"{README_MARKERS[0]}\n{to_markdown(payload)}{README_MARKERS[1]}"
     readme.write_text(block.sub(lambda _: table, text), encoding="utf-8")
     return [path, readme]
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.zoo table", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ZOO_DIR, help=f"zoo folder (default {ZOO_DIR})")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (1 is faster when other jobs share the cores)")
-    parser.add_argument("--no-cache", action="store_true", help="score every merge again instead of reading the cache")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    try:
-        payload = table_payload(run_table(args.out, use_cache=not args.no_cache))
-        for path in write_table(args.out, payload):
-            log.info("wrote %s", path)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(to_markdown(payload))
-    return 0
