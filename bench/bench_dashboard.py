@@ -158,6 +158,7 @@ def _session(page, url, experts, method, switches, out, barriers) -> None:
     order = ["Scores", "Layers", "Models & merge", "Samples"]  # never the page already shown
     open_page(page, "Samples")  # the first visit computes translations the table did not need
     out.update(method=method, merge_s=merged, scores_s=scores, layers_s=layers, cold_s=cold, warm_s=[])
+    log.info("%s: cold %.1f s (merge %.1f s, Scores %.1f s, Layers %.1f s)", method, cold, merged, scores, layers)
     barriers["warm start"].wait()  # the warm switches of all sessions overlap, and the CPU meter starts
     for i in range(switches):
         out["warm_s"].append(open_page(page, order[i % len(order)]))
@@ -184,6 +185,8 @@ def summarise(label: str, results: list[dict], meter: CpuMeter, load: tuple[floa
     if not results:
         return {"label": label, "sessions": 0, "load_average": load, "failed": failed}
     warm = [w for r in results for w in r["warm_s"]]
+    if not warm:  # a session failed between the cold part and the warm switches
+        return {"label": label, "sessions": 0, "load_average": load, "failed": failed}
     chromium_s, server_s = meter.used()
     return {
         "label": label, "sessions": len(results), "load_average": load,
