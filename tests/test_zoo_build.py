@@ -116,3 +116,13 @@ def test_an_expert_at_the_aim_stops_after_one_cycle(micro_zoo, tmp_path):
     by_hand = _fine_tune_by_hand(zoo / "models" / "base", ("ru", "en"), 108, corpus, tokenizer, tmp_path / "ref")
     assert _same_weights(by_hand, tmp_path / "models" / "expert-ru-en")
     assert not (tmp_path / ".build" / "expert-ru-en.cycle").exists()
+
+
+def test_two_workers_and_a_two_thread_base_give_the_same_zoo(micro_zoo, tmp_path):
+    """`--workers 2` fine-tunes in a process pool and pretrains the base on 2 threads; the files
+    must not change, or the committed zoo's hashes would depend on how it was built."""
+    zoo, manifest = micro_zoo
+    again = build(tmp_path, MICRO, command="test", workers=2)
+    assert again["timings_s"]["workers"] == 2
+    for name in model_names(MICRO):
+        assert again["models"][name]["files"] == manifest["models"][name]["files"], name

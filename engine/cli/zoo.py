@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="fine-tune this many models at once, one process each (same results)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: the preset's; 1 is faster when other jobs share the cores)")
+                        help="torch CPU threads per fine-tune (default: the preset's); the base, trained alone "
+                             "first, gets workers × threads")
 
 
 def run(args: argparse.Namespace) -> int:

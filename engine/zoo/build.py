@@ -228,11 +228,13 @@ def build(out_dir: Path, config: BuildConfig = BuildConfig(), command: str = "",
 
     resume: keep models an interrupted build of the same config finished (same results).
     workers: fine-tune that many models at once, each in its own process with
-    config.torch_threads threads (results do not depend on it).
+    config.torch_threads threads. The base trains alone before them, so it gets all
+    workers × torch_threads threads. Neither changed a byte of the results where we checked
+    (the build test compares 1 and 2 workers; 40 full-size base steps matched on 1 and 2 threads).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(config.torch_threads)
+    torch.set_num_threads(config.torch_threads * max(1, workers))
     started = time.time()
     directions = config.directions()
 
@@ -314,7 +316,9 @@ def build(out_dir: Path, config: BuildConfig = BuildConfig(), command: str = "",
         "timings_s": {"per_model": timings, "this_run_total": round(time.time() - started, 1), "resumed": resume,
                       "workers": workers, "torch_threads": config.torch_threads},
         "packages": package_versions(),
-        "platform": sys.platform,
+        # torch's float kernels differ between CPU instruction sets, and 800 steps amplify the
+        # rounding: a rebuild is byte-identical only where this capability is the same.
+        "platform": {"os": sys.platform, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()},
         "scoring": "engine.translate: greedy, first line, sacreBLEU corpus BLEU/chrF on devtest; off-target by "
                    "py3langid restricted to the zoo languages",
     }
