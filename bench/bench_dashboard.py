@@ -115,7 +115,7 @@ def session(url: str, experts: list[str], method: str, switches: int, out: dict,
         try:
             _session(page, url, experts, method, switches, out, barriers)
         except Exception as err:  # keep the other sessions' figures; say what this one saw
-            out["error"] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+            out["error"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
             page.screenshot(path=str(ARTIFACTS / f"bench_session_{method.replace(' ', '_')}_error.png"))
             log.error("session %s failed: %s", method, out["error"])
             for barrier in barriers.values():
@@ -149,7 +149,11 @@ def _session(page, url, experts, method, switches, out, barriers) -> None:
     barriers["merge"].wait()  # every session clicks Merge at the same moment
     start = time.perf_counter()
     out["merge_clicks"] = click_merge(page)
-    page.get_by_text("Merge ready", exact=False).wait_for(timeout=TIMEOUT_MS)
+    # A failed merge shows its error on the page: report it rather than wait out the timeout.
+    page.get_by_text("Merge ready", exact=False).or_(page.get_by_test_id("stAlertContentError")).first.wait_for(
+        timeout=TIMEOUT_MS)
+    if page.get_by_test_id("stAlertContentError").count():
+        raise RuntimeError(f"the merge failed on the page: {page.get_by_test_id('stAlertContentError').first.inner_text()}")
     wait_for_app(page)
     merged = time.perf_counter() - start
     scores = open_page(page, "Scores")

@@ -232,3 +232,52 @@ def test_tied_embedding_models_merge_into_a_live_model(model_root):
     reference.tie_weights()
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, reference(ids).logits)
+
+
+def test_merge_next_to_a_checkpoint_load_keeps_tied_embeddings(tmp_path, monkeypatch):
+    """transformers' from_pretrained makes tie_weights a no-op for every thread while it runs; a
+    merge built during another thread's load once came out with lm_head untied (a dashboard
+    session merging while the prefetch worker loaded a checkpoint). Here the load is held inside
+    from_pretrained while the merge runs: the merge must wait for it and come out tied."""
+    import threading
+
+    from engine.checkpoints import load_model
+
+    base_path = save_checkpoint(tmp_path / "base", seed=0, tie_word_embeddings=True)
+    base = transformers.AutoModelForCausalLM.from_pretrained(base_path)
+    for i in (1, 2):
+        save_checkpoint(tmp_path / f"e{i}", base=base, delta_scale=0.05, seed=i, tie_word_embeddings=True)
+    monkeypatch.setenv("MERGESCOPE_MODEL_ROOTS", str(tmp_path))
+    get_settings.cache_clear()
+
+    inside_load, release_load = threading.Event(), threading.Event()
+    original_init = transformers.Qwen2ForCausalLM.__init__
+
+    def init_that_pauses_the_load(self, config, *args, **kwargs):
+        original_init(self, config, *args, **kwargs)
+        if threading.current_thread() is loader_thread:
+            inside_load.set()
+            release_load.wait(timeout=60)
+
+    monkeypatch.setattr(transformers.Qwen2ForCausalLM, "__init__", init_that_pauses_the_load)
+    loaded, merged, errors = [], [], []
+    loader_thread = threading.Thread(target=lambda: loaded.append(load_model(tmp_path / "e1", device="cpu")))
+    merger = threading.Thread(target=lambda: _merge_or_error(_recipe(tmp_path), merged, errors))
+    loader_thread.start()
+    assert inside_load.wait(timeout=60)
+    merger.start()
+    merger.join(timeout=2)  # with the patch active, a merge that does not wait fails in this time
+    release_load.set()
+    loader_thread.join(timeout=60)
+    merger.join(timeout=60)
+    assert loaded
+    assert errors == []
+    model, _ = merged[0]
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def _merge_or_error(recipe, merged: list, errors: list) -> None:
+    try:
+        merged.append(merge_into_model(recipe, device="cpu"))
+    except MergeScopeError as err:
+        errors.append(str(err))

@@ -401,6 +401,7 @@ def merge_into_model(recipe: Recipe, device: str | torch.device | None = None, d
     from transformers.initialization import no_init_weights
 
     from engine.checkpoints import load_tokenizer
+    from engine.checkpoints.loading import MODEL_CONSTRUCTION_LOCK
 
     device = device if isinstance(device, torch.device) else resolve_device(device)
     plan = plan_merge(recipe, seed)
@@ -408,11 +409,12 @@ def merge_into_model(recipe: Recipe, device: str | torch.device | None = None, d
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else (plan.out_dtype or plan.jobs[0].stored_dtype)
     config = transformers.AutoConfig.from_pretrained(plan.template.path, local_files_only=True, trust_remote_code=False)
-    with no_init_weights(), torch.device(device):
-        # Weights are overwritten below, so skip random init; buffers (rotary) still get built.
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
-    # no_init_weights leaves tied embeddings untied; re-tie so lm_head shares the merged embedding.
-    model.tie_weights()
+    with MODEL_CONSTRUCTION_LOCK:  # transformers' init and tie patches are process-wide
+        with no_init_weights(), torch.device(device):
+            # Weights are overwritten below, so skip random init; buffers (rotary) still get built.
+            model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
+        # no_init_weights leaves tied embeddings untied; re-tie so lm_head shares the merged embedding.
+        model.tie_weights()
     targets = model.state_dict(keep_vars=True)
     filled = set()
     with torch.no_grad():
