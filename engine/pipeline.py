@@ -397,11 +397,15 @@ def evaluate_systems(systems: Sequence[System], sets: Sequence[ParallelSet], mod
     settings = decoding_settings()
     results = []
     for i, system in enumerate(systems):
-        if progress:
-            progress(i, len(systems), f"scoring {system.name}")
         own = systems_directions(system, sets)
         key = ("scores", system.identity, system.name, _data_key(own), langs, repr(settings.cache_parts()))
-        results.append(_MEMO.get_or_compute(key, lambda: _evaluate(evaluate, system, models, settings, own, langs)))
+
+        def compute(i=i, system=system, own=own):
+            if progress:  # reported only for work that runs: a page whose scores are in memory shows no progress
+                progress(i, len(systems), f"scoring {system.name}")
+            return _evaluate(evaluate, system, models, settings, own, langs)
+
+        results.append(_MEMO.get_or_compute(key, compute))
     if progress:
         progress(len(systems), len(systems), "scores done")
     return results

@@ -188,6 +188,20 @@ def test_scores_page_shows_the_engines_scores(app):
     assert {t["name"] for t in bars["data"]} == set(wide.index)
 
 
+def test_progress_box_only_while_work_runs(app):
+    """A page that computes shows a progress box; the same page again, its results in memory,
+    shows none (each box costs a warm page switch a 50 ms server pause and a browser element)."""
+    merge(pick(app))
+    assert len(app.status) == 1 and "Merged in memory" in app.status[0].label
+    app.switch_page("views/scores.py").run()
+    assert len(app.status) == 1 and app.status[0].label.startswith("Scored")
+    app.switch_page("views/models.py").run()
+    assert len(app.status) == 0 and "Merge ready" in app.success[0].value
+    app.switch_page("views/scores.py").run()
+    assert not app.error and len(app.table) == 1
+    assert len(app.status) == 0
+
+
 def test_layers_heatmaps_carry_the_engines_cka(app, monkeypatch):
     merge(pick(app))
     app.switch_page("views/layers.py").run()

@@ -85,6 +85,22 @@ def test_warm_views_need_no_model(demo_env, monkeypatch):  # noqa: F811
     assert warm.builds == 0
 
 
+def test_scoring_reports_progress_only_for_systems_it_scores(demo_env, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "4")
+    get_settings.cache_clear()
+    by_label = pipeline.checkpoints_by_label()
+    systems = [pipeline.checkpoint_system(by_label[n]) for n in ("base", "expert-en-es")]
+    sets = pipeline.data_sets("dev", ["en-es"], 4)
+    models = pipeline.ModelCache()
+    pipeline.evaluate_systems(systems[:1], sets, models)
+    reports = []
+    pipeline.evaluate_systems(systems, sets, models, progress=lambda done, total, message: reports.append((done, total)))
+    assert reports == [(1, 2), (2, 2)]  # base was in memory: only the expert's scoring and the end
+    reports.clear()
+    pipeline.evaluate_systems(systems, sets, models, progress=lambda done, total, message: reports.append((done, total)))
+    assert reports == [(2, 2)]
+
+
 def test_recipe_round_trip_through_the_view(demo_env):  # noqa: F811
     recipe = pipeline.build_recipe("base", ["expert-en-es", "expert-es-en"], "task_arithmetic",
                                    {"weight": 0.3, "normalize": True}, {"density": [0.2, 0.9]})

@@ -231,17 +231,26 @@ def need(condition: bool, message: str) -> None:
 
 
 class ProgressReporter:
-    """An engine progress callback that draws into one st.status box."""
+    """An engine progress callback that draws into one st.status box, made on the first report of
+    work still to do. Results that come from the cache report none, so a warm page draws no box:
+    each st.status costs the server a 50 ms pause (Streamlit's own) and the browser an element."""
 
     def __init__(self, label: str):
-        self.box = st.status(label, expanded=False)
-        self.bar = self.box.progress(0.0)
+        self.label = label
+        self.slot = st.empty()  # keeps the box's place on the page until it is needed
+        self.box = self.bar = None
 
     def __call__(self, done: int, total: int, message: str) -> None:
+        if self.box is None:
+            if total and done >= total:
+                return
+            self.box = self.slot.status(self.label, expanded=False)
+            self.bar = self.box.progress(0.0)
         self.bar.progress(min(1.0, done / total) if total else 1.0, text=message)
 
     def finish(self, label: str) -> None:
-        self.box.update(label=label, state="complete")
+        if self.box is not None:
+            self.box.update(label=label, state="complete")
 
 
 def slug(text: str) -> str:

@@ -157,9 +157,11 @@ if recipe is not None:
     st.button("Merge", key="merge", type="primary", on_click=request_merge)
     if merged_now:
         system = common.merged_system()
-        reporter = common.ProgressReporter(f"Merging {len(st.session_state['experts'])} expert(s) with {spec.display_name}")
-        common.model_cache().get(system)
-        reporter.finish(f"Merged in memory · recipe {identity[:12]}")
+        if system.identity not in common.model_cache():  # a merge to run, not one already in memory
+            reporter = common.ProgressReporter(f"Merging {len(st.session_state['experts'])} expert(s) with {spec.display_name}")
+            reporter(0, 1, "merging in memory")
+            common.model_cache().get(system)
+            reporter.finish(f"Merged in memory · recipe {identity[:12]}")
         st.success(f"Merge ready (recipe {identity[:12]}). See it on the other pages:")
         cols = st.columns(4)
         for col, (target, title) in zip(cols, [("views/scores.py", "Scores"), ("views/layers.py", "Layers"),
