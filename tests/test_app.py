@@ -20,7 +20,7 @@ from engine import pipeline
 from engine.neurons import PRESETS
 from engine.settings import REPO_ROOT, get_settings
 from tests.browser_harness import demo_env, tiny_zoo  # noqa: F401  (fixtures)
-from views import figures
+from views import common, figures
 
 TIMEOUT = 240
 APP = REPO_ROOT / "app.py"
@@ -191,6 +191,7 @@ def test_scores_page_shows_the_engines_scores(app):
 def test_progress_box_only_while_work_runs(app):
     """A page that computes shows a progress box; the same page again, its results in memory,
     shows none (each box costs a warm page switch a 50 ms server pause and a browser element)."""
+    common.model_cache.clear()  # the server-wide model cache may hold this merge from another test
     merge(pick(app))
     assert len(app.status) == 1 and "Merged in memory" in app.status[0].label
     app.switch_page("views/scores.py").run()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import transformers
@@ -12,6 +14,7 @@ from safetensors.torch import load_file
 from torch import equal as torch_equal
 
 from engine.parallel import load_jsonl
+from engine.settings import REPO_ROOT
 from engine.zoo.build import MICRO, _fine_tune_job, build, load_half, model_names
 from engine.zoo.corpus import build_corpus
 from engine.zoo.manifest import verify_zoo
@@ -122,7 +125,11 @@ def test_two_workers_and_a_two_thread_base_give_the_same_zoo(micro_zoo, tmp_path
     """`--workers 2` fine-tunes in a process pool and pretrains the base on 2 threads; the files
     must not change, or the committed zoo's hashes would depend on how it was built."""
     zoo, manifest = micro_zoo
-    again = build(tmp_path, MICRO, command="test", workers=2)
+    # Through the CLI in its own process, as a user runs it: the pool's spawned workers re-import
+    # the parent's __main__, which in a test process may be a script an earlier test ran.
+    subprocess.run([sys.executable, "-m", "engine.zoo", "build", "--preset", "micro", "--workers", "2",
+                    "--out", str(tmp_path)], cwd=REPO_ROOT, check=True, capture_output=True, timeout=300)
+    again = json.loads((tmp_path / "manifest.json").read_text())
     assert again["timings_s"]["workers"] == 2
     for name in model_names(MICRO):
         assert again["models"][name]["files"] == manifest["models"][name]["files"], name
