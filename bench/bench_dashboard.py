@@ -46,7 +46,7 @@ PAGE_TIMEOUT_MS = 120_000
 METHODS = ("TIES", "Task Arithmetic", "Linear DARE", "SCE")  # display names: one per concurrent session
 PAGES = {  # page title -> JavaScript condition that says its content is on screen
     "Scores": "[...document.querySelectorAll('[data-testid=\"stTable\"] tbody th')].some(t => t.innerText.trim() === 'merge')",
-    "Layers": "document.querySelectorAll('.js-plotly-plot .heatmaplayer').length >= 3",
+    "Layers": "document.querySelectorAll('.js-plotly-plot .heatmaplayer .hm image').length >= 3",
     "Samples": "[...document.querySelectorAll('[data-testid=\"stHtml\"] thead')].some(t => t.innerText.includes('merge · output'))",
     "Models & merge": "document.querySelector('[data-testid=\"stCode\"]') !== null",
 }

@@ -255,12 +255,17 @@ def go_to(page, title: str) -> None:
     wait_for_app(page)
 
 
+HEATMAP_IMAGES = ".js-plotly-plot .heatmaplayer .hm image"
+
+
 def wait_for_plots(page, count: int, selector: str = ".js-plotly-plot") -> None:
     page.wait_for_function(f"() => document.querySelectorAll({selector!r}).length >= {count}", timeout=TIMEOUT_MS)
     page.wait_for_timeout(500)  # let Plotly finish drawing before a screenshot
 
 
 def heatmap_boxes(page, count: int = 3) -> list[dict]:
-    wait_for_plots(page, count, ".js-plotly-plot .heatmaplayer")
-    plots = page.locator(".js-plotly-plot").filter(has=page.locator(".heatmaplayer"))
-    return [plots.nth(i).bounding_box() for i in range(plots.count())]
+    """On-screen boxes of the drawn heatmaps (Plotly draws each heatmap trace as one image), in
+    the figure's panel order."""
+    wait_for_plots(page, count, HEATMAP_IMAGES)
+    images = page.locator(HEATMAP_IMAGES)
+    return [images.nth(i).bounding_box() for i in range(images.count())]

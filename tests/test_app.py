@@ -207,23 +207,26 @@ def test_layers_heatmaps_carry_the_engines_cka(app, monkeypatch):
     merge(pick(app))
     app.switch_page("views/layers.py").run()
     assert not app.exception and not app.error, [e.value for e in app.error]
-    figs = charts(app)
-    heatmaps = [f for f in figs if f["data"][0]["type"] == "heatmap"]
+    (fig,) = charts(app)  # one figure: both maps, their difference, the per-layer curves
+    heatmaps = [t for t in fig["data"] if t["type"] == "heatmap"]
     assert len(heatmaps) == 3  # left, right, difference
     systems = {s.name: s for s in systems_of(app)}
     sets = pipeline.data_sets("devtest", ["en-es", "en-pt"], 32)
     cache = pipeline.ModelCache()
     left = pipeline.cka_pair(systems["expert-en-es"], systems["expert-en-pt"], sets, "source", cache)
     right = pipeline.cka_pair(systems[pipeline.MERGE], systems["expert-en-es"], sets, "source", cache)
-    np.testing.assert_allclose(array(heatmaps[0]["data"][0]["z"]), left.values, rtol=1e-9)
-    np.testing.assert_allclose(array(heatmaps[1]["data"][0]["z"]), right.values, rtol=1e-9)
-    np.testing.assert_allclose(array(heatmaps[2]["data"][0]["z"]), left.values - right.values,
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(array(heatmaps[0]["z"]), left.values, rtol=1e-9)
+    np.testing.assert_allclose(array(heatmaps[1]["z"]), right.values, rtol=1e-9)
+    np.testing.assert_allclose(array(heatmaps[2]["z"]), left.values - right.values, rtol=1e-9, atol=1e-12)
+    curves = [t for t in fig["data"] if t["type"] == "scatter"]
+    np.testing.assert_allclose(array(curves[0]["y"]), np.diag(left.values), rtol=1e-9)
+    np.testing.assert_allclose(array(curves[1]["y"]), np.diag(right.values), rtol=1e-9)
     # one colour scale for the two maps, symmetric around 0 for the difference
-    assert heatmaps[0]["data"][0]["zmin"] == heatmaps[1]["data"][0]["zmin"]
-    assert heatmaps[0]["data"][0]["zmax"] == heatmaps[1]["data"][0]["zmax"] == 1.0
-    assert heatmaps[2]["data"][0]["zmin"] == -heatmaps[2]["data"][0]["zmax"]
-    assert "layer %{y}" in heatmaps[0]["data"][0]["hovertemplate"]
+    assert heatmaps[0]["coloraxis"] == heatmaps[1]["coloraxis"] != heatmaps[2]["coloraxis"]
+    scale, diff_scale = fig["layout"]["coloraxis"], fig["layout"]["coloraxis2"]
+    assert scale["cmax"] == 1.0 and scale["cmin"] <= min(left.values.min(), right.values.min())
+    assert diff_scale["cmin"] == -diff_scale["cmax"] == pytest.approx(-np.abs(left.values - right.values).max())
+    assert "layer %{y}" in heatmaps[0]["hovertemplate"]
 
     app.segmented_control(key="span").set_value("target").run()
     target = pipeline.cka_pair(systems["expert-en-es"], systems["expert-en-pt"], sets, "target", cache)
@@ -233,8 +236,8 @@ def test_layers_heatmaps_carry_the_engines_cka(app, monkeypatch):
 
     # Coming back to the page draws the same figures without building them again.
     built = []
-    build = figures.cka_side_by_side
-    monkeypatch.setattr(figures, "cka_side_by_side", lambda a, b: built.append((a, b)) or build(a, b))
+    build = figures.cka_comparison
+    monkeypatch.setattr(figures, "cka_comparison", lambda a, b: built.append((a, b)) or build(a, b))
     app.switch_page("views/scores.py").run()
     app.switch_page("views/layers.py").run()
     assert not built

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 CKA_SCALE = "Viridis"
 DIFF_SCALE = "RdBu"
@@ -84,47 +85,59 @@ def sweep_figure(rows: Sequence[dict], metric: str) -> go.Figure:
 # ----------------------------------------------------------------- layers
 
 
-def cka_heatmap(values: np.ndarray, title: str, row_label: str, col_label: str, zmin: float, zmax: float,
-                signature: str = "", colorscale: str = CKA_SCALE) -> go.Figure:
+def _cka_trace(values: np.ndarray, row_label: str, col_label: str, coloraxis: str) -> go.Heatmap:
     """An L × L CKA matrix; layer 0 is the embedding output, layer l the output of block l."""
     rows, cols = values.shape
-    fig = go.Figure(go.Heatmap(
-        z=values, x=list(range(cols)), y=list(range(rows)), zmin=zmin, zmax=zmax, colorscale=colorscale,
-        colorbar={"title": "CKA" if colorscale == CKA_SCALE else "Δ"},
+    return go.Heatmap(
+        z=values, x=list(range(cols)), y=list(range(rows)), coloraxis=coloraxis,
         hovertemplate=f"{row_label} layer %{{y}}<br>{col_label} layer %{{x}}<br>value %{{z:.4f}}<extra></extra>",
-    ))
-    fig.update_layout(title=_title(title, signature), height=460, margin={"l": 60, "r": 20, "t": 80, "b": 50})
-    fig.update_xaxes(title=f"{col_label} layer", dtick=max(1, cols // 12), constrain="domain")
-    fig.update_yaxes(title=f"{row_label} layer", dtick=max(1, rows // 12), scaleanchor="x", autorange="reversed")
-    return fig
+    )
 
 
-def cka_side_by_side(left, right) -> tuple[go.Figure, go.Figure, go.Figure | None]:
-    """Two CKAMatrix results on one colour scale, and left − right when their shapes agree."""
+def cka_comparison(left, right) -> go.Figure:
+    """Two CKAMatrix results side by side on one colour scale, left − right below them when their
+    shapes agree, and the per-layer curves (the diagonals of square matrices).
+
+    One figure with four panels rather than four figures: the browser lays out and draws each
+    Plotly figure separately, and four cost a page switch about twice the chromium CPU of one.
+    """
+    pairs = [f"{m.labels[0]} vs {m.labels[1]}" for m in (left, right)]
+    same_shape = left.values.shape == right.values.shape
+    fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.16, vertical_spacing=0.14, subplot_titles=[
+        *pairs, "Difference (left − right)" if same_shape else "No difference map: the pairs differ in depth",
+        "CKA per layer (0 = embeddings)"])
     finite = np.concatenate([left.values[np.isfinite(left.values)], right.values[np.isfinite(right.values)]])
     # One scale for both maps, from the lower of their minima (to 0.05) up to 1: trained models sit
     # mostly above 0.8, and a 0..1 scale would hide the differences the comparison is about.
     zmin = float(np.floor(min(finite.min(), 1.0) * 20) / 20) if finite.size else 0.0
-    zmax = 1.0
-    fig_l = cka_heatmap(left.values, f"{left.labels[0]} vs {left.labels[1]}", *left.labels, zmin, zmax, left.signature)
-    fig_r = cka_heatmap(right.values, f"{right.labels[0]} vs {right.labels[1]}", *right.labels, zmin, zmax, right.signature)
-    if left.values.shape != right.values.shape:
-        return fig_l, fig_r, None
-    diff = left.values - right.values
-    bound = float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 1.0
-    bound = bound or 1e-6
-    fig_d = cka_heatmap(diff, "Difference (left − right)", "row", "column", -bound, bound, left.signature, DIFF_SCALE)
-    return fig_l, fig_r, fig_d
-
-
-def cka_curves(curves: dict[str, np.ndarray], signature: str = "") -> go.Figure:
-    """Per-layer CKA (the matrix diagonal) for each pair."""
-    fig = go.Figure()
-    for name, values in curves.items():
-        fig.add_scatter(x=list(range(len(values))), y=values, mode="lines+markers", name=name,
-                        hovertemplate=f"{name}<br>layer %{{x}}: CKA %{{y:.4f}}<extra></extra>")
-    fig.update_layout(title=_title("CKA per layer (0 = embeddings)", signature), xaxis_title="layer",
-                      yaxis_title="CKA", yaxis_range=[0, 1.02], height=380)
+    for col, m in ((1, left), (2, right)):
+        fig.add_trace(_cka_trace(m.values, *m.labels, "coloraxis"), row=1, col=col)
+        fig.update_xaxes(title=f"{m.labels[1]} layer", dtick=max(1, m.values.shape[1] // 12), constrain="domain",
+                         row=1, col=col)
+        fig.update_yaxes(title=f"{m.labels[0]} layer", dtick=max(1, m.values.shape[0] // 12), autorange="reversed",
+                         scaleanchor=f"x{col}", row=1, col=col)
+    colorbar = {"len": 0.42, "y": 0.79, "thickness": 14}
+    fig.update_layout(coloraxis={"colorscale": CKA_SCALE, "cmin": zmin, "cmax": 1.0,
+                                 "colorbar": {**colorbar, "title": "CKA", "x": 1.0}})
+    if same_shape:
+        diff = left.values - right.values
+        bound = float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 1.0
+        bound = bound or 1e-6
+        fig.add_trace(_cka_trace(diff, "row", "column", "coloraxis2"), row=2, col=1)
+        fig.update_xaxes(title="column layer", dtick=max(1, diff.shape[1] // 12), constrain="domain", row=2, col=1)
+        fig.update_yaxes(title="row layer", dtick=max(1, diff.shape[0] // 12), autorange="reversed", scaleanchor="x3",
+                         row=2, col=1)
+        fig.update_layout(coloraxis2={"colorscale": DIFF_SCALE, "cmin": -bound, "cmax": bound,
+                                      "colorbar": {**colorbar, "title": "Δ", "x": 0.43, "y": 0.21}})
+    for m, name in zip((left, right), pairs):
+        if m.values.shape[0] == m.values.shape[1]:
+            diagonal = np.diag(m.values)
+            fig.add_scatter(x=list(range(len(diagonal))), y=diagonal, mode="lines+markers", name=name, row=2, col=2,
+                            hovertemplate=f"{name}<br>layer %{{x}}: CKA %{{y:.4f}}<extra></extra>")
+    fig.update_xaxes(title="layer", row=2, col=2)
+    fig.update_yaxes(title="CKA", range=[0, 1.02], row=2, col=2)
+    fig.update_layout(title=_title("CKA", left.signature), height=920, margin={"l": 60, "r": 20, "t": 90, "b": 50},
+                      legend={"x": 0.6, "y": 0.0, "yanchor": "bottom", "bgcolor": "rgba(255,255,255,0.7)"})
     return fig
 
 

@@ -1,7 +1,6 @@
 """Layers: L × L CKA heatmaps of two model pairs side by side on one colour scale, their difference,
 and the per-layer curves."""
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -70,26 +69,9 @@ pair_b = pipeline.cka_pair(systems[st.session_state["b_row"]], systems[st.sessio
 reporter.finish(f"CKA on {pair_a.n} sentences, {span} span")
 
 content = tuple((m.values.tobytes(), m.labels, m.signature) for m in (pair_a, pair_b))
-fig_a, fig_b, fig_diff = common.cached_figures(("cka", content), lambda: figures.cka_side_by_side(pair_a, pair_b))
-with left:
-    common.show_figure(fig_a, f"cka_{pair_a.labels[0]}_vs_{pair_a.labels[1]}", key="cka_left")
-with right:
-    common.show_figure(fig_b, f"cka_{pair_b.labels[0]}_vs_{pair_b.labels[1]}", key="cka_right")
-
-below = st.columns(2)
-with below[0]:
-    if fig_diff is not None:
-        common.show_figure(fig_diff, "cka_difference", key="cka_diff")
-    else:
-        st.info("The two pairs have different depths; no difference map.")
-with below[1]:
-    curves = {}
-    for m in (pair_a, pair_b):
-        if m.values.shape[0] == m.values.shape[1]:
-            curves[f"{m.labels[0]} vs {m.labels[1]}"] = np.diag(m.values)
-    if curves:
-        fig_curves = common.cached_figures(("cka curves", content), lambda: figures.cka_curves(curves, pair_a.signature))
-        common.show_figure(fig_curves, "cka_per_layer", key="cka_curves")
+comparison = common.cached_figures(("cka", content), lambda: figures.cka_comparison(pair_a, pair_b))
+common.show_figure(comparison, f"cka_{pair_a.labels[0]}_vs_{pair_a.labels[1]}__{pair_b.labels[0]}_vs_{pair_b.labels[1]}",
+                   key="cka")
 
 frames = []
 for side, m in (("left", pair_a), ("right", pair_b)):
