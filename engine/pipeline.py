@@ -350,6 +350,20 @@ def available_directions(split: str) -> list[str]:
         return []
 
 
+def data_languages() -> tuple[str, ...]:
+    """Every language of the data root's files (every split): what language ID answers among.
+
+    Fixed by the data rather than by the directions on screen, so a system's off-target rate,
+    and the cache entry behind it, stay the same when another direction is picked (the demo
+    zoo's table answers among its six languages too).
+    """
+    root = data_root()
+    if not root.is_dir():
+        return ()
+    sets = (_load_set(str(f), f.stat().st_mtime_ns) for f in sorted(root.rglob("*.jsonl")))
+    return tuple(sorted({lang for s in sets for lang in (s.src_lang, s.tgt_lang)}))
+
+
 # --------------------------------------------------------------------------- scores
 
 
@@ -393,7 +407,7 @@ def evaluate_systems(systems: Sequence[System], sets: Sequence[ParallelSet], mod
     """EvaluationResult per system (cached per system and direction)."""
     from engine.translate.evaluate import evaluate, languages_in_play
 
-    langs = languages_in_play(sets)
+    langs = tuple(sorted(set(data_languages()) | set(languages_in_play(sets))))
     settings = decoding_settings()
     results = []
     for i, system in enumerate(systems):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import threading
 import time
 
@@ -99,6 +100,32 @@ def test_scoring_reports_progress_only_for_systems_it_scores(demo_env, monkeypat
     reports.clear()
     pipeline.evaluate_systems(systems, sets, models, progress=lambda done, total, message: reports.append((done, total)))
     assert reports == [(2, 2)]
+
+
+def test_language_id_answers_among_the_data_languages_whatever_is_picked(demo_env, monkeypatch):  # noqa: F811
+    """Picking a second direction neither re-translates the first (same cache entry) nor changes
+    its off-target rate: language ID answers among every language of the data (en, es, pt here),
+    not only the languages of the directions on screen."""
+    evaluate_module = importlib.import_module("engine.translate.evaluate")  # the package exports a function of that name
+    generate = importlib.import_module("engine.translate.generate")
+
+    monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "4")
+    get_settings.cache_clear()
+    translated, asked = [], []
+    real_generate, real_detect = generate.generate_translations, evaluate_module.detect
+    monkeypatch.setattr(generate, "generate_translations",
+                        lambda model, tok, sources, src, tgt, *a, **k: translated.append(f"{src}-{tgt}")
+                        or real_generate(model, tok, sources, src, tgt, *a, **k))
+    monkeypatch.setattr(evaluate_module, "detect", lambda texts, languages: asked.append(tuple(languages))
+                        or real_detect(texts, languages))
+    base = pipeline.checkpoint_system(pipeline.checkpoints_by_label()["base"])
+    models = pipeline.ModelCache()
+
+    one = pipeline.evaluate_systems([base], pipeline.data_sets("dev", ["en-es"], 4), models)
+    two = pipeline.evaluate_systems([base], pipeline.data_sets("dev", ["en-es", "en-pt"], 4), models)
+    assert translated == ["en-es", "en-pt"]
+    assert set(asked) == {("en", "es", "pt")}
+    assert two[0].directions[0] == one[0].directions[0]
 
 
 def test_recipe_round_trip_through_the_view(demo_env):  # noqa: F811

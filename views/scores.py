@@ -73,5 +73,6 @@ with st.expander("All metrics, long form, with sacreBLEU signatures"):
     st.dataframe(table, hide_index=True, width="stretch")
     signatures = pd.DataFrame(rows)[["system", "direction", "bleu_signature", "chrf_signature"]]
     st.dataframe(signatures, hide_index=True, width="stretch")
-st.caption("Off-target: share of outputs whose language (py3langid, restricted to the languages in play) is not the "
-           "requested target; 'vs ref. language' compares with the language detected on each reference instead.")
+st.caption(f"Off-target: share of outputs whose language (py3langid, answering among the data's languages: "
+           f"{', '.join(pipeline.data_languages())}) is not the requested target; 'vs ref. language' compares with "
+           "the language detected on each reference instead.")
