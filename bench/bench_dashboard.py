@@ -7,7 +7,8 @@ Measures, against `streamlit run app.py` with an empty cache:
   3. the same with N browser sessions working at once (each merges with its own method, so
      the cold part really merges N recipes);
   4. CPU seconds per warm switch, chromium's (every browser process) and the server's, which
-     other jobs on the machine distort much less than wall-clock time.
+     other jobs on the machine distort much less than wall-clock time, and the same two over
+     the cold part (from the Merge clicks until every session's heatmaps are shown).
 
     .venv/bin/python bench/bench_dashboard.py [--sessions 4] [--switches 8] [--tiny] [--torch-threads N]
 
@@ -146,7 +147,7 @@ def _session(page, url, experts, method, switches, out, barriers) -> None:
         choose(page, "Experts", name)
     choose(page, "Method", method)
     wait_for_recipe(page, method)
-    barriers["merge"].wait()  # every session clicks Merge at the same moment
+    barriers["merge"].wait()  # every session clicks Merge at the same moment, and the cold CPU meter starts
     start = time.perf_counter()
     out["merge_clicks"] = click_merge(page)
     # A failed merge shows its error on the page: report it rather than wait out the timeout.
@@ -159,6 +160,7 @@ def _session(page, url, experts, method, switches, out, barriers) -> None:
     scores = open_page(page, "Scores")
     layers = open_page(page, "Layers")
     cold = time.perf_counter() - start
+    barriers["cold end"].wait()  # the cold CPU meter stops when every session's heatmaps are shown
     order = ["Scores", "Layers", "Models & merge", "Samples"]  # never the page already shown
     open_page(page, "Samples")  # the first visit computes translations the table did not need
     out.update(method=method, merge_s=merged, scores_s=scores, layers_s=layers, cold_s=cold, warm_s=[])
@@ -170,10 +172,10 @@ def _session(page, url, experts, method, switches, out, barriers) -> None:
     barriers["warm end"].wait()
 
 
-def run(url: str, experts: list[str], sessions: int, switches: int, meter: CpuMeter) -> list[dict]:
+def run(url: str, experts: list[str], sessions: int, switches: int, cold: CpuMeter, warm: CpuMeter) -> list[dict]:
     results = [{} for _ in range(sessions)]
-    barriers = {"merge": threading.Barrier(sessions), "warm start": threading.Barrier(sessions, action=meter.start),
-                "warm end": threading.Barrier(sessions, action=meter.stop)}
+    barriers = {"merge": threading.Barrier(sessions, action=cold.start), "cold end": threading.Barrier(sessions, action=cold.stop),
+                "warm start": threading.Barrier(sessions, action=warm.start), "warm end": threading.Barrier(sessions, action=warm.stop)}
     threads = [threading.Thread(target=session, args=(url, experts, METHODS[i % len(METHODS)], switches, results[i], barriers))
                for i in range(sessions)]
     for t in threads:
@@ -183,25 +185,27 @@ def run(url: str, experts: list[str], sessions: int, switches: int, meter: CpuMe
     return results
 
 
-def summarise(label: str, results: list[dict], meter: CpuMeter, load: tuple[float, float]) -> dict:
+def summarise(label: str, results: list[dict], cold: CpuMeter, warm: CpuMeter, load: tuple[float, float]) -> dict:
     failed = [r for r in results if "error" in r]
     results = [r for r in results if "cold_s" in r]
     if not results:
         return {"label": label, "sessions": 0, "load_average": load, "failed": failed}
-    warm = [w for r in results for w in r["warm_s"]]
-    if not warm:  # a session failed between the cold part and the warm switches
+    switches = [w for r in results for w in r["warm_s"]]
+    if not switches:  # a session failed between the cold part and the warm switches
         return {"label": label, "sessions": 0, "load_average": load, "failed": failed}
-    chromium_s, server_s = meter.used()
+    chromium_s, server_s = warm.used()
+    cold_chromium_s, cold_server_s = cold.used()
     return {
         "label": label, "sessions": len(results), "load_average": load,
-        "cpu_per_switch_chromium_s": chromium_s / len(warm), "cpu_per_switch_server_s": server_s / len(warm),
+        "cpu_per_switch_chromium_s": chromium_s / len(switches), "cpu_per_switch_server_s": server_s / len(switches),
+        "cpu_cold_chromium_s": cold_chromium_s, "cpu_cold_server_s": cold_server_s,
         "cold_s_median": statistics.median(r["cold_s"] for r in results),
         "cold_s_max": max(r["cold_s"] for r in results),
         "merge_s_max": max(r["merge_s"] for r in results),
         "merge_clicks": sum(r["merge_clicks"] for r in results),
         "scores_s_max": max(r["scores_s"] for r in results),
         "layers_s_max": max(r["layers_s"] for r in results),
-        "warm_s_median": statistics.median(warm), "warm_s_p90": sorted(warm)[int(0.9 * (len(warm) - 1))],
+        "warm_s_median": statistics.median(switches), "warm_s_p90": sorted(switches)[int(0.9 * (len(switches) - 1))],
         "runs": results, "failed": failed,
     }
 
@@ -236,10 +240,10 @@ def main() -> None:
         server = start_server(models, data, work / f"cache-{sessions}", ARTIFACTS / f"bench_dashboard_{sessions}.log",
                               extra_env=extra_env)
         try:
-            meter = CpuMeter(server.process.pid)
+            cold, warm = CpuMeter(server.process.pid), CpuMeter(server.process.pid)
             load_before = os.getloadavg()[0]
-            results = run(server.url, experts, sessions, args.switches, meter)
-            summaries.append(summarise(label, results, meter, (load_before, os.getloadavg()[0])))
+            results = run(server.url, experts, sessions, args.switches, cold, warm)
+            summaries.append(summarise(label, results, cold, warm, (load_before, os.getloadavg()[0])))
         finally:
             stop_server(server)
     out = Path(__file__).resolve().parent / "out" / "dashboard.json"
@@ -260,6 +264,9 @@ def main() -> None:
               f"{s['cpu_per_switch_chromium_s']:.2f} s + {s['cpu_per_switch_server_s']:.2f} s |"
               + (f" {len(s['failed'])} session(s) failed: {s['failed']}" if s["failed"] else "")
               + (f" ({s['merge_clicks']} Merge clicks for {s['sessions']} merges)" if s["merge_clicks"] > s["sessions"] else ""))
+    print("\nCPU from the Merge clicks until every session showed its heatmaps (chromium + server): "
+          + "; ".join(f"{s['sessions']} session(s) {s['cpu_cold_chromium_s']:.1f} s + {s['cpu_cold_server_s']:.1f} s"
+                      for s in summaries if s["sessions"]))
 
 
 if __name__ == "__main__":
