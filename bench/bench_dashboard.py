@@ -12,7 +12,8 @@ Measures, against `streamlit run app.py` with an empty cache:
 
     .venv/bin/python bench/bench_dashboard.py [--sessions 4] [--switches 8] [--tiny] [--torch-threads N]
 
---tiny runs on the tests' tiny random zoo (when zoo/models is not built yet). Results are
+The browser is told a page is shown by a MutationObserver (see wait_until), not by Playwright's
+per-frame polling, which sessions 1-3 used. --tiny runs on the tests' tiny random zoo (when zoo/models is not built yet). Results are
 printed as ready rows for BENCHMARKS.md (load average included) and written to
 bench/out/dashboard.json.
 """
@@ -53,15 +54,39 @@ PAGES = {  # page title -> JavaScript condition that says its content is on scre
 }
 
 
+RUN_ENDED = ("(() => { const w = document.querySelector('[data-testid=\"stStatusWidget\"]');"
+             " return !w || !/Running|Stop/i.test(w.innerText); })()")
+MERGE_SHOWN = ("[...document.querySelectorAll('[data-testid=\"stAlertContentSuccess\"]')]"
+               ".some(e => e.textContent.includes('Merge ready'))"
+               " || document.querySelector('[data-testid=\"stAlertContentError\"]') !== null")
+
+
+def wait_until(page, condition: str, timeout_ms: int = PAGE_TIMEOUT_MS) -> None:
+    """Until the JavaScript expression `condition` holds, tested after each change of the page.
+
+    Playwright's own waits test on every animation frame, which keeps chromium producing frames
+    (and here forcing a layout for innerText) the whole time a page computes: in a 4-session cold
+    round that was about 5 of chromium's 23 CPU-seconds, taken from the 2 cores the server computes
+    on. A user's browser does no such thing, so this benchmark waits by MutationObserver."""
+    page.evaluate(
+        f"""() => new Promise((resolve, reject) => {{
+            const met = () => {{ try {{ return Boolean({condition}); }} catch (e) {{ return false; }} }};
+            if (met()) return resolve();
+            const stop = () => {{ observer.disconnect(); clearTimeout(timer); }};
+            const observer = new MutationObserver(() => {{ if (met()) {{ stop(); resolve(); }} }});
+            const timer = setTimeout(() => {{ stop(); reject(new Error('not met in {timeout_ms} ms: ' + {condition!r})); }},
+                                     {timeout_ms});
+            observer.observe(document, {{subtree: true, childList: true, characterData: true, attributes: true}});
+        }})"""
+    )
+
+
 def open_page(page, title: str) -> float:
     """Click a page in the sidebar; seconds until its heading and content are shown and the run ended."""
+    shown = f"[...document.querySelectorAll('h1')].some(h => h.innerText.trim() === {title!r}) && ({PAGES[title]})"
     start = time.perf_counter()
     page.get_by_test_id("stSidebar").get_by_test_id("stPageLink").get_by_text(title, exact=True).click()
-    page.wait_for_function(
-        f"() => [...document.querySelectorAll('h1')].some(h => h.innerText.trim() === {title!r}) && ({PAGES[title]})",
-        timeout=PAGE_TIMEOUT_MS,
-    )
-    wait_for_app(page, settle_ms=0)  # the new page is on screen: only wait for its run to end
+    wait_until(page, f"({shown}) && {RUN_ENDED}")
     return time.perf_counter() - start
 
 
@@ -151,11 +176,9 @@ def _session(page, url, experts, method, switches, out, barriers) -> None:
     start = time.perf_counter()
     out["merge_clicks"] = click_merge(page)
     # A failed merge shows its error on the page: report it rather than wait out the timeout.
-    page.get_by_text("Merge ready", exact=False).or_(page.get_by_test_id("stAlertContentError")).first.wait_for(
-        timeout=TIMEOUT_MS)
+    wait_until(page, f"({MERGE_SHOWN}) && {RUN_ENDED}", TIMEOUT_MS)
     if page.get_by_test_id("stAlertContentError").count():
         raise RuntimeError(f"the merge failed on the page: {page.get_by_test_id('stAlertContentError').first.inner_text()}")
-    wait_for_app(page)
     merged = time.perf_counter() - start
     scores = open_page(page, "Scores")
     layers = open_page(page, "Layers")
