@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import pipeline  # noqa: E402
 from tests.browser_harness import (  # noqa: E402
-    ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, ZOO_DATA, ZOO_MODELS, build_demo_zoo, choose, start_server,
+    ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, RUN_ENDED, TIMEOUT_MS, ZOO_DATA, ZOO_MODELS, build_demo_zoo, choose, start_server,
     stop_server, wait_for_app, wait_for_recipe,
 )
 
@@ -54,8 +54,6 @@ PAGES = {  # page title -> JavaScript condition that says its content is on scre
 }
 
 
-RUN_ENDED = ("(() => { const w = document.querySelector('[data-testid=\"stStatusWidget\"]');"
-             " return !w || !/Running|Stop/i.test(w.innerText); })()")
 MERGE_SHOWN = ("[...document.querySelectorAll('[data-testid=\"stAlertContentSuccess\"]')]"
                ".some(e => e.textContent.includes('Merge ready'))"
                " || document.querySelector('[data-testid=\"stAlertContentError\"]') !== null")

@@ -215,16 +215,17 @@ def screenshot(page, name: str) -> Path:
 TIMEOUT_MS = 240_000
 
 
+# JavaScript: true once the script run has finished (Streamlit's status widget disappears when idle).
+RUN_ENDED = ("(() => { const w = document.querySelector('[data-testid=\"stStatusWidget\"]');"
+             " return !w || !/Running|Stop/i.test(w.innerText); })()")
+
+
 def wait_for_app(page, settle_ms: int = 300) -> None:
-    """Until the script run finished: Streamlit's status widget disappears when idle. `settle_ms`
-    first gives a just-triggered run time to show that widget."""
+    """Until the script run finished. `settle_ms` first gives a just-triggered run time to show
+    Streamlit's status widget."""
     page.wait_for_selector('[data-testid="stApp"]', timeout=TIMEOUT_MS)
     page.wait_for_timeout(settle_ms)
-    page.wait_for_function(
-        "() => { const w = document.querySelector('[data-testid=\"stStatusWidget\"]');"
-        " return !w || !/Running|Stop/i.test(w.innerText); }",
-        timeout=TIMEOUT_MS,
-    )
+    page.wait_for_function(f"() => {RUN_ENDED}", timeout=TIMEOUT_MS)
 
 
 def choose(page, label: str, option: str) -> None:
