@@ -85,13 +85,18 @@ def sweep_figure(rows: Sequence[dict], metric: str) -> go.Figure:
 # ----------------------------------------------------------------- layers
 
 
-def _cka_trace(values: np.ndarray, row_label: str, col_label: str, coloraxis: str) -> go.Heatmap:
-    """An L × L CKA matrix; layer 0 is the embedding output, layer l the output of block l."""
+def _add_cka_map(fig: go.Figure, values: np.ndarray, row_label: str, col_label: str, coloraxis: str,
+                 row: int, col: int, x_axis: str) -> None:
+    """An L × L CKA matrix into one panel, square cells, layer 0 (the embedding output) at the top
+    left; layer l is the output of block l. `x_axis` names the panel's x axis for the aspect lock."""
     rows, cols = values.shape
-    return go.Heatmap(
+    fig.add_trace(go.Heatmap(
         z=values, x=list(range(cols)), y=list(range(rows)), coloraxis=coloraxis,
         hovertemplate=f"{row_label} layer %{{y}}<br>{col_label} layer %{{x}}<br>value %{{z:.4f}}<extra></extra>",
-    )
+    ), row=row, col=col)
+    fig.update_xaxes(title=f"{col_label} layer", dtick=max(1, cols // 12), constrain="domain", row=row, col=col)
+    fig.update_yaxes(title=f"{row_label} layer", dtick=max(1, rows // 12), autorange="reversed", scaleanchor=x_axis,
+                     row=row, col=col)
 
 
 def cka_comparison(left, right) -> go.Figure:
@@ -111,11 +116,7 @@ def cka_comparison(left, right) -> go.Figure:
     # mostly above 0.8, and a 0..1 scale would hide the differences the comparison is about.
     zmin = float(np.floor(min(finite.min(), 1.0) * 20) / 20) if finite.size else 0.0
     for col, m in ((1, left), (2, right)):
-        fig.add_trace(_cka_trace(m.values, *m.labels, "coloraxis"), row=1, col=col)
-        fig.update_xaxes(title=f"{m.labels[1]} layer", dtick=max(1, m.values.shape[1] // 12), constrain="domain",
-                         row=1, col=col)
-        fig.update_yaxes(title=f"{m.labels[0]} layer", dtick=max(1, m.values.shape[0] // 12), autorange="reversed",
-                         scaleanchor=f"x{col}", row=1, col=col)
+        _add_cka_map(fig, m.values, *m.labels, "coloraxis", row=1, col=col, x_axis=f"x{col}")
     colorbar = {"len": 0.42, "y": 0.79, "thickness": 14}
     fig.update_layout(coloraxis={"colorscale": CKA_SCALE, "cmin": zmin, "cmax": 1.0,
                                  "colorbar": {**colorbar, "title": "CKA", "x": 1.0}})
@@ -123,10 +124,7 @@ def cka_comparison(left, right) -> go.Figure:
         diff = left.values - right.values
         bound = float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 1.0
         bound = bound or 1e-6
-        fig.add_trace(_cka_trace(diff, "row", "column", "coloraxis2"), row=2, col=1)
-        fig.update_xaxes(title="column layer", dtick=max(1, diff.shape[1] // 12), constrain="domain", row=2, col=1)
-        fig.update_yaxes(title="row layer", dtick=max(1, diff.shape[0] // 12), autorange="reversed", scaleanchor="x3",
-                         row=2, col=1)
+        _add_cka_map(fig, diff, "row", "column", "coloraxis2", row=2, col=1, x_axis="x3")
         fig.update_layout(coloraxis2={"colorscale": DIFF_SCALE, "cmin": -bound, "cmax": bound,
                                       "colorbar": {**colorbar, "title": "Δ", "x": 0.43, "y": 0.21}})
     for m, name in zip((left, right), pairs):
