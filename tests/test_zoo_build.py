@@ -18,7 +18,7 @@ from engine.settings import REPO_ROOT
 from engine.zoo.build import MICRO, _fine_tune_job, build, load_half, model_names
 from engine.zoo.corpus import build_corpus
 from engine.zoo.manifest import verify_zoo
-from engine.zoo.train import encode_translation, example_sampler, save_half, train
+from engine.zoo.train import IGNORE, accumulate_loss, encode_translation, example_sampler, save_half, train
 from engine.zoo.tokenizer import train_tokenizer
 
 
@@ -72,6 +72,40 @@ def test_loss_covers_only_the_reference_and_its_end():
     ids, labels = encode_translation(tokenizer, "en", "de", "five", "fünf")
     kept = [i for i, label in zip(ids, labels) if label != -100]
     assert tokenizer.decode(kept) == "fünf<|im_end|>"
+
+
+@pytest.mark.parametrize("micro_batches", [1, 3, 7])
+def test_length_sorted_micro_batches_give_the_whole_batch_gradient(micro_batches):
+    """Reference in float64: every example alone and unpadded, its log-softmax summed by hand over
+    its labelled next tokens, divided by the batch's count of labelled tokens."""
+    import torch
+
+    from tests.tiny_models import make_model
+
+    model = make_model(seed=3).double()
+    rng = torch.Generator().manual_seed(0)
+    examples = []
+    for length in [5, 17, 9, 30, 12, 3, 22]:
+        ids = torch.randint(3, 400, (length,), generator=rng).tolist()
+        labels = [IGNORE if torch.rand(1, generator=rng).item() < 0.4 else token for token in ids]
+        examples.append((ids, labels))
+
+    total, count = 0.0, 0
+    for ids, labels in examples:
+        log_probs = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+        for position in range(1, len(ids)):
+            if labels[position] != IGNORE:
+                total = total - log_probs[position - 1, labels[position]]
+                count += 1
+    (total / count).backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    expected_loss = (total / count).item()
+    model.zero_grad(set_to_none=True)
+
+    loss = accumulate_loss(model, examples, pad_id=0, max_len=256, micro_batches=micro_batches)
+    assert loss == pytest.approx(expected_loss, rel=1e-6)  # transformers takes the loss in float32
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-8, msg=name)
 
 
 def _fine_tune_by_hand(start, direction, seed, corpus, tokenizer, out):

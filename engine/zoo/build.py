@@ -49,9 +49,11 @@ class BuildConfig:
     devtest_size: int = 300
     vocab_size: int = 1024
     shape: ModelShape = ModelShape()
-    pretrain: Schedule = Schedule(steps=800, batch_size=64, lr=3e-3, translation_share=0.3, weight_decay=0.01)
+    # micro_batches: the fastest per step on 2 cores (bench/bench_zoo_step.py); experts gain nothing.
+    pretrain: Schedule = Schedule(steps=800, batch_size=64, lr=3e-3, translation_share=0.3, weight_decay=0.01,
+                                  micro_batches=4)
     expert: Schedule = Schedule(steps=400, batch_size=16, lr=1e-3)
-    joint: Schedule = Schedule(steps=400, batch_size=32, lr=1e-3)
+    joint: Schedule = Schedule(steps=400, batch_size=32, lr=1e-3, micro_batches=2)
     expert_aim_chrf: float = 60.0  # dev chrF an expert must reach to stop after a cycle
     expert_max_cycles: int = 3     # cycles of `expert` at most, whatever the dev chrF
     max_new_tokens: int = 48
@@ -68,7 +70,7 @@ MICRO = BuildConfig(
     train_per_kind=25, dev_size=8, devtest_size=8, vocab_size=320,
     shape=ModelShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                      num_key_value_heads=1, max_position_embeddings=128),
-    pretrain=Schedule(steps=2, batch_size=4, lr=1e-3, translation_share=0.3),
+    pretrain=Schedule(steps=2, batch_size=4, lr=1e-3, translation_share=0.3, micro_batches=2),
     expert=Schedule(steps=1, batch_size=4, lr=1e-3),
     joint=Schedule(steps=1, batch_size=4, lr=1e-3),
     expert_aim_chrf=100.0, expert_max_cycles=2,  # micro models never reach it: every cycle path runs
