@@ -6,11 +6,14 @@ Measures, against `streamlit run app.py` with an empty cache:
   2. warm: switching pages once everything is cached (median over several switches);
   3. the same with N browser sessions working at once (each merges with its own method, so
      the cold part really merges N recipes);
-  4. CPU seconds per warm switch, chromium's (every browser process) and the server's, which
+  4. with --think-s T, the warm switches of people who look at each page first: every session
+     waits a random 0.5-1.5 T (seeded per session, so the sessions drift apart) before each
+     switch; the default 0 switches back to back, all sessions at once, a stress test;
+  5. CPU seconds per warm switch, chromium's (every browser process) and the server's, which
      other jobs on the machine distort much less than wall-clock time, and the same two over
      the cold part (from the Merge clicks until every session's heatmaps are shown).
 
-    .venv/bin/python bench/bench_dashboard.py [--sessions 4] [--switches 8] [--tiny] [--torch-threads N]
+    .venv/bin/python bench/bench_dashboard.py [--sessions 4] [--switches 8] [--think-s T] [--tiny] [--torch-threads N]
 
 The browser is told a page is shown by a MutationObserver (see wait_until), not by Playwright's
 per-frame polling, which sessions 1-3 used. --tiny runs on the tests' tiny random zoo (when zoo/models is not built yet). Results are
@@ -24,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import shlex
 import statistics
 import sys
@@ -31,6 +35,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import psutil
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -129,7 +134,8 @@ class CpuMeter:
         return self.stop_s[0] - self.start_s[0], self.stop_s[1] - self.start_s[1]
 
 
-def session(url: str, experts: list[str], method: str, switches: int, out: dict, barriers: dict):
+def session(url: str, experts: list[str], method: str, switches: int, think: Callable[[], float], out: dict,
+            barriers: dict):
     """One browser of its own (Playwright's sync API is per thread) running `_session`."""
     from playwright.sync_api import sync_playwright
 
@@ -137,7 +143,7 @@ def session(url: str, experts: list[str], method: str, switches: int, out: dict,
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         try:
-            _session(page, url, experts, method, switches, out, barriers)
+            _session(page, url, experts, method, switches, think, out, barriers)
         except Exception as err:  # keep the other sessions' figures; say what this one saw
             out["error"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
             page.screenshot(path=str(ARTIFACTS / f"bench_session_{method.replace(' ', '_')}_error.png"))
@@ -162,7 +168,7 @@ def click_merge(page, attempts: int = 3) -> int:
     raise RuntimeError(f"the Merge button did not react to {attempts} clicks")
 
 
-def _session(page, url, experts, method, switches, out, barriers) -> None:
+def _session(page, url, experts, method, switches, think, out, barriers) -> None:
     """One user: pick, merge, Scores, Layers (cold), then switch pages (warm)."""
     page.goto(url)
     wait_for_app(page)
@@ -188,16 +194,20 @@ def _session(page, url, experts, method, switches, out, barriers) -> None:
     log.info("%s: cold %.1f s (merge %.1f s, Scores %.1f s, Layers %.1f s)", method, cold, merged, scores, layers)
     barriers["warm start"].wait()  # the warm switches of all sessions overlap, and the CPU meter starts
     for i in range(switches):
+        time.sleep(think())
         out["warm_s"].append(open_page(page, order[i % len(order)]))
         log.info("%s: %s in %.2f s", method, order[i % len(order)], out["warm_s"][-1])
     barriers["warm end"].wait()
 
 
-def run(url: str, experts: list[str], sessions: int, switches: int, cold: CpuMeter, warm: CpuMeter) -> list[dict]:
+def run(url: str, experts: list[str], sessions: int, switches: int, think_s: float, cold: CpuMeter,
+        warm: CpuMeter) -> list[dict]:
     results = [{} for _ in range(sessions)]
     barriers = {"merge": threading.Barrier(sessions, action=cold.start), "cold end": threading.Barrier(sessions, action=cold.stop),
                 "warm start": threading.Barrier(sessions, action=warm.start), "warm end": threading.Barrier(sessions, action=warm.stop)}
-    threads = [threading.Thread(target=session, args=(url, experts, METHODS[i % len(METHODS)], switches, results[i], barriers))
+    pauses = [random.Random(i) for i in range(sessions)]
+    threads = [threading.Thread(target=session, args=(url, experts, METHODS[i % len(METHODS)], switches,
+                                                      lambda r=pauses[i]: think_s * r.uniform(0.5, 1.5), results[i], barriers))
                for i in range(sessions)]
     for t in threads:
         t.start()
@@ -235,6 +245,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--switches", type=int, default=8)
+    parser.add_argument("--think-s", type=float, default=0.0,
+                        help="mean pause before each warm switch, as a person reading the page (0: back to back)")
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny random zoo instead of zoo/")
     parser.add_argument("--torch-threads", type=int,
                         help="torch threads per job in the server (OMP_NUM_THREADS); default: the dashboard's own "
@@ -254,6 +266,8 @@ def main() -> None:
     if args.torch_threads:
         extra_env["OMP_NUM_THREADS"] = str(args.torch_threads)
         label += f", {args.torch_threads} torch thread(s) per job"
+    if args.think_s:
+        label += f", a {0.5 * args.think_s:g}-{1.5 * args.think_s:g} s pause before each warm switch"
     experts = en_x_experts([models])
     summaries = []
     for sessions in sorted({1, args.sessions}):
@@ -263,7 +277,7 @@ def main() -> None:
         try:
             cold, warm = CpuMeter(server.process.pid), CpuMeter(server.process.pid)
             load_before = os.getloadavg()[0]
-            results = run(server.url, experts, sessions, args.switches, cold, warm)
+            results = run(server.url, experts, sessions, args.switches, args.think_s, cold, warm)
             summaries.append(summarise(label, results, cold, warm, (load_before, os.getloadavg()[0])))
         finally:
             stop_server(server)

@@ -236,16 +236,26 @@ class LoadedModel:
     identity: str
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @functools.cached_property
+    def weight_bytes(self) -> int:
+        """Bytes of the model's parameters and buffers (tied weights counted once)."""
+        tensors = {id(t): t for t in [*self.model.parameters(), *self.model.buffers()]}
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
 
 class ModelCache:
-    """Loaded and merged models by identity, least recently used dropped first; thread-safe.
+    """Loaded and merged models by identity, within a budget of weight bytes, least recently
+    used dropped first; thread-safe.
 
     Two sessions asking for the same model at once build it once: the second waits on a
-    per-identity lock instead of merging again.
+    per-identity lock instead of merging again. The budget is in bytes, not models: a count
+    that suits 7B checkpoints thrashes on the demo zoo (four sessions' merges, base, experts and
+    joint model are 8 models of 6 MB; with room for 6, merges were rebuilt mid-page, doubling
+    the server's CPU in a 4-session cold round).
     """
 
-    def __init__(self, capacity: int = 6):
-        self.capacity = capacity
+    def __init__(self, budget_bytes: int | None = None):
+        self.budget_bytes = get_settings().model_memory_bytes if budget_bytes is None else budget_bytes
         self._lock = threading.Lock()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._building: dict[str, threading.Lock] = {}
@@ -266,7 +276,8 @@ class ModelCache:
             with self._lock:
                 self._models[system.identity] = loaded
                 self.builds += 1
-                while len(self._models) > self.capacity:
+                # The model just built stays even alone over budget: its caller is about to use it.
+                while len(self._models) > 1 and sum(m.weight_bytes for m in self._models.values()) > self.budget_bytes:
                     dropped, _ = self._models.popitem(last=False)
                     log.info("model cache full: dropped %s", dropped[:12])
                 self._building.pop(system.identity, None)

@@ -5,6 +5,7 @@
 | MERGESCOPE_MODEL_ROOTS     | <repo>/zoo/models            | folders holding checkpoints (os.pathsep)  |
 | MERGESCOPE_CACHE_DIR       | <repo>/.mergescope-cache     | content-addressed cache folder            |
 | MERGESCOPE_CACHE_MAX_GB    | 20                           | cache size cap before LRU eviction        |
+| MERGESCOPE_MODEL_MEMORY_GB | 8                            | live models' weights before LRU dropping  |
 | MERGESCOPE_DEVICE          | auto                         | auto, cpu or cuda                         |
 | MERGESCOPE_DATA_DIR        | <repo>/zoo/data              | parallel data the dashboard evaluates on  |
 | MERGESCOPE_MAX_NEW_TOKENS  | (decoding default)           | cap on generated tokens per sentence      |
@@ -33,6 +34,7 @@ class Settings:
     model_roots: tuple[Path, ...]
     cache_dir: Path
     cache_max_bytes: int
+    model_memory_bytes: int  # weights of loaded and merged models the dashboard keeps live
     device: str
     data_dir: Path
     max_new_tokens: int | None  # None: the decoding settings' own default
@@ -49,13 +51,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     cache_dir = Path(env.get("MERGESCOPE_CACHE_DIR", "") or REPO_ROOT / ".mergescope-cache").expanduser()
 
-    cap_text = env.get("MERGESCOPE_CACHE_MAX_GB", "20")
-    try:
-        cap_gb = float(cap_text)
-    except ValueError:
-        raise SettingsError(f"MERGESCOPE_CACHE_MAX_GB: expected a number of GB, got {cap_text!r}") from None
-    if cap_gb <= 0:
-        raise SettingsError(f"MERGESCOPE_CACHE_MAX_GB: must be positive, got {cap_text!r}")
+    cap_gb = _positive_gb(env, "MERGESCOPE_CACHE_MAX_GB", "20")
+    model_memory_gb = _positive_gb(env, "MERGESCOPE_MODEL_MEMORY_GB", "8")
 
     device = env.get("MERGESCOPE_DEVICE", "auto").strip().lower()
     if device not in DEVICES:
@@ -78,12 +75,24 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         model_roots=tuple(p.resolve() for p in roots),
         cache_dir=cache_dir.resolve(),
         cache_max_bytes=int(cap_gb * 1024**3),
+        model_memory_bytes=int(model_memory_gb * 1024**3),
         device=device,
         data_dir=data_dir.resolve(),
         max_new_tokens=max_new_tokens,
         backend=backend,
         ray_address=env.get("MERGESCOPE_RAY_ADDRESS", "").strip() or None,
     )
+
+
+def _positive_gb(env: Mapping[str, str], name: str, default: str) -> float:
+    text = env.get(name, default)
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a number of GB, got {text!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name}: must be positive, got {text!r}")
+    return value
 
 
 def model_roots() -> tuple[Path, ...]:

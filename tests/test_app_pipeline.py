@@ -58,9 +58,31 @@ def test_model_cache_builds_once_under_concurrent_requests(demo_env, monkeypatch
 def test_model_cache_drops_the_least_recently_used(demo_env):  # noqa: F811
     by_label = pipeline.checkpoints_by_label()
     systems = [pipeline.checkpoint_system(by_label[n]) for n in ("base", "expert-en-es", "expert-en-pt")]
-    cache = pipeline.ModelCache(capacity=2)
+    one = pipeline.ModelCache().get(systems[0]).weight_bytes
+    cache = pipeline.ModelCache(budget_bytes=2 * one)  # room for two of these equal-sized models
     cache.get(systems[0]), cache.get(systems[1]), cache.get(systems[0]), cache.get(systems[2])
     assert systems[0].identity in cache and systems[2].identity in cache and systems[1].identity not in cache
+
+
+def test_model_cache_keeps_a_model_larger_than_its_budget_until_the_next(demo_env):  # noqa: F811
+    by_label = pipeline.checkpoints_by_label()
+    systems = [pipeline.checkpoint_system(by_label[n]) for n in ("base", "expert-en-es")]
+    cache = pipeline.ModelCache(budget_bytes=1)
+    cache.get(systems[0])
+    assert systems[0].identity in cache  # its caller is about to use it
+    cache.get(systems[1])
+    assert systems[1].identity in cache and systems[0].identity not in cache
+
+
+def test_a_model_weighs_what_transformers_says_it_holds(demo_env):  # noqa: F811
+    loaded = pipeline.ModelCache().get(pipeline.checkpoint_system(pipeline.checkpoints_by_label()["base"]))
+    assert loaded.weight_bytes == loaded.model.get_memory_footprint(return_buffers=True)
+
+
+def test_the_model_memory_budget_is_a_setting(demo_env, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("MERGESCOPE_MODEL_MEMORY_GB", "0.5")
+    get_settings.cache_clear()
+    assert pipeline.ModelCache().budget_bytes == 512 * 1024**2
 
 
 def test_warm_views_need_no_model(demo_env, monkeypatch):  # noqa: F811

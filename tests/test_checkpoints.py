@@ -182,6 +182,7 @@ def test_loaded_model_computes_what_the_saved_model_computed(model_root):
     [
         ("MERGESCOPE_DEVICE", "tpu", "MERGESCOPE_DEVICE: expected one of auto, cpu, cuda"),
         ("MERGESCOPE_CACHE_MAX_GB", "lots", "MERGESCOPE_CACHE_MAX_GB: expected a number"),
+        ("MERGESCOPE_MODEL_MEMORY_GB", "0", "MERGESCOPE_MODEL_MEMORY_GB: must be positive"),
     ],
 )
 def test_bad_settings_name_the_variable(model_root, variable, value, message):
