@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -26,3 +27,15 @@ def resolve_device(requested: str | None = None) -> torch.device:
 def default_device() -> torch.device:
     """The device chosen once per process from MERGESCOPE_DEVICE."""
     return resolve_device()
+
+
+def model_memory_budget() -> int:
+    """Bytes of live model weights to allow: MERGESCOPE_MODEL_MEMORY_GB, else half the memory of
+    the device models live on (the other half for activations, captures and the rest)."""
+    configured = get_settings().model_memory_bytes
+    if configured is not None:
+        return configured
+    device = default_device()
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 2
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2

@@ -28,7 +28,7 @@ import numpy as np
 from engine.checkpoints import (
     Checkpoint, compatibility_problems, discover_checkpoints, load_model, load_tokenizer, open_checkpoint,
 )
-from engine.device import default_device
+from engine.device import default_device, model_memory_budget
 from engine.checkpoints.discover import Discovery
 from engine.errors import DataError, RecipeError
 from engine.parallel import ParallelSet, load_jsonl
@@ -251,11 +251,11 @@ class ModelCache:
     per-identity lock instead of merging again. The budget is in bytes, not models: a count
     that suits 7B checkpoints thrashes on the demo zoo (four sessions' merges, base, experts and
     joint model are 8 models of 6 MB; with room for 6, merges were rebuilt mid-page, doubling
-    the server's CPU in a 4-session cold round).
+    the server's CPU in a 4-session cold round) and overflows memory with large ones.
     """
 
     def __init__(self, budget_bytes: int | None = None):
-        self.budget_bytes = get_settings().model_memory_bytes if budget_bytes is None else budget_bytes
+        self.budget_bytes = model_memory_budget() if budget_bytes is None else budget_bytes
         self._lock = threading.Lock()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._building: dict[str, threading.Lock] = {}

@@ -5,7 +5,7 @@
 | MERGESCOPE_MODEL_ROOTS     | <repo>/zoo/models            | folders holding checkpoints (os.pathsep)  |
 | MERGESCOPE_CACHE_DIR       | <repo>/.mergescope-cache     | content-addressed cache folder            |
 | MERGESCOPE_CACHE_MAX_GB    | 20                           | cache size cap before LRU eviction        |
-| MERGESCOPE_MODEL_MEMORY_GB | 8                            | live models' weights before LRU dropping  |
+| MERGESCOPE_MODEL_MEMORY_GB | (half the device's memory)   | live models' weights before LRU dropping  |
 | MERGESCOPE_DEVICE          | auto                         | auto, cpu or cuda                         |
 | MERGESCOPE_DATA_DIR        | <repo>/zoo/data              | parallel data the dashboard evaluates on  |
 | MERGESCOPE_MAX_NEW_TOKENS  | (decoding default)           | cap on generated tokens per sentence      |
@@ -34,7 +34,7 @@ class Settings:
     model_roots: tuple[Path, ...]
     cache_dir: Path
     cache_max_bytes: int
-    model_memory_bytes: int  # weights of loaded and merged models the dashboard keeps live
+    model_memory_bytes: int | None  # weights of live models the dashboard keeps; None: engine.device decides
     device: str
     data_dir: Path
     max_new_tokens: int | None  # None: the decoding settings' own default
@@ -52,7 +52,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     cache_dir = Path(env.get("MERGESCOPE_CACHE_DIR", "") or REPO_ROOT / ".mergescope-cache").expanduser()
 
     cap_gb = _positive_gb(env, "MERGESCOPE_CACHE_MAX_GB", "20")
-    model_memory_gb = _positive_gb(env, "MERGESCOPE_MODEL_MEMORY_GB", "8")
+    model_memory_gb = _positive_gb(env, "MERGESCOPE_MODEL_MEMORY_GB", None)
 
     device = env.get("MERGESCOPE_DEVICE", "auto").strip().lower()
     if device not in DEVICES:
@@ -75,7 +75,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         model_roots=tuple(p.resolve() for p in roots),
         cache_dir=cache_dir.resolve(),
         cache_max_bytes=int(cap_gb * 1024**3),
-        model_memory_bytes=int(model_memory_gb * 1024**3),
+        model_memory_bytes=None if model_memory_gb is None else int(model_memory_gb * 1024**3),
         device=device,
         data_dir=data_dir.resolve(),
         max_new_tokens=max_new_tokens,
@@ -84,8 +84,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     )
 
 
-def _positive_gb(env: Mapping[str, str], name: str, default: str) -> float:
-    text = env.get(name, default)
+def _positive_gb(env: Mapping[str, str], name: str, default: str | None) -> float | None:
+    text = env.get(name, "").strip() or default
+    if text is None:
+        return None
     try:
         value = float(text)
     except ValueError:

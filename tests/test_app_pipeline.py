@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from engine.device import default_device
 from engine.settings import get_settings
 from engine import pipeline
 from engine.errors import DataError, RecipeError
@@ -79,10 +80,17 @@ def test_a_model_weighs_what_transformers_says_it_holds(demo_env):  # noqa: F811
     assert loaded.weight_bytes == loaded.model.get_memory_footprint(return_buffers=True)
 
 
-def test_the_model_memory_budget_is_a_setting(demo_env, monkeypatch):  # noqa: F811
+def test_the_model_memory_budget_is_a_setting_else_half_the_memory(demo_env, monkeypatch):  # noqa: F811
     monkeypatch.setenv("MERGESCOPE_MODEL_MEMORY_GB", "0.5")
     get_settings.cache_clear()
     assert pipeline.ModelCache().budget_bytes == 512 * 1024**2
+    monkeypatch.delenv("MERGESCOPE_MODEL_MEMORY_GB")
+    monkeypatch.setenv("MERGESCOPE_DEVICE", "cpu")
+    get_settings.cache_clear()
+    default_device.cache_clear()
+    mem_total_kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+    assert pipeline.ModelCache().budget_bytes == pytest.approx(mem_total_kib * 1024 / 2, rel=0.02)
+    default_device.cache_clear()
 
 
 def test_warm_views_need_no_model(demo_env, monkeypatch):  # noqa: F811
