@@ -239,8 +239,7 @@ class LoadedModel:
     @functools.cached_property
     def weight_bytes(self) -> int:
         """Bytes of the model's parameters and buffers (tied weights counted once)."""
-        tensors = {id(t): t for t in [*self.model.parameters(), *self.model.buffers()]}
-        return sum(t.numel() * t.element_size() for t in tensors.values())
+        return self.model.get_memory_footprint(return_buffers=True)
 
 
 class ModelCache:

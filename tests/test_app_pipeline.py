@@ -75,11 +75,6 @@ def test_model_cache_keeps_a_model_larger_than_its_budget_until_the_next(demo_en
     assert systems[1].identity in cache and systems[0].identity not in cache
 
 
-def test_a_model_weighs_what_transformers_says_it_holds(demo_env):  # noqa: F811
-    loaded = pipeline.ModelCache().get(pipeline.checkpoint_system(pipeline.checkpoints_by_label()["base"]))
-    assert loaded.weight_bytes == loaded.model.get_memory_footprint(return_buffers=True)
-
-
 def test_the_model_memory_budget_is_a_setting_else_half_the_memory(demo_env, monkeypatch):  # noqa: F811
     monkeypatch.setenv("MERGESCOPE_MODEL_MEMORY_GB", "0.5")
     get_settings.cache_clear()
@@ -88,9 +83,11 @@ def test_the_model_memory_budget_is_a_setting_else_half_the_memory(demo_env, mon
     monkeypatch.setenv("MERGESCOPE_DEVICE", "cpu")
     get_settings.cache_clear()
     default_device.cache_clear()
-    mem_total_kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
-    assert pipeline.ModelCache().budget_bytes == pytest.approx(mem_total_kib * 1024 / 2, rel=0.02)
-    default_device.cache_clear()
+    try:
+        mem_total_kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+        assert pipeline.ModelCache().budget_bytes == pytest.approx(mem_total_kib * 1024 / 2, rel=0.02)
+    finally:
+        default_device.cache_clear()  # the next test's settings choose its device again
 
 
 def test_warm_views_need_no_model(demo_env, monkeypatch):  # noqa: F811
