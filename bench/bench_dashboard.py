@@ -16,9 +16,9 @@ Measures, against `streamlit run app.py` with an empty cache:
     .venv/bin/python bench/bench_dashboard.py [--sessions 4] [--switches 8] [--think-s T] [--tiny] [--torch-threads N]
 
 The browser is told a page is shown by a MutationObserver (see wait_until), not by Playwright's
-per-frame polling, which sessions 1-3 used. --tiny runs on the tests' tiny random zoo (when zoo/models is not built yet). Results are
-printed as ready rows for BENCHMARKS.md (load average included) and written to
-bench/out/dashboard.json.
+per-frame polling, which sessions 1-3 used. --tiny runs on the tests' tiny random zoo (when
+zoo/models is not built yet). Results are printed as ready rows for BENCHMARKS.md (load average
+included) and written to bench/out/dashboard.json.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ For each schedule of `engine.zoo.build.BuildConfig` (base pretraining on 2 threa
 gives it `workers × threads`; an expert and the joint model on 1 thread, as each runs in its own
 worker) the same batches, drawn by the build's sampler, are stepped with micro_batches = 1, 2, 4
 and the build's setting, in turn, round after round; medians per step are reported with their
-ratio to one padded batch, and the share of a padded batch's tokens that are padding. A step is forward + backward (`accumulate_loss`) + AdamW.
+ratio to one padded batch, and the share of a padded batch's tokens that are padding. A step is
+forward + backward (`accumulate_loss`) + AdamW.
 """
 
 from __future__ import annotations
