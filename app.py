@@ -39,6 +39,8 @@ try:
     common.draw_shared_pickers()
 except MergeScopeError as err:
     st.error(str(err))
+if page.url_path == PAGES[0].url_path:  # where sessions start; a link to a chart page loads plotly.js anyway
+    common.preload_charts()
 state.write_to_url()
 
 try:

@@ -97,6 +97,20 @@ def test_models_page_lists_checkpoints_and_refusals(app):
     assert app.button(key="merge").disabled
 
 
+def test_the_chart_library_loads_once_on_the_first_pick(app):
+    """The session's second run of Models & merge draws one hidden chart of the trace kinds the
+    pages use (it has the browser load plotly.js early); its first run and later runs draw none."""
+    assert not charts(app)
+    app.multiselect(key="experts").set_value(["expert-en-es"]).run()
+    (preload,) = charts(app)
+    assert {t["type"] for t in preload["data"]} == {"heatmap", "scatter", "bar"}
+    assert any("display: none" in h.proto.body for h in app.get("html"))
+    app.multiselect(key="experts").set_value(["expert-en-es", "expert-en-pt"]).run()
+    assert not charts(app)
+    app.switch_page("views/scores.py").run()
+    assert len(charts(app)) == 1 and charts(app)[0]["data"][0]["type"] == "bar"  # the page's own bars only
+
+
 def test_sliders_come_from_the_registry_and_drive_the_recipe(app):
     pick(app, method="ties")
     labels = {s.label for s in app.slider}
