@@ -11,7 +11,9 @@ Measures, against `streamlit run app.py` with an empty cache:
      switch; the default 0 switches back to back, all sessions at once, a stress test;
   5. CPU seconds per warm switch, chromium's (every browser process) and the server's, which
      other jobs on the machine distort much less than wall-clock time, and the same two over
-     the cold part (from the Merge clicks until every session's heatmaps are shown).
+     the cold part (from the Merge clicks until every session's heatmaps are shown);
+  6. the floor: the same warm switches, same browsers and cores, between the two heading-only
+     pages of bench/floor_app.py, i.e. what any Streamlit page switch costs here.
 
     .venv/bin/python bench/bench_dashboard.py [--sessions 4] [--switches 8] [--think-s T] [--tiny] [--torch-threads N]
 
@@ -24,6 +26,7 @@ included) and written to bench/out/dashboard.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -59,6 +62,9 @@ PAGES = {  # page title -> JavaScript condition that says its content is on scre
 }
 
 
+FLOOR_APP = "bench/floor_app.py"
+FLOOR_TITLES = ("First", "Second")  # its pages; it opens on the first
+
 MERGE_SHOWN = ("[...document.querySelectorAll('[data-testid=\"stAlertContentSuccess\"]')]"
                ".some(e => e.textContent.includes('Merge ready'))"
                " || document.querySelector('[data-testid=\"stAlertContentError\"]') !== null")
@@ -84,9 +90,11 @@ def wait_until(page, condition: str, timeout_ms: int = PAGE_TIMEOUT_MS) -> None:
     )
 
 
-def open_page(page, title: str) -> float:
-    """Click a page in the sidebar; seconds until its heading and content are shown and the run ended."""
-    shown = f"[...document.querySelectorAll('h1')].some(h => h.innerText.trim() === {title!r}) && ({PAGES[title]})"
+def open_page(page, title: str, content: str | None = None) -> float:
+    """Click a page in the sidebar; seconds until its heading and content (a JavaScript condition,
+    by default the dashboard page's own from PAGES) are shown and the run ended."""
+    content = PAGES[title] if content is None else content
+    shown = f"[...document.querySelectorAll('h1')].some(h => h.innerText.trim() === {title!r}) && ({content})"
     start = time.perf_counter()
     page.get_by_test_id("stSidebar").get_by_test_id("stPageLink").get_by_text(title, exact=True).click()
     wait_until(page, f"({shown}) && {RUN_ENDED}")
@@ -134,20 +142,19 @@ class CpuMeter:
         return self.stop_s[0] - self.start_s[0], self.stop_s[1] - self.start_s[1]
 
 
-def session(url: str, experts: list[str], method: str, switches: int, think: Callable[[], float], out: dict,
-            barriers: dict):
-    """One browser of its own (Playwright's sync API is per thread) running `_session`."""
+def in_browser(name: str, body: Callable, out: dict, barriers: dict):
+    """`body(page)` in a browser of its own (Playwright's sync API is per thread)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         try:
-            _session(page, url, experts, method, switches, think, out, barriers)
+            body(page)
         except Exception as err:  # keep the other sessions' figures; say what this one saw
             out["error"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
-            page.screenshot(path=str(ARTIFACTS / f"bench_session_{method.replace(' ', '_')}_error.png"))
-            log.error("session %s failed: %s", method, out["error"])
+            page.screenshot(path=str(ARTIFACTS / f"bench_session_{name.replace(' ', '_')}_error.png"))
+            log.error("session %s failed: %s", name, out["error"])
             for barrier in barriers.values():
                 barrier.abort()  # the other sessions must not wait for this one
         browser.close()
@@ -200,15 +207,37 @@ def _session(page, url, experts, method, switches, think, out, barriers) -> None
     barriers["warm end"].wait()
 
 
+def _floor_session(page, url, switches, think, out, barriers) -> None:
+    """Switch between the floor app's two heading-only pages."""
+    page.goto(url)
+    wait_for_app(page)
+    out["warm_s"] = []
+    barriers["warm start"].wait()
+    for i in range(switches):
+        time.sleep(think())
+        out["warm_s"].append(open_page(page, FLOOR_TITLES[(i + 1) % 2], content="true"))  # the app opens on the first
+    barriers["warm end"].wait()
+
+
 def run(url: str, experts: list[str], sessions: int, switches: int, think_s: float, cold: CpuMeter,
-        warm: CpuMeter) -> list[dict]:
+        warm: CpuMeter, floor: bool = False) -> list[dict]:
+    """`sessions` browsers at once: dashboard users (merge, then warm switches) or, with `floor`,
+    switches between the floor app's pages."""
     results = [{} for _ in range(sessions)]
     barriers = {"merge": threading.Barrier(sessions, action=cold.start), "cold end": threading.Barrier(sessions, action=cold.stop),
                 "warm start": threading.Barrier(sessions, action=warm.start), "warm end": threading.Barrier(sessions, action=warm.stop)}
     pauses = [random.Random(i) for i in range(sessions)]
-    threads = [threading.Thread(target=session, args=(url, experts, METHODS[i % len(METHODS)], switches,
-                                                      lambda r=pauses[i]: think_s * r.uniform(0.5, 1.5), results[i], barriers))
-               for i in range(sessions)]
+    threads = []
+    for i in range(sessions):
+        think = functools.partial(lambda r: think_s * r.uniform(0.5, 1.5), pauses[i])
+        if floor:
+            name, body = f"floor {i}", functools.partial(_floor_session, url=url, switches=switches, think=think,
+                                                        out=results[i], barriers=barriers)
+        else:
+            name = METHODS[i % len(METHODS)]
+            body = functools.partial(_session, url=url, experts=experts, method=name, switches=switches, think=think,
+                                     out=results[i], barriers=barriers)
+        threads.append(threading.Thread(target=in_browser, args=(name, body, results[i], barriers)))
     for t in threads:
         t.start()
     for t in threads:
@@ -239,6 +268,16 @@ def summarise(label: str, results: list[dict], cold: CpuMeter, warm: CpuMeter, l
         "warm_s_median": statistics.median(switches), "warm_s_p90": sorted(switches)[int(0.9 * (len(switches) - 1))],
         "runs": results, "failed": failed,
     }
+
+
+def summarise_floor(results: list[dict], warm: CpuMeter) -> dict:
+    switches = [w for r in results if "error" not in r for w in r["warm_s"]]
+    if not switches:
+        return {"sessions": 0, "failed": [r["error"] for r in results if "error" in r]}
+    chromium_s, server_s = warm.used()
+    return {"sessions": sum("error" not in r for r in results), "warm_s_median": statistics.median(switches),
+            "warm_s_p90": sorted(switches)[int(0.9 * (len(switches) - 1))],
+            "cpu_per_switch_chromium_s": chromium_s / len(switches), "cpu_per_switch_server_s": server_s / len(switches)}
 
 
 def main() -> None:
@@ -281,9 +320,19 @@ def main() -> None:
             summaries.append(summarise(label, results, cold, warm, (load_before, os.getloadavg()[0])))
         finally:
             stop_server(server)
+    floors = []
+    for sessions in sorted({1, args.sessions}):
+        server = start_server(models, data, work / "cache-floor", ARTIFACTS / f"bench_floor_{sessions}.log", script=FLOOR_APP)
+        try:
+            warm = CpuMeter(server.process.pid)
+            results = run(server.url, [], sessions, args.switches, args.think_s, CpuMeter(server.process.pid), warm, floor=True)
+            floors.append(summarise_floor(results, warm))
+        finally:
+            stop_server(server)
     out = Path(__file__).resolve().parent / "out" / "dashboard.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"experts": experts, "cpus": os.cpu_count(), "summaries": summaries}, indent=1))
+    out.write_text(json.dumps({"experts": experts, "cpus": os.cpu_count(), "summaries": summaries, "floor": floors},
+                              indent=1))
     command = shlex.join([".venv/bin/python", "bench/bench_dashboard.py", *sys.argv[1:]])
     print(f"Rows for BENCHMARKS.md (`{command}`; experts {', '.join(experts)}; raw figures in {out}):\n")
     print("| machine | zoo | sessions | Merge click → Scores row + Layers heatmaps (median / max) | merge alone (max) | "
@@ -299,6 +348,15 @@ def main() -> None:
               f"{s['cpu_per_switch_chromium_s']:.2f} s + {s['cpu_per_switch_server_s']:.2f} s |"
               + (f" {len(s['failed'])} session(s) failed: {s['failed']}" if s["failed"] else "")
               + (f" ({s['merge_clicks']} Merge clicks for {s['sessions']} merges)" if s["merge_clicks"] > s["sessions"] else ""))
+    print(f"\nThe floor, {FLOOR_APP} (two heading-only pages), same browsers and switches:\n")
+    print("| sessions | page switch, warm (median / p90) | CPU per switch: chromium + server |")
+    print("|---|---|---|")
+    for f in floors:
+        if not f["sessions"]:
+            print(f"| – | every session failed: {f['failed']} | |")
+            continue
+        print(f"| {f['sessions']} | {f['warm_s_median']:.2f} s / {f['warm_s_p90']:.2f} s | "
+              f"{f['cpu_per_switch_chromium_s']:.2f} s + {f['cpu_per_switch_server_s']:.2f} s |")
     print("\nCPU from the Merge clicks until every session showed its heatmaps (chromium + server): "
           + "; ".join(f"{s['sessions']} session(s) {s['cpu_cold_chromium_s']:.1f} s + {s['cpu_cold_server_s']:.1f} s"
                       for s in summaries if s["sessions"]))

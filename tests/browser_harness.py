@@ -114,16 +114,16 @@ class Server:
 
 
 def start_server(models: str | Path, data: Path, cache_dir: Path, log_file: Path, timeout_s: float = 90.0,
-                 extra_env: dict | None = None) -> Server:
-    """`streamlit run app.py` on a free localhost port; returns once /_stcore/health answers ok.
-    `models` may list several roots separated by os.pathsep."""
+                 extra_env: dict | None = None, script: str = "app.py") -> Server:
+    """`streamlit run app.py` (or another `script` of the repository) on a free localhost port;
+    returns once /_stcore/health answers ok. `models` may list several roots separated by os.pathsep."""
     port = free_port()
     env = {**os.environ, "MERGESCOPE_MODEL_ROOTS": str(models), "MERGESCOPE_DATA_DIR": str(data),
            "MERGESCOPE_CACHE_DIR": str(cache_dir), "MERGESCOPE_DEVICE": "cpu", **(extra_env or {})}
     log_file.parent.mkdir(parents=True, exist_ok=True)
     out = log_file.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+        [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],
         cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
