@@ -24,6 +24,7 @@ PAGES = [
     st.Page("views/samples.py", title="Samples", url_path="samples"),
 ]
 
+common.engine_logging()
 common.warm_up()
 state.restore_from_url()
 state.keep_alive()

@@ -7,7 +7,10 @@ noise; what is tested is that the page shows exactly what the engine computed).
 from __future__ import annotations
 
 import base64
+import io
 import json
+import logging
+import re
 from html.parser import HTMLParser
 
 import numpy as np
@@ -109,6 +112,19 @@ def test_the_chart_library_loads_once_on_the_first_pick(app):
     assert not charts(app)
     app.switch_page("views/scores.py").run()
     assert len(charts(app)) == 1 and charts(app)[0]["data"][0]["type"] == "bar"  # the page's own bars only
+
+
+def test_engine_messages_reach_the_server_log(app, monkeypatch):
+    """What the server computes (merges, translations with their time) is logged at Streamlit's
+    logger.level with the thread that ran it, so a slow page can be traced in the server's log."""
+    (handler,) = [h for h in logging.getLogger("engine").handlers if h.get_name() == common.ENGINE_LOG_HANDLER]
+    stream = io.StringIO()
+    monkeypatch.setattr(handler, "stream", stream)
+    merge(pick(app))
+    app.switch_page("views/scores.py").run()
+    text = stream.getvalue()
+    assert re.search(r"INFO \[ScriptRunner\.scriptThread\] engine\.pipeline: merging [0-9a-f]{12} in memory", text), text
+    assert re.search(r"\] engine\.translate\.evaluate: translated en-es \(8 sentences\) with \S+ in \d+\.\d\d s", text), text
 
 
 def test_sliders_come_from_the_registry_and_drive_the_recipe(app):

@@ -44,6 +44,25 @@ def prefetcher() -> pipeline.Prefetcher:
     return pipeline.Prefetcher()
 
 
+ENGINE_LOG_HANDLER = "mergescope-server-log"
+
+
+@st.cache_resource(show_spinner=False)
+def engine_logging() -> logging.Handler:
+    """The engine's messages (models loaded and merged, translations with their time) in the
+    server's log, at Streamlit's own `logger.level`: what the server computed, and when."""
+    handler = logging.StreamHandler()
+    handler.set_name(ENGINE_LOG_HANDLER)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"))
+    engine = logging.getLogger("engine")
+    for earlier in [h for h in engine.handlers if h.get_name() == ENGINE_LOG_HANDLER]:
+        engine.removeHandler(earlier)  # a cleared resource cache sets it up again: one copy of each line
+    engine.addHandler(handler)
+    engine.setLevel(str(st.get_option("logger.level")).upper())
+    engine.propagate = False  # the root logger's last-resort handler would print warnings twice
+    return handler
+
+
 @st.cache_resource(show_spinner=False)
 def warm_up() -> threading.Thread:
     """Import the modelling stack in the background once per server: the first Merge click would

@@ -11,6 +11,7 @@ resuming a sweep re-uses finished work.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from statistics import fmean
 from typing import Callable, Iterable, Sequence
@@ -152,8 +153,10 @@ def evaluate_direction(translator: Translator, pairs: ParallelSet, languages: Se
     langs = validate_sets([pairs], languages)
 
     def compute() -> DirectionResult:
-        log.info("translating %s (%d sentences) with %s", pairs.direction, len(pairs), translator.identity[:16])
+        start = time.perf_counter()
         outputs = translator.translate(pairs.sources, pairs.src_lang, pairs.tgt_lang)
+        log.info("translated %s (%d sentences) with %s in %.2f s", pairs.direction, len(pairs), translator.identity[:16],
+                 time.perf_counter() - start)
         return score_outputs(pairs, outputs, langs)
 
     if not use_cache:
