@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Callable
 
@@ -175,6 +176,18 @@ def click_merge(page, attempts: int = 3) -> int:
     raise RuntimeError(f"the Merge button did not react to {attempts} clicks")
 
 
+def check_view(page, experts: list[str], when: str) -> None:
+    """The view in the link holds the picked experts, the joint model (the default "Also
+    compare") and no chosen directions. A round once scored every expert on every direction in
+    one session: its "Also compare" and "Directions" held every option (Streamlit's multiselect
+    offers "Select all"), which no step here asks for, so a drifted view fails the session."""
+    view = urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query)
+    drift = {key: view.get(key) for key, wanted in (("experts", [",".join(experts)]), ("extra_systems", ["joint"]),
+                                                   ("directions", None)) if view.get(key) != wanted}
+    if drift:
+        raise RuntimeError(f"the view drifted {when}: {drift}")
+
+
 def _session(page, url, experts, method, switches, think, out, barriers) -> None:
     """One user: pick, merge, Scores, Layers (cold), then switch pages (warm)."""
     page.goto(url)
@@ -183,6 +196,7 @@ def _session(page, url, experts, method, switches, think, out, barriers) -> None
         choose(page, "Experts", name)
     choose(page, "Method", method)
     wait_for_recipe(page, method)
+    check_view(page, experts, "while picking")
     barriers["merge"].wait()  # every session clicks Merge at the same moment, and the cold CPU meter starts
     start = time.perf_counter()
     out["merge_clicks"] = click_merge(page)
@@ -194,6 +208,7 @@ def _session(page, url, experts, method, switches, think, out, barriers) -> None
     scores = open_page(page, "Scores")
     layers = open_page(page, "Layers")
     cold = time.perf_counter() - start
+    check_view(page, experts, "in the cold part")
     barriers["cold end"].wait()  # the cold CPU meter stops when every session's heatmaps are shown
     order = ["Scores", "Layers", "Models & merge", "Samples"]  # never the page already shown
     open_page(page, "Samples")  # the first visit computes translations the table did not need
