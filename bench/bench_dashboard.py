@@ -64,7 +64,6 @@ PAGES = {  # page title -> JavaScript condition that says its content is on scre
 
 
 FLOOR_APP = "bench/floor_app.py"
-FLOOR_TITLES = ("First", "Second")  # its pages; it opens on the first
 
 MERGE_SHOWN = ("[...document.querySelectorAll('[data-testid=\"stAlertContentSuccess\"]')]"
                ".some(e => e.textContent.includes('Merge ready'))"
@@ -179,8 +178,8 @@ def click_merge(page, attempts: int = 3) -> int:
 def check_view(page, experts: list[str], when: str) -> None:
     """The view in the link holds the picked experts, the joint model (the default "Also
     compare") and no chosen directions. A round once scored every expert on every direction in
-    one session: its "Also compare" and "Directions" held every option (Streamlit's multiselect
-    offers "Select all"), which no step here asks for, so a drifted view fails the session."""
+    one session: its "Also compare" and "Directions" held every option, which no step here asks
+    for (how is not known), so a drifted view fails the session instead of timing that work."""
     view = urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query)
     drift = {key: view.get(key) for key, wanted in (("experts", [",".join(experts)]), ("extra_systems", ["joint"]),
                                                    ("directions", None)) if view.get(key) != wanted}
@@ -223,14 +222,15 @@ def _session(page, url, experts, method, switches, think, out, barriers) -> None
 
 
 def _floor_session(page, url, switches, think, out, barriers) -> None:
-    """Switch between the floor app's two heading-only pages."""
+    """Switch between the floor app's two heading-only pages, in the order its sidebar lists them."""
     page.goto(url)
     wait_for_app(page)
+    titles = [t.strip() for t in page.get_by_test_id("stSidebar").get_by_test_id("stPageLink").all_inner_texts()]
     out["warm_s"] = []
     barriers["warm start"].wait()
     for i in range(switches):
         time.sleep(think())
-        out["warm_s"].append(open_page(page, FLOOR_TITLES[(i + 1) % 2], content="true"))  # the app opens on the first
+        out["warm_s"].append(open_page(page, titles[(i + 1) % 2], content="true"))  # the app opens on the first
     barriers["warm end"].wait()
 
 
