@@ -39,6 +39,12 @@ SOURCES = [
 
 
 def load(model_path: str | None):
+    if model_path and Path(model_path).suffix in (".yaml", ".yml"):  # a mergekit recipe, merged in memory
+        from engine import pipeline
+        from engine.merge import merge_into_model
+
+        model, tokenizer = merge_into_model(pipeline.parse_recipe(Path(model_path).read_text(), source=model_path))
+        return model.eval(), tokenizer, Path(model_path).name
     if model_path:
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -96,7 +102,9 @@ def zoo_sweep(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="checkpoint folder (default: a random Qwen2 model)")
+    parser.add_argument("--model", help="checkpoint folder or mergekit YAML recipe (default: a random Qwen2 model)")
+    parser.add_argument("--direction", help="translate the demo zoo's devtest sentences of this direction (e.g. en-de) "
+                                            "instead of built-in English number phrases")
     parser.add_argument("--n", type=int, default=32, help="number of prompts")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -116,8 +124,14 @@ def main() -> None:
 
     model, tokenizer, label = load(args.model)
     model.to(args.device)
-    sources = [SOURCES[i % len(SOURCES)] + ("" if i < len(SOURCES) else f" ({i})") for i in range(args.n)]
-    prompts = [render_generation_prompt(tokenizer, "en", "es", s) for s in sources]
+    if args.direction:  # the demo zoo's devtest sentences, as the dashboard translates them
+        from engine import pipeline
+
+        data = pipeline.data_sets("devtest", [args.direction], args.n)[0]
+        prompts = [render_generation_prompt(tokenizer, data.src_lang, data.tgt_lang, s) for s in data.sources]
+    else:
+        sources = [SOURCES[i % len(SOURCES)] + ("" if i < len(SOURCES) else f" ({i})") for i in range(args.n)]
+        prompts = [render_generation_prompt(tokenizer, "en", "es", s) for s in sources]
     stops = stop_token_ids(tokenizer, model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     ends = set(stops) | {pad}
@@ -167,7 +181,8 @@ def main() -> None:
     agree = sum(trim(a, ends) == trim(b, ends) for a, b in zip(ours, plain)) / len(ours)
     agree_batched = sum(trim(a, ends) == trim(b, ends) for a, b in zip(ours, batched)) / len(ours)
 
-    print(json.dumps({"model": label, "device": args.device, "threads": args.threads, "prompts": args.n,
+    print(json.dumps({"model": label, "device": args.device, "threads": args.threads, "prompts": len(prompts),
+                      "direction": args.direction or "en-es (number phrases)",
                       "max_new_tokens": args.max_new_tokens, "same_tokens_as_pipeline_batch1": agree,
                       "same_tokens_as_pipeline_batched": agree_batched, "load_average": os.getloadavg(),
                       "results": results}, indent=1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from engine.errors import DataError, SettingsError
@@ -10,6 +12,7 @@ from engine.translate.evaluate import evaluate, evaluate_direction, validate_set
 from engine.translate.generate import (
     DecodingSettings, ModelTranslator, first_line, generate_token_ids, generate_translations, stop_token_ids,
 )
+from engine.prompts import render_generation_prompt
 from tests.tiny_models import make_model, make_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,6 +48,41 @@ def test_batched_generation_equals_one_by_one(tokenizer, family, keep_first_line
     together = generate_translations(model, tokenizer, SOURCES, "en", "de", batched)
     alone = [generate_translations(model, tokenizer, [s], "en", "de", single)[0] for s in SOURCES]
     assert together == alone
+
+
+def _early_and_late_rows(tokenizer, **overrides):
+    """A random model (found by trying seeds) whose first lines end after 6 to 24 tokens: 6 of these
+    8 prompts finish early, 2 run to the 24-token cap."""
+    model = make_model("qwen2", seed=1, vocab_size=len(tokenizer), **overrides)
+    prompts = [render_generation_prompt(tokenizer, "en", "de", s) for s in SOURCES + EN[2:] + ["seven hundred euros and fifty cents"]]
+    return model, prompts
+
+
+def test_finished_rows_leave_the_batch_and_the_rest_keep_their_cache(tokenizer):
+    model, prompts = _early_and_late_rows(tokenizer)
+    together = DecodingSettings(max_new_tokens=24, batch_size=8)
+    rows, tokens_read = [], []
+    generate = model.generate
+    model.generate = lambda **kw: rows.append(len(kw["input_ids"])) or generate(**kw)
+    hook = model.register_forward_pre_hook(lambda m, args, kw: tokens_read.append(kw["input_ids"].shape[1]),
+                                           with_kwargs=True)
+    batched = generate_token_ids(model, tokenizer, prompts, together)
+    hook.remove()
+    model.generate = generate
+    alone = [generate_token_ids(model, tokenizer, [p], replace(together, batch_size=1))[0] for p in prompts]
+    assert batched == alone
+    assert min(map(len, alone)) <= 8 and max(map(len, alone)) == 24  # the planted spread
+    assert rows[0] == 8 and len(rows) > 1 and all(b <= a // 2 for a, b in zip(rows, rows[1:]))
+    assert sum(n > 1 for n in tokens_read) == 1  # the prompts are read once; later passes go on from the cache
+
+
+def test_a_cache_that_cannot_drop_rows_is_rebuilt(tokenizer):
+    model, prompts = _early_and_late_rows(tokenizer)
+    model.generation_config.cache_implementation = "static"  # fixed-size cache: rows are re-read, not dropped
+    together = DecodingSettings(max_new_tokens=24, batch_size=8)
+    batched = generate_token_ids(model, tokenizer, prompts, together)
+    alone = [generate_token_ids(model, tokenizer, [p], replace(together, batch_size=1))[0] for p in prompts]
+    assert batched == alone
 
 
 def test_token_ids_stop_before_end_of_turn_and_respect_the_cap(tokenizer):
