@@ -149,12 +149,17 @@ def in_browser(name: str, body: Callable, out: dict, barriers: dict):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        start, links = time.perf_counter(), []  # every link the session showed, timed: when a view changed
+        page.on("framenavigated", lambda frame: frame == page.main_frame and links.append(
+            f"{time.perf_counter() - start:7.2f} s  {urllib.parse.unquote(frame.url)}"))
         try:
             body(page)
         except Exception as err:  # keep the other sessions' figures; say what this one saw
             out["error"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
-            page.screenshot(path=str(ARTIFACTS / f"bench_session_{name.replace(' ', '_')}_error.png"))
-            log.error("session %s failed: %s", name, out["error"])
+            stem = ARTIFACTS / f"bench_session_{name.replace(' ', '_')}_error"
+            page.screenshot(path=f"{stem}.png")
+            Path(f"{stem}_links.txt").write_text("\n".join(links) + "\n")
+            log.error("session %s failed: %s (screenshot and links: %s.*)", name, out["error"], stem)
             for barrier in barriers.values():
                 barrier.abort()  # the other sessions must not wait for this one
         browser.close()
@@ -260,6 +265,11 @@ def run(url: str, experts: list[str], sessions: int, switches: int, think_s: flo
     return results
 
 
+def p90(values: list[float]) -> float:
+    """The 90th percentile, interpolated between the two nearest switches."""
+    return statistics.quantiles(values, n=10, method="inclusive")[-1] if len(values) > 1 else values[0]
+
+
 def summarise(label: str, results: list[dict], cold: CpuMeter, warm: CpuMeter, load: tuple[float, float]) -> dict:
     failed = [r for r in results if "error" in r]
     results = [r for r in results if "cold_s" in r]
@@ -280,7 +290,7 @@ def summarise(label: str, results: list[dict], cold: CpuMeter, warm: CpuMeter, l
         "merge_clicks": sum(r["merge_clicks"] for r in results),
         "scores_s_max": max(r["scores_s"] for r in results),
         "layers_s_max": max(r["layers_s"] for r in results),
-        "warm_s_median": statistics.median(switches), "warm_s_p90": sorted(switches)[int(0.9 * (len(switches) - 1))],
+        "warm_s_median": statistics.median(switches), "warm_s_p90": p90(switches),
         "runs": results, "failed": failed,
     }
 
@@ -291,7 +301,7 @@ def summarise_floor(results: list[dict], warm: CpuMeter) -> dict:
         return {"sessions": 0, "failed": [r["error"] for r in results if "error" in r]}
     chromium_s, server_s = warm.used()
     return {"sessions": sum("error" not in r for r in results), "warm_s_median": statistics.median(switches),
-            "warm_s_p90": sorted(switches)[int(0.9 * (len(switches) - 1))],
+            "warm_s_p90": p90(switches),
             "cpu_per_switch_chromium_s": chromium_s / len(switches), "cpu_per_switch_server_s": server_s / len(switches)}
 
 
