@@ -181,32 +181,43 @@ def generate_token_ids(model, tokenizer, prompts: Sequence[str], settings: Decod
         rows = order[start:start + settings.batch_size]
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, padding=True,
                               padding_side="left", return_tensors="pt").to(device)
-        ids, mask, cache = batch["input_ids"], batch["attention_mask"], None
-        generated_from = ids.shape[1]
-        while True:  # each pass generates until half its rows are finished; the rest go on
-            progress = _BatchProgress(generated_from, end_ids, tables, len(rows))
-            with torch.inference_mode():
-                config = GenerationConfig(**greedy, max_new_tokens=settings.max_new_tokens - (ids.shape[1] - generated_from))
-                result = model.generate(input_ids=ids, attention_mask=mask, cache=cache, generation_config=config,
-                                        stopping_criteria=StoppingCriteriaList([progress]))
-            sequences = result.sequences
-            at_cap = sequences.shape[1] - generated_from >= settings.max_new_tokens
-            going_on = [k for k in range(len(rows)) if progress.split and not at_cap and not progress.finished[k]]
-            for k, tokens in enumerate(sequences[:, generated_from:].tolist()):
-                if k not in going_on:
-                    outputs[rows[k]] = tokens[:next((j for j, t in enumerate(tokens) if t in ends), len(tokens))]
-            if not going_on:
-                break
-            keep = torch.tensor(going_on, dtype=torch.long, device=device)
-            ids = sequences[keep]
-            mask = torch.cat([mask, mask.new_ones(len(rows), sequences.shape[1] - mask.shape[1])], dim=1)[keep]
-            # A dynamic cache drops the finished rows; any other kind is rebuilt from the tokens so far.
-            cache = result.cache if isinstance(result.cache, DynamicCache) else None
-            if cache is not None:
-                cache.batch_select_indices(keep)
-            rows = [rows[k] for k in going_on]
+        generated = _generate_rows(model, batch["input_ids"], batch["attention_mask"], settings.max_new_tokens,
+                                   greedy, end_ids, tables)
+        for row, tokens in zip(rows, generated):
+            outputs[row] = tokens[:next((k for k, t in enumerate(tokens) if t in ends), len(tokens))]
         log.debug("generated batch %d/%d", start // settings.batch_size + 1, -(-len(order) // settings.batch_size))
     return outputs
+
+
+def _generate_rows(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, greedy: dict,
+                   end_ids: torch.Tensor, tables) -> list[list[int]]:
+    """The generated ids of each row of a left-padded batch, end tokens and padding included.
+    Each pass generates until half its rows are finished; the others go on in the next pass."""
+    generated_from = ids.shape[1]
+    rows = list(range(len(ids)))  # the batch rows still in play, by their place in `ids`
+    generated: list[list[int]] = [[] for _ in rows]
+    cache = None
+    while True:
+        progress = _BatchProgress(generated_from, end_ids, tables, len(rows))
+        config = GenerationConfig(**greedy, max_new_tokens=max_new_tokens - (ids.shape[1] - generated_from))
+        with torch.inference_mode():
+            result = model.generate(input_ids=ids, attention_mask=mask, cache=cache, generation_config=config,
+                                    stopping_criteria=StoppingCriteriaList([progress]))
+        sequences = result.sequences
+        for row, tokens in zip(rows, sequences[:, generated_from:].tolist()):
+            generated[row] = tokens
+        at_cap = sequences.shape[1] - generated_from >= max_new_tokens
+        going_on = [k for k in range(len(rows)) if progress.split and not at_cap and not progress.finished[k]]
+        if not going_on:
+            return generated
+        keep = torch.tensor(going_on, dtype=torch.long, device=ids.device)
+        ids = sequences[keep]
+        mask = torch.cat([mask, mask.new_ones(len(rows), sequences.shape[1] - mask.shape[1])], dim=1)[keep]
+        # A dynamic cache drops the finished rows; any other kind is rebuilt from the tokens so far.
+        cache = result.cache if isinstance(result.cache, DynamicCache) else None
+        if cache is not None:
+            cache.batch_select_indices(keep)
+        rows = [rows[k] for k in going_on]
 
 
 def generate_translations(model, tokenizer, sources: Sequence[str], src_lang: str, tgt_lang: str,
