@@ -150,8 +150,12 @@ def in_browser(name: str, body: Callable, out: dict, barriers: dict):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         start, links = time.perf_counter(), []  # every link the session showed, timed: when a view changed
-        page.on("framenavigated", lambda frame: frame == page.main_frame and links.append(
-            f"{time.perf_counter() - start:7.2f} s  {urllib.parse.unquote(frame.url)}"))
+
+        def record(frame):
+            if frame == page.main_frame:
+                links.append(f"{time.perf_counter() - start:7.2f} s  {urllib.parse.unquote(frame.url)}")
+
+        page.on("framenavigated", record)
         try:
             body(page)
         except Exception as err:  # keep the other sessions' figures; say what this one saw
