@@ -127,6 +127,17 @@ def test_engine_messages_reach_the_server_log(app, monkeypatch):
     assert re.search(r"\] engine\.translate\.evaluate: translated en-es \(8 sentences\) with \S+ in \d+\.\d\d s", text), text
 
 
+def test_the_server_reads_the_language_id_model_before_the_first_scores(demo_env):  # noqa: F811
+    """The warm-up thread, started by the app's first run, reads py3langid's model (~0.8 CPU-s)."""
+    from engine.translate import langid
+
+    langid._read_identifier.cache_clear()
+    common.warm_up.clear()
+    AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    common.warm_up().join()  # the thread the run started (a cached resource)
+    assert langid._read_identifier.cache_info().currsize == 1
+
+
 def test_sliders_come_from_the_registry_and_drive_the_recipe(app):
     pick(app, method="ties")
     labels = {s.label for s in app.slider}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from engine.errors import DataError
+from engine.translate import langid
 from engine.translate.langid import UNDETERMINED, check_languages, detect, off_target_rates
 
 PLAY = ["en", "es", "pt", "ru"]
@@ -53,3 +57,24 @@ def test_concurrent_detection_with_different_language_sets():
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda job: detect(job[0], job[1])[0], jobs))
     assert answers == [expected for _, _, expected in jobs]
+
+
+def test_the_model_is_read_once_when_sessions_ask_at_the_same_moment(monkeypatch):
+    from py3langid.langid import LanguageIdentifier
+
+    reads, read = [], LanguageIdentifier.from_model_file
+
+    def slow_read(*args, **kwargs):
+        reads.append(threading.current_thread().name)
+        time.sleep(0.2)  # the window in which the other threads ask too
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(LanguageIdentifier, "from_model_file", slow_read)
+    langid._read_identifier.cache_clear()
+    threads = [threading.Thread(target=langid.supported_languages) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(reads) == 1
+    assert detect(["el gato duerme en el sofá caliente"], ["en", "es"]) == ["es"]

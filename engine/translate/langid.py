@@ -27,18 +27,26 @@ log = logging.getLogger(__name__)
 UNDETERMINED = "und"  # no letters to judge by (empty output, digits only)
 
 
-@functools.cache
+# set_languages mutates the shared identifier: restrict, classify and reset under one lock. The
+# label set below never reads the identifier again, so checks need no lock.
+_lock = threading.Lock()
+_loading = threading.Lock()
+
+
 def _identifier():
-    """(the shared identifier, every label it knows), read once before any restriction."""
+    """(the shared identifier, every label it knows), read once before any restriction. Reading
+    the model costs ~0.8 CPU-s (an LZMA-packed NumPy archive); the lock keeps sessions that score
+    at the same moment from each reading it."""
+    with _loading:
+        return _read_identifier()
+
+
+@functools.cache
+def _read_identifier():
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
     return identifier, frozenset(identifier.labels)
-
-
-# set_languages mutates the shared identifier: restrict, classify and reset under one lock. The
-# label set above never reads the identifier again, so checks need no lock.
-_lock = threading.Lock()
 
 
 def supported_languages() -> frozenset[str]:
