@@ -223,12 +223,16 @@ TIMEOUT_MS = 240_000
 RUN_ENDED = "document.querySelector('[data-testid=\"stApp\"]')?.dataset.testScriptState === 'notRunning'"
 
 
+# JavaScript: true once a run has drawn something. A page that has just loaded can say "not running"
+# before its first run has started.
+DRAWN = "document.querySelector('[data-testid=\"stElementContainer\"]') !== null"
+
+
 def wait_for_app(page, settle_ms: int = 300) -> None:
     """Until the script run finished. `settle_ms` first gives the browser time to send the rerun
     that a just-made change asks for."""
-    page.wait_for_selector('[data-testid="stApp"]', timeout=TIMEOUT_MS)
     page.wait_for_timeout(settle_ms)
-    page.wait_for_function(f"() => {RUN_ENDED}", timeout=TIMEOUT_MS)
+    page.wait_for_function(f"() => {DRAWN} && {RUN_ENDED}", timeout=TIMEOUT_MS)
 
 
 def choose(page, label: str, option: str) -> None:
