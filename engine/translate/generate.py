@@ -128,10 +128,9 @@ class _BatchProgress(StoppingCriteria):
         self.split = False
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        generated = input_ids[:, self.generated_from:].cpu()  # (batch, steps)
-        finished = self.finished | torch.isin(generated[:, -1], self.end_ids)
-        if self.tables is not None:
-            finished = finished | _first_line_complete(generated, self.tables)
+        finished = self.finished | torch.isin(input_ids[:, -1].cpu(), self.end_ids)
+        if self.tables is not None:  # the whole continuation: a line ends only after visible text
+            finished = finished | _first_line_complete(input_ids[:, self.generated_from:].cpu(), self.tables)
         self.finished = finished
         running = int((~finished).sum())
         self.split = 0 < running <= len(finished) // 2
