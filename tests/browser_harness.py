@@ -277,3 +277,25 @@ def heatmap_boxes(page, count: int = 3) -> list[dict]:
     wait_for_plots(page, count, HEATMAP_IMAGES)
     images = page.locator(HEATMAP_IMAGES)
     return [images.nth(i).bounding_box() for i in range(images.count())]
+
+
+def clipped_figure_parts(page) -> list[str]:
+    """What of the heatmap figure's labels and colour bars falls outside the figure (the browser
+    hides it) or onto a heatmap: a figure drawn with fixed margins must still fit them."""
+    return page.evaluate("""() => {
+        const figure = [...document.querySelectorAll('.js-plotly-plot')].find(p => p.querySelector('.hm image'));
+        const frame = figure.querySelector('.main-svg').getBoundingClientRect();
+        const maps = [...figure.querySelectorAll('.hm image')].map(i => i.getBoundingClientRect());
+        const overlaps = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+        const bad = [];
+        // A colour bar's background box is padded and invisible: its bar, ticks and title count.
+        for (const part of figure.querySelectorAll('.xtick text, .ytick text, .g-xtitle, .g-ytitle, .colorbar > :not(.cbbg)')) {
+            const box = part.getBoundingClientRect();
+            if (!box.width) continue;
+            const name = `${part.getAttribute('class')} '${part.textContent.slice(0, 40)}'`;
+            if (box.left < frame.left || box.right > frame.right || box.top < frame.top || box.bottom > frame.bottom)
+                bad.push(`${name} outside the figure`);
+            if (part.closest('.colorbar') && maps.some(m => overlaps(box, m))) bad.push(`${name} on a heatmap`);
+        }
+        return bad;
+    }""")

@@ -17,6 +17,7 @@ from tests.browser_harness import (  # noqa: F401  (fixtures)
     TIMEOUT_MS,
     browser,
     choose,
+    clipped_figure_parts,
     dashboard,
     go_to,
     heatmap_boxes,
@@ -76,6 +77,7 @@ def test_merge_scores_layers_samples_and_shared_link(dashboard, browser):  # noq
     assert len(boxes) >= 3  # left, right, difference
     left, right = boxes[0], boxes[1]
     assert abs(left["y"] - right["y"]) < 5 and right["x"] > left["x"] + left["width"] * 0.8  # side by side
+    assert not clipped_figure_parts(page)  # the figure's fixed margins hold its labels and colour bars
     screenshot(page, "browser_layers")
 
     go_to(page, "Neurons")
