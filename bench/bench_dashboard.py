@@ -234,7 +234,9 @@ def _floor_session(page, url, switches, think, out, barriers) -> None:
     """Switch between the floor app's two heading-only pages, in the order its sidebar lists them."""
     page.goto(url)
     wait_for_app(page)
-    titles = [t.strip() for t in page.get_by_test_id("stSidebar").get_by_test_id("stPageLink").all_inner_texts()]
+    links = page.get_by_test_id("stSidebar").get_by_test_id("stPageLink")
+    links.nth(1).wait_for()  # the run may have drawn only the first link yet
+    titles = [t.strip() for t in links.all_inner_texts()]
     out["warm_s"] = []
     barriers["warm start"].wait()
     for i in range(switches):

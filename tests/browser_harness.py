@@ -242,14 +242,16 @@ def choose(page, label: str, option: str) -> None:
     box = widget.first.locator("input")
     box.click()
     box.fill(option)  # type to filter, as a person would: the dropdown renders only the first options
-    # Until the list is filtered: on a loaded machine it can still show every option, and a click
-    # aimed at one of them lands on whatever the filtered list puts there (in a multiselect,
-    # "Select all" or "Select N matches" heads it).
+    # A multiselect's list is headed by "Select all" until the typed text filters it: on a loaded
+    # machine a click aimed at an option of the unfiltered list can land on what the filtered one
+    # puts there, "Select all" or "Select N matches". (A selectbox has no such entry, and shows
+    # every option when the text typed is its current value.)
     page.wait_for_function(
-        """wanted => { const shown = [...document.querySelectorAll('[role="option"]')].map(o => o.innerText.trim());
-                      return shown.includes(wanted)
-                          && shown.every(t => t.includes(wanted) || /^Select (all|\\d+ matches)$/.test(t)); }""",
-        arg=option, timeout=TIMEOUT_MS)
+        """wanted => {
+            const shown = [...document.querySelectorAll('[role="option"]')].map(o => o.innerText.trim());
+            const bulk = t => /^Select (all|\\d+ matches)$/.test(t);
+            return shown.includes(wanted) && (!shown.some(bulk) || shown.every(t => t.includes(wanted) || bulk(t)));
+        }""", arg=option, timeout=TIMEOUT_MS)
     page.get_by_role("option", name=option, exact=True).click()
     page.keyboard.press("Escape")
     wait_for_app(page)
