@@ -6,9 +6,10 @@ Measures, against `streamlit run app.py` with an empty cache:
   2. warm: switching pages once everything is cached (median over several switches);
   3. the same with N browser sessions working at once (each merges with its own method, so
      the cold part really merges N recipes);
-  4. with --think-s T, the warm switches of people who look at each page first: every session
-     waits a random 0.5-1.5 T (seeded per session, so the sessions drift apart) before each
-     switch; the default 0 switches back to back, all sessions at once, a stress test;
+  4. with --think-s T, people who look before they click: every session waits a random
+     0.5-1.5 T (seeded per session, so the sessions drift apart) before each pick, before the
+     Merge click (all sessions still click it at the same moment) and before each warm switch;
+     the default 0 clicks back to back, all sessions at once, a stress test;
   5. CPU seconds per warm switch, chromium's (every browser process) and the server's, which
      other jobs on the machine distort much less than wall-clock time, and the same two over
      the cold part (from the Merge clicks until every session's heatmaps are shown);
@@ -201,10 +202,13 @@ def _session(page, url, experts, method, switches, think, out, barriers) -> None
     page.goto(url)
     wait_for_app(page)
     for name in experts:
+        time.sleep(think())
         choose(page, "Experts", name)
+    time.sleep(think())
     choose(page, "Method", method)
     wait_for_recipe(page, method)
     check_view(page, experts, "while picking")
+    time.sleep(think())  # reading the recipe
     barriers["merge"].wait()  # every session clicks Merge at the same moment, and the cold CPU meter starts
     start = time.perf_counter()
     out["merge_clicks"] = click_merge(page)
@@ -316,7 +320,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--switches", type=int, default=8)
     parser.add_argument("--think-s", type=float, default=0.0,
-                        help="mean pause before each warm switch, as a person reading the page (0: back to back)")
+                        help="mean pause before each click, as a person reading the page (0: back to back)")
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny random zoo instead of zoo/")
     parser.add_argument("--torch-threads", type=int,
                         help="torch threads per job in the server (OMP_NUM_THREADS); default: the dashboard's own "
@@ -337,7 +341,7 @@ def main() -> None:
         extra_env["OMP_NUM_THREADS"] = str(args.torch_threads)
         label += f", {args.torch_threads} torch thread(s) per job"
     if args.think_s:
-        label += f", a {0.5 * args.think_s:g}-{1.5 * args.think_s:g} s pause before each warm switch"
+        label += f", a {0.5 * args.think_s:g}-{1.5 * args.think_s:g} s pause before each click"
     experts = en_x_experts([models])
     summaries = []
     for sessions in sorted({1, args.sessions}):
