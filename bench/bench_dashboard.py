@@ -187,9 +187,9 @@ def click_merge(page, attempts: int = 3) -> int:
 
 def check_view(page, experts: list[str], when: str) -> None:
     """The view in the link holds the picked experts, the joint model (the default "Also
-    compare") and no chosen directions. A round once scored every expert on every direction in
-    one session: its "Also compare" and "Directions" held every option, which no step here asks
-    for (how is not known), so a drifted view fails the session instead of timing that work."""
+    compare") and no chosen directions. Under load a pick once landed on the multiselect's
+    "Select all" and the session scored every checkpoint on every direction: a drifted view fails
+    the session instead of timing that work."""
     view = urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query)
     drift = {key: view.get(key) for key, wanted in (("experts", [",".join(experts)]), ("extra_systems", ["joint"]),
                                                    ("directions", None)) if view.get(key) != wanted}

@@ -291,15 +291,18 @@ def heatmap_boxes(page, count: int = 3) -> list[dict]:
 
 def clipped_figure_parts(page) -> list[str]:
     """What of the heatmap figure's labels and colour bars falls outside the figure (the browser
-    hides it) or onto a heatmap: a figure drawn with fixed margins must still fit them."""
+    hides it), onto a heatmap or onto tick labels: a figure drawn with fixed margins must still
+    fit them."""
     return page.evaluate("""() => {
         const figure = [...document.querySelectorAll('.js-plotly-plot')].find(p => p.querySelector('.hm image'));
         const frame = figure.querySelector('.main-svg').getBoundingClientRect();
         const maps = [...figure.querySelectorAll('.hm image')].map(i => i.getBoundingClientRect());
         const overlaps = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
         const bad = [];
-        // A colour bar's background box is padded and invisible: its bar, ticks and title count.
-        for (const part of figure.querySelectorAll('.xtick text, .ytick text, .g-xtitle, .g-ytitle, .colorbar > :not(.cbbg)')) {
+        // Every panel's axis titles (g-xtitle, g-x2title, …) and tick labels; a colour bar's
+        // background box is padded and invisible, so its bar, ticks and title count.
+        const titles = [...figure.querySelectorAll('g')].filter(g => /^g-[xy]\d*title$/.test(g.getAttribute('class')));
+        for (const part of [...titles, ...figure.querySelectorAll('.xtick text, .ytick text, .colorbar > :not(.cbbg)')]) {
             const box = part.getBoundingClientRect();
             if (!box.width) continue;
             const name = `${part.getAttribute('class')} '${part.textContent.slice(0, 40)}'`;
@@ -307,5 +310,10 @@ def clipped_figure_parts(page) -> list[str]:
                 bad.push(`${name} outside the figure`);
             if (part.closest('.colorbar') && maps.some(m => overlaps(box, m))) bad.push(`${name} on a heatmap`);
         }
+        // Plotly keeps an axis title inside the figure by moving it, onto the tick labels if need be.
+        const ticks = [...figure.querySelectorAll('.xtick text, .ytick text')].map(t => t.getBoundingClientRect());
+        for (const title of titles)
+            if (ticks.some(t => t.width && overlaps(title.getBoundingClientRect(), t)))
+                bad.push(`${title.getAttribute('class')} '${title.textContent}' on its tick labels`);
         return bad;
     }""")
