@@ -143,6 +143,21 @@ class CpuMeter:
         return self.stop_s[0] - self.start_s[0], self.stop_s[1] - self.start_s[1]
 
 
+# What the page saw, timed in ms since it loaded: each click (the element's text and the first
+# options of an open dropdown), each input, each change of the script's run state. Written next to
+# a failed session's screenshot: a pick that drifted says what was under the click.
+PAGE_EVENTS = """(() => {
+    const events = window.__benchEvents = [];
+    const at = () => Math.round(performance.now());
+    const options = () => [...document.querySelectorAll('[role="option"]')].slice(0, 3).map(o => o.innerText.trim());
+    document.addEventListener('click', e => events.push([at(), 'click', (e.target.innerText || '').trim().slice(0, 40),
+                                                         options().join(' | ')]), true);
+    document.addEventListener('input', e => events.push([at(), 'input', e.target.value]), true);
+    new MutationObserver(changes => changes.forEach(c => events.push([at(), 'run', c.target.getAttribute(c.attributeName)])))
+        .observe(document, {subtree: true, attributes: true, attributeFilter: ['data-test-script-state']});
+})()"""
+
+
 def in_browser(name: str, body: Callable, out: dict, barriers: dict):
     """`body(page)` in a browser of its own (Playwright's sync API is per thread)."""
     from playwright.sync_api import sync_playwright
@@ -150,6 +165,7 @@ def in_browser(name: str, body: Callable, out: dict, barriers: dict):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.add_init_script(PAGE_EVENTS)
         start, links = time.perf_counter(), []  # every link the session showed, timed: when a view changed
 
         def record(frame):
@@ -164,7 +180,9 @@ def in_browser(name: str, body: Callable, out: dict, barriers: dict):
             stem = ARTIFACTS / f"bench_session_{name.replace(' ', '_')}_error"
             page.screenshot(path=f"{stem}.png")
             Path(f"{stem}_links.txt").write_text("\n".join(links) + "\n")
-            log.error("session %s failed: %s (screenshot and links: %s.*)", name, out["error"], stem)
+            events = page.evaluate("() => window.__benchEvents || []")
+            Path(f"{stem}_events.txt").write_text("\n".join(" ".join(map(str, e)) for e in events) + "\n")
+            log.error("session %s failed: %s (screenshot, links and page events: %s*)", name, out["error"], stem)
             for barrier in barriers.values():
                 barrier.abort()  # the other sessions must not wait for this one
         browser.close()
