@@ -223,6 +223,8 @@ TIMEOUT_MS = 240_000
 RUN_ENDED = "document.querySelector('[data-testid=\"stApp\"]')?.dataset.testScriptState === 'notRunning'"
 
 
+PICK_RUN_TIMEOUT_MS = 30_000  # a pick's run starts within a second or two, even under load
+
 # JavaScript: true once a run has drawn something. A page that has just loaded can say "not running"
 # before its first run has started.
 DRAWN = "document.querySelector('[data-testid=\"stElementContainer\"]') !== null"
@@ -235,11 +237,27 @@ def wait_for_app(page, settle_ms: int = 300) -> None:
     page.wait_for_function(f"() => {DRAWN} && {RUN_ENDED}", timeout=TIMEOUT_MS)
 
 
+# JavaScript: from now on, count the script runs that start (the app root leaves "not running").
+COUNT_RUNS = """() => {
+    const root = document.querySelector('[data-testid="stApp"]');
+    window.__runsObserver?.disconnect();
+    window.__runsStarted = 0;
+    window.__runsObserver = new MutationObserver(() => {
+        if (root.dataset.testScriptState !== 'notRunning') window.__runsStarted++;
+    });
+    window.__runsObserver.observe(root, {attributes: true, attributeFilter: ['data-test-script-state']});
+}"""
+
+
 def choose(page, label: str, option: str) -> None:
-    """Pick `option` in the selectbox or multiselect labelled `label`."""
+    """Pick `option` in the selectbox or multiselect labelled `label`; after a multiselect pick,
+    until the run it starts has ended."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     widget = page.locator('[data-testid="stSelectbox"], [data-testid="stMultiSelect"]').filter(
-        has=page.get_by_text(label, exact=True))
-    box = widget.first.locator("input")
+        has=page.get_by_text(label, exact=True)).first
+    multiselect = widget.get_attribute("data-testid") == "stMultiSelect"
+    box = widget.locator("input")
     box.click()
     box.fill(option)  # type to filter, as a person would: the dropdown renders only the first options
     # A multiselect's list is headed by "Select all" until the typed text filters it: on a loaded
@@ -252,8 +270,19 @@ def choose(page, label: str, option: str) -> None:
             const bulk = t => /^Select (all|\\d+ matches)$/.test(t);
             return shown.includes(wanted) && (!shown.some(bulk) || shown.every(t => t.includes(wanted) || bulk(t)));
         }""", arg=option, timeout=TIMEOUT_MS)
+    page.evaluate(COUNT_RUNS)
     page.get_by_role("option", name=option, exact=True).click()
     page.keyboard.press("Escape")
+    if multiselect:
+        # On a loaded machine the pick's run can start a second after the click, later than
+        # wait_for_app's settling pause. The end of that run redraws the widget: a next pick typed
+        # before it loses its filter, and its click lands on "Select all" (seen in the benchmark's
+        # page log). A selectbox set to its current value starts no run; the callers wait for
+        # what a method pick draws (wait_for_recipe).
+        try:
+            page.wait_for_function("() => window.__runsStarted > 0", timeout=PICK_RUN_TIMEOUT_MS)
+        except PlaywrightTimeout:
+            raise RuntimeError(f"picking {option!r} in {label!r} started no run") from None
     wait_for_app(page)
 
 
