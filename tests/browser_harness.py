@@ -223,8 +223,6 @@ TIMEOUT_MS = 240_000
 RUN_ENDED = "document.querySelector('[data-testid=\"stApp\"]')?.dataset.testScriptState === 'notRunning'"
 
 
-PICK_RUN_TIMEOUT_MS = 30_000  # a pick's run starts within a second or two, even under load
-
 # JavaScript: true once a run has drawn something. A page that has just loaded can say "not running"
 # before its first run has started.
 DRAWN = "document.querySelector('[data-testid=\"stElementContainer\"]') !== null"
@@ -236,6 +234,8 @@ def wait_for_app(page, settle_ms: int = 300) -> None:
     page.wait_for_timeout(settle_ms)
     page.wait_for_function(f"() => {DRAWN} && {RUN_ENDED}", timeout=TIMEOUT_MS)
 
+
+PICK_RUN_TIMEOUT_MS = 30_000  # a pick's run starts within a second or two, even under load
 
 # JavaScript: from now on, count the script runs that start (the app root leaves "not running").
 COUNT_RUNS = """() => {
@@ -270,7 +270,8 @@ def choose(page, label: str, option: str) -> None:
             const bulk = t => /^Select (all|\\d+ matches)$/.test(t);
             return shown.includes(wanted) && (!shown.some(bulk) || shown.every(t => t.includes(wanted) || bulk(t)));
         }""", arg=option, timeout=TIMEOUT_MS)
-    page.evaluate(COUNT_RUNS)
+    if multiselect:
+        page.evaluate(COUNT_RUNS)
     page.get_by_role("option", name=option, exact=True).click()
     page.keyboard.press("Escape")
     if multiselect:
