@@ -235,7 +235,7 @@ def wait_for_app(page, settle_ms: int = 300) -> None:
     page.wait_for_function(f"() => {DRAWN} && {RUN_ENDED}", timeout=TIMEOUT_MS)
 
 
-PICK_RUN_TIMEOUT_MS = 30_000  # a pick's run starts within a second or two, even under load
+PICK_RUN_TIMEOUT_MS = 10_000  # a pick's run starts within a second or two, even under load
 
 # JavaScript: from now on, count the script runs that start (the app root leaves "not running").
 COUNT_RUNS = """() => {
@@ -279,11 +279,14 @@ def choose(page, label: str, option: str) -> None:
         # wait_for_app's settling pause. The end of that run redraws the widget: a next pick typed
         # before it loses its filter, and its click lands on "Select all" (seen in the benchmark's
         # page log). A selectbox set to its current value starts no run; the callers wait for
-        # what a method pick draws (wait_for_recipe).
+        # what a method pick draws (wait_for_recipe). Once under the full suite no start was seen
+        # (a run already going may take the change without the state leaving "running"), so a
+        # missing start only ends the wait: the callers check what the pick draws.
         try:
             page.wait_for_function("() => window.__runsStarted > 0", timeout=PICK_RUN_TIMEOUT_MS)
         except PlaywrightTimeout:
-            raise RuntimeError(f"picking {option!r} in {label!r} started no run") from None
+            log.warning("picking %r in %r: no run was seen to start within %d s", option, label,
+                        PICK_RUN_TIMEOUT_MS // 1000)
     wait_for_app(page)
 
 
