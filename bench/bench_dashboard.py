@@ -14,9 +14,15 @@ Measures, against `streamlit run app.py` with an empty cache:
      other jobs on the machine distort much less than wall-clock time, and the same two over
      the cold part (from the Merge clicks until every session's heatmaps are shown);
   6. the floor: the same warm switches, same browsers and cores, between the two heading-only
-     pages of bench/floor_app.py, i.e. what any Streamlit page switch costs here.
+     pages of bench/floor_app.py, i.e. what any Streamlit page switch costs here;
+  7. with --remote-users, the N-session rounds as one browser and N-1 users whose browsers run
+     on machines of their own: bench/protocol_session.py sends the server what their browsers
+     would and draws nothing, so the one browser shares the 2 cores with the server's work for N
+     users and not with N-1 more chromiums. The browser's figures are the headline; the others'
+     are the server's round trips.
 
-    .venv/bin/python bench/bench_dashboard.py [--sessions 4] [--switches 8] [--think-s T] [--tiny] [--torch-threads N]
+    .venv/bin/python bench/bench_dashboard.py [--sessions 4] [--switches 8] [--think-s T] [--remote-users] [--tiny]
+                                              [--torch-threads N]
 
 The browser is told a page is shown by a MutationObserver (see wait_until), not by Playwright's
 per-frame polling, which sessions 1-3 used. --tiny runs on the tests' tiny random zoo (when
@@ -47,6 +53,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.protocol_session import ProtocolSession, Run  # noqa: E402
 from engine import pipeline  # noqa: E402
 from tests.browser_harness import (  # noqa: E402
     ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, RUN_ENDED, TIMEOUT_MS, ZOO_DATA, ZOO_MODELS, build_demo_zoo, choose, start_server,
@@ -56,12 +63,22 @@ from tests.browser_harness import (  # noqa: E402
 log = logging.getLogger("bench_dashboard")
 PAGE_TIMEOUT_MS = 120_000
 METHODS = ("TIES", "Task Arithmetic", "Linear DARE", "SCE")  # display names: one per concurrent session
+METHOD_NAMES = {spec.display_name: name for name, spec in pipeline.method_specs().items()}  # as a link names them
 PAGES = {  # page title -> JavaScript condition that says its content is on screen
     "Scores": "[...document.querySelectorAll('[data-testid=\"stTable\"] tbody th')].some(t => t.innerText.trim() === 'merge')",
     "Layers": "document.querySelectorAll('.js-plotly-plot .heatmaplayer .hm image').length >= 3",
     "Samples": "[...document.querySelectorAll('[data-testid=\"stHtml\"] thead')].some(t => t.innerText.includes('merge · output'))",
     "Models & merge": "document.querySelector('[data-testid=\"stCode\"]') !== null",
 }
+PAGE_PATHS = {"Scores": "scores", "Layers": "layers", "Samples": "samples", "Models & merge": ""}
+
+
+def remote_page_shown(run: Run, title: str) -> bool:
+    """PAGES' conditions, read from the messages of a protocol session's run."""
+    content = {"Scores": "table" in dict(run.elements), "Layers": "plotly_chart" in dict(run.elements),
+               "Samples": any("merge · output" in t for t in run.texts("html")),
+               "Models & merge": "code" in dict(run.elements)}
+    return title in run.texts("heading") and content.get(title, True) and not run.errors
 
 
 FLOOR_APP = "bench/floor_app.py"
@@ -215,7 +232,7 @@ def check_view(page, experts: list[str], when: str) -> None:
         raise RuntimeError(f"the view drifted {when}: {drift}")
 
 
-def _session(page, url, experts, method, switches, think, out, barriers) -> None:
+def _session(page, url, experts, method, switches, think, out, barriers, done: threading.Event) -> None:
     """One user: pick, merge, Scores, Layers (cold), then switch pages (warm)."""
     page.goto(url)
     wait_for_app(page)
@@ -249,10 +266,11 @@ def _session(page, url, experts, method, switches, think, out, barriers) -> None
         time.sleep(think())
         out["warm_s"].append(open_page(page, order[i % len(order)]))
         log.info("%s: %s in %.2f s", method, order[i % len(order)], out["warm_s"][-1])
+    done.set()
     barriers["warm end"].wait()
 
 
-def _floor_session(page, url, switches, think, out, barriers) -> None:
+def _floor_session(page, url, switches, think, out, barriers, done: threading.Event) -> None:
     """Switch between the floor app's two heading-only pages, in the order its sidebar lists them."""
     page.goto(url)
     wait_for_app(page)
@@ -264,27 +282,115 @@ def _floor_session(page, url, switches, think, out, barriers) -> None:
     for i in range(switches):
         time.sleep(think())
         out["warm_s"].append(open_page(page, titles[(i + 1) % 2], content="true"))  # the app opens on the first
+    done.set()
     barriers["warm end"].wait()
 
 
+def open_remote(session: ProtocolSession, title: str, path: str | None = None) -> float:
+    """A protocol session's page switch: seconds from request to the run's end, once its content is checked."""
+    run = session.open(PAGE_PATHS[title] if path is None else path)
+    if not remote_page_shown(run, title):
+        raise RuntimeError(f"{title} did not show its content: {run.errors or sorted({k for k, _ in run.elements})}")
+    return run.seconds
+
+
+def keep_switching(i: int, switches: int, until: threading.Event, barriers: dict) -> bool:
+    """A protocol session switches at least `switches` times and on until the browser is done
+    (or has failed), so its load lasts as long as the switches measured in the browser."""
+    return i < switches or not (until.is_set() or barriers["warm end"].broken)
+
+
+def _remote_session(session: ProtocolSession, experts, method, switches, think, out, barriers,
+                    until: threading.Event, cycle_s: float) -> None:
+    """_session for a user whose browser is elsewhere: the same runs in the same order. The picks
+    come in the first run's query string. A warm switch's next click comes no sooner than
+    `cycle_s` after this one: one browser's median switch on this machine alone, the time to draw
+    the page in a browser of its own."""
+    open_remote(session, "Models & merge")
+    barriers["merge"].wait()
+    start = time.perf_counter()
+    merge = session.click("Merge")
+    if not any(t.startswith("Merge ready") for t in merge.texts("alert")):
+        raise RuntimeError(f"the merge failed: {merge.errors or merge.texts('alert')}")
+    merged = time.perf_counter() - start
+    scores = open_remote(session, "Scores")
+    layers = open_remote(session, "Layers")
+    cold = time.perf_counter() - start
+    barriers["cold end"].wait()
+    order = ["Scores", "Layers", "Models & merge", "Samples"]
+    open_remote(session, "Samples")
+    out.update(method=method, merge_s=merged, scores_s=scores, layers_s=layers, cold_s=cold, warm_s=[], remote=True,
+               merge_clicks=1)
+    barriers["warm start"].wait()
+    i = 0
+    while keep_switching(i, switches, until, barriers):
+        time.sleep(think())
+        out["warm_s"].append(open_remote(session, order[i % len(order)]))
+        time.sleep(max(0.0, cycle_s - out["warm_s"][-1]))
+        i += 1
+    barriers["warm end"].wait()
+
+
+def _remote_floor_session(session: ProtocolSession, switches, think, out, barriers, until: threading.Event,
+                          cycle_s: float) -> None:
+    """_floor_session over the protocol, paced as _remote_session; the floor app's url paths are its
+    titles in lower case."""
+    titles = session.open("").texts("page_link")
+    out.update(warm_s=[], remote=True)
+    barriers["warm start"].wait()
+    i = 0
+    while keep_switching(i, switches, until, barriers):
+        time.sleep(think())
+        title = titles[(i + 1) % 2]
+        out["warm_s"].append(open_remote(session, title, path=title.lower()))
+        time.sleep(max(0.0, cycle_s - out["warm_s"][-1]))
+        i += 1
+    barriers["warm end"].wait()
+
+
+def in_protocol_session(name: str, url: str, view: str, body: Callable, out: dict, barriers: dict) -> None:
+    """`body(session)` over a protocol session of its own; a failure is reported as in_browser's."""
+    session = ProtocolSession(url, view)
+    try:
+        body(session)
+    except Exception as err:
+        out["error"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+        log.error("protocol session %s failed: %s", name, out["error"])
+        for barrier in barriers.values():
+            barrier.abort()
+    session.close()
+
+
 def run(url: str, experts: list[str], sessions: int, switches: int, think_s: float, cold: CpuMeter,
-        warm: CpuMeter, floor: bool = False) -> list[dict]:
+        warm: CpuMeter, floor: bool = False, remote_cycle_s: float | None = None) -> list[dict]:
     """`sessions` browsers at once: dashboard users (merge, then warm switches) or, with `floor`,
-    switches between the floor app's pages."""
+    switches between the floor app's pages. With `remote_cycle_s`, every session but the first is a
+    protocol session whose warm switches come no faster than one per `remote_cycle_s`."""
     results = [{} for _ in range(sessions)]
     barriers = {"merge": threading.Barrier(sessions, action=cold.start), "cold end": threading.Barrier(sessions, action=cold.stop),
                 "warm start": threading.Barrier(sessions, action=warm.start), "warm end": threading.Barrier(sessions, action=warm.stop)}
     pauses = [random.Random(i) for i in range(sessions)]
+    browser_done = threading.Event()  # with protocol sessions: the one browser made its warm switches
     threads = []
     for i in range(sessions):
         think = functools.partial(lambda r: think_s * r.uniform(0.5, 1.5), pauses[i])
+        if remote_cycle_s is not None and i > 0:
+            method = METHODS[i % len(METHODS)]
+            view = urllib.parse.urlencode({"experts": ",".join(experts), "method": METHOD_NAMES[method]})
+            body = (functools.partial(_remote_floor_session, switches=switches, think=think, out=results[i],
+                                      barriers=barriers, until=browser_done, cycle_s=remote_cycle_s) if floor else
+                    functools.partial(_remote_session, experts=experts, method=method, switches=switches, think=think,
+                                      out=results[i], barriers=barriers, until=browser_done, cycle_s=remote_cycle_s))
+            threads.append(threading.Thread(target=in_protocol_session,
+                                            args=(f"remote {i}", url, "" if floor else view, body, results[i], barriers)))
+            continue
         if floor:
             name, body = f"floor {i}", functools.partial(_floor_session, url=url, switches=switches, think=think,
-                                                        out=results[i], barriers=barriers)
+                                                        out=results[i], barriers=barriers, done=browser_done)
         else:
             name = METHODS[i % len(METHODS)]
             body = functools.partial(_session, url=url, experts=experts, method=name, switches=switches, think=think,
-                                     out=results[i], barriers=barriers)
+                                     out=results[i], barriers=barriers, done=browser_done)
         threads.append(threading.Thread(target=in_browser, args=(name, body, results[i], barriers)))
     for t in threads:
         t.start()
@@ -299,38 +405,63 @@ def p90(values: list[float]) -> float:
 
 
 def summarise(label: str, results: list[dict], cold: CpuMeter, warm: CpuMeter, load: tuple[float, float]) -> dict:
+    """The browsers' figures; protocol sessions' (--remote-users) apart, as the server's round trips.
+    Chromium's CPU is per browser switch, the server's per switch of any session."""
     failed = [r for r in results if "error" in r]
     results = [r for r in results if "cold_s" in r]
-    if not results:
-        return {"label": label, "sessions": 0, "load_average": load, "failed": failed}
-    switches = [w for r in results for w in r["warm_s"]]
-    if not switches:  # a session failed between the cold part and the warm switches
+    browsers, remote = [r for r in results if not r.get("remote")], [r for r in results if r.get("remote")]
+    switches = [w for r in browsers for w in r["warm_s"]]
+    if not switches:  # no browser session got as far as its warm switches
         return {"label": label, "sessions": 0, "load_average": load, "failed": failed}
     chromium_s, server_s = warm.used()
     cold_chromium_s, cold_server_s = cold.used()
-    return {
-        "label": label, "sessions": len(results), "load_average": load,
-        "cpu_per_switch_chromium_s": chromium_s / len(switches), "cpu_per_switch_server_s": server_s / len(switches),
+    summary = {
+        "label": label, "sessions": len(results), "browsers": len(browsers), "load_average": load,
+        "cpu_per_switch_chromium_s": chromium_s / len(switches),
+        "cpu_per_switch_server_s": server_s / sum(len(r["warm_s"]) for r in results),
         "cpu_cold_chromium_s": cold_chromium_s, "cpu_cold_server_s": cold_server_s,
-        "cold_s_median": statistics.median(r["cold_s"] for r in results),
-        "cold_s_max": max(r["cold_s"] for r in results),
-        "merge_s_max": max(r["merge_s"] for r in results),
+        "cold_s_median": statistics.median(r["cold_s"] for r in browsers),
+        "cold_s_max": max(r["cold_s"] for r in browsers),
+        "merge_s_max": max(r["merge_s"] for r in browsers),
         "merge_clicks": sum(r["merge_clicks"] for r in results),
-        "scores_s_max": max(r["scores_s"] for r in results),
-        "layers_s_max": max(r["layers_s"] for r in results),
+        "scores_s_max": max(r["scores_s"] for r in browsers),
+        "layers_s_max": max(r["layers_s"] for r in browsers),
         "warm_s_median": statistics.median(switches), "warm_s_p90": p90(switches),
         "runs": results, "failed": failed,
     }
+    if remote_switches := [w for r in remote for w in r["warm_s"]]:
+        summary.update(remote_cold_s_median=statistics.median(r["cold_s"] for r in remote),
+                       remote_cold_s_max=max(r["cold_s"] for r in remote),
+                       remote_warm_s_median=statistics.median(remote_switches), remote_warm_s_p90=p90(remote_switches),
+                       remote_switches=len(remote_switches))
+    return summary
 
 
 def summarise_floor(results: list[dict], warm: CpuMeter) -> dict:
-    switches = [w for r in results if "error" not in r for w in r["warm_s"]]
+    done = [r for r in results if "error" not in r]
+    switches = [w for r in done if not r.get("remote") for w in r["warm_s"]]
     if not switches:
         return {"sessions": 0, "failed": [r["error"] for r in results if "error" in r]}
     chromium_s, server_s = warm.used()
-    return {"sessions": sum("error" not in r for r in results), "warm_s_median": statistics.median(switches),
-            "warm_s_p90": p90(switches),
-            "cpu_per_switch_chromium_s": chromium_s / len(switches), "cpu_per_switch_server_s": server_s / len(switches)}
+    return {"sessions": len(done), "browsers": sum(not r.get("remote") for r in done),
+            "warm_s_median": statistics.median(switches), "warm_s_p90": p90(switches),
+            "cpu_per_switch_chromium_s": chromium_s / len(switches),
+            "cpu_per_switch_server_s": server_s / sum(len(r["warm_s"]) for r in done)}
+
+
+def remote_cycle(args, earlier: list[dict]) -> float | None:
+    """With --remote-users, after the 1-session round: its median warm switch, the pace of the
+    protocol sessions (see _remote_session)."""
+    if not args.remote_users or not earlier:
+        return None
+    if not earlier[0]["sessions"]:
+        raise RuntimeError("the 1-session round failed, so there is no pace for the protocol sessions")
+    return earlier[0]["warm_s_median"]
+
+
+def sessions_cell(summary: dict) -> str:
+    remote = summary["sessions"] - summary["browsers"]
+    return f"{summary['sessions']} (1 browser, {remote} elsewhere)" if remote else str(summary["sessions"])
 
 
 def main() -> None:
@@ -339,6 +470,9 @@ def main() -> None:
     parser.add_argument("--switches", type=int, default=8)
     parser.add_argument("--think-s", type=float, default=0.0,
                         help="mean pause before each click, as a person reading the page (0: back to back)")
+    parser.add_argument("--remote-users", action="store_true",
+                        help="in the multi-session rounds, one browser and the other users over the protocol alone, "
+                             "as if their browsers ran elsewhere")
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny random zoo instead of zoo/")
     parser.add_argument("--torch-threads", type=int,
                         help="torch threads per job in the server (OMP_NUM_THREADS); default: the dashboard's own "
@@ -369,7 +503,8 @@ def main() -> None:
         try:
             cold, warm = CpuMeter(server.process.pid), CpuMeter(server.process.pid)
             load_before = os.getloadavg()[0]
-            results = run(server.url, experts, sessions, args.switches, args.think_s, cold, warm)
+            results = run(server.url, experts, sessions, args.switches, args.think_s, cold, warm,
+                          remote_cycle_s=remote_cycle(args, summaries))
             summaries.append(summarise(label, results, cold, warm, (load_before, os.getloadavg()[0])))
         finally:
             stop_server(server)
@@ -378,7 +513,8 @@ def main() -> None:
         server = start_server(models, data, work / "cache-floor", ARTIFACTS / f"bench_floor_{sessions}.log", script=FLOOR_APP)
         try:
             warm = CpuMeter(server.process.pid)
-            results = run(server.url, [], sessions, args.switches, args.think_s, CpuMeter(server.process.pid), warm, floor=True)
+            results = run(server.url, [], sessions, args.switches, args.think_s, CpuMeter(server.process.pid), warm,
+                          floor=True, remote_cycle_s=remote_cycle(args, floors))
             floors.append(summarise_floor(results, warm))
         finally:
             stop_server(server)
@@ -396,7 +532,7 @@ def main() -> None:
         if not s["sessions"]:
             print(f"| {machine} | {s['label']} | every session failed: {s['failed']} |")
             continue
-        print(f"| {machine} | {s['label']} | {s['sessions']} | {s['cold_s_median']:.1f} s / {s['cold_s_max']:.1f} s | "
+        print(f"| {machine} | {s['label']} | {sessions_cell(s)} | {s['cold_s_median']:.1f} s / {s['cold_s_max']:.1f} s | "
               f"≤ {s['merge_s_max']:.1f} s | {s['warm_s_median']:.2f} s / {s['warm_s_p90']:.2f} s | "
               f"{s['cpu_per_switch_chromium_s']:.2f} s + {s['cpu_per_switch_server_s']:.2f} s |"
               + (f" {len(s['failed'])} session(s) failed: {s['failed']}" if s["failed"] else "")
@@ -408,8 +544,15 @@ def main() -> None:
         if not f["sessions"]:
             print(f"| – | every session failed: {f['failed']} | |")
             continue
-        print(f"| {f['sessions']} | {f['warm_s_median']:.2f} s / {f['warm_s_p90']:.2f} s | "
+        print(f"| {sessions_cell(f)} | {f['warm_s_median']:.2f} s / {f['warm_s_p90']:.2f} s | "
               f"{f['cpu_per_switch_chromium_s']:.2f} s + {f['cpu_per_switch_server_s']:.2f} s |")
+    for s in summaries:
+        if "remote_warm_s_median" in s:
+            print(f"\nThe {s['sessions'] - s['browsers']} protocol sessions' round trips (request to the run's end): cold "
+                  f"{s['remote_cold_s_median']:.1f} s / {s['remote_cold_s_max']:.1f} s (median / max), "
+                  f"{s['remote_switches']} warm switches, one per {summaries[0]['warm_s_median']:.2f} s at most, "
+                  f"while the browser made its {args.switches}: "
+                  f"{s['remote_warm_s_median']:.2f} s / {s['remote_warm_s_p90']:.2f} s (median / p90)")
     print("\nCPU from the Merge clicks until every session showed its heatmaps (chromium + server): "
           + "; ".join(f"{s['sessions']} session(s) {s['cpu_cold_chromium_s']:.1f} s + {s['cpu_cold_server_s']:.1f} s"
                       for s in summaries if s["sessions"]))
