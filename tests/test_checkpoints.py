@@ -109,6 +109,11 @@ def test_compatibility_names_every_mismatch_at_once(model_root):
     assert "missing 12 tensor(s)" in message and "q_proj.bias" in message
     assert "retok" in message and "tokenizer vocabularies differ" in message
 
+    # The digest is remembered per version of the file: restoring the vocabulary is seen at once.
+    tok["model"]["vocab"][first], tok["model"]["vocab"][second] = tok["model"]["vocab"][second], tok["model"]["vocab"][first]
+    (retok / "tokenizer.json").write_text(json.dumps(tok) + " ")  # one byte longer: a new version even within the mtime's resolution
+    ck.check_compatible([base, ck.open_checkpoint(retok)])
+
 
 def test_paths_outside_the_model_roots_are_refused(model_root, tmp_path):
     outside = save_checkpoint(tmp_path / "outside")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -13,11 +14,21 @@ MAX_NAMES_QUOTED = 5
 
 
 def tokenizer_vocabulary_digest(folder: Path) -> str | None:
-    """Hash of the token → id map from tokenizer.json (None when the folder has no tokenizer.json)."""
+    """Hash of the token → id map from tokenizer.json (None when the folder has no tokenizer.json).
+
+    Remembered per version of the file: the dashboard checks the picked checkpoints on every run of
+    its Models page, and a real tokenizer.json (150k tokens, several MB) takes a tenth of a second
+    or more to read and hash."""
     file = folder / "tokenizer.json"
     if not file.is_file():
         return None
-    data = json.loads(file.read_text(encoding="utf-8"))
+    stat = file.stat()
+    return _file_vocabulary_digest(str(file), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_vocabulary_digest(file: str, mtime_ns: int, size: int) -> str:
+    data = json.loads(Path(file).read_text(encoding="utf-8"))
     vocab = (data.get("model") or {}).get("vocab") or {}
     added = sorted((t["content"], t["id"]) for t in data.get("added_tokens", []))
     payload = json.dumps([sorted(vocab.items()) if isinstance(vocab, dict) else vocab, added], ensure_ascii=False)
