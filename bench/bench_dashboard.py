@@ -75,9 +75,8 @@ PAGE_PATHS = {"Scores": "scores", "Layers": "layers", "Samples": "samples", "Mod
 
 def remote_page_shown(run: Run, title: str) -> bool:
     """PAGES' conditions, read from the messages of a protocol session's run."""
-    content = {"Scores": "table" in dict(run.elements), "Layers": "plotly_chart" in dict(run.elements),
-               "Samples": any("merge · output" in t for t in run.texts("html")),
-               "Models & merge": "code" in dict(run.elements)}
+    content = {"Scores": run.has("table"), "Layers": run.has("plotly_chart"),
+               "Samples": any("merge · output" in t for t in run.texts("html")), "Models & merge": run.has("code")}
     return title in run.texts("heading") and content.get(title, True) and not run.errors
 
 
@@ -350,15 +349,14 @@ def _remote_floor_session(session: ProtocolSession, switches, think, out, barrie
 
 def in_protocol_session(name: str, url: str, view: str, body: Callable, out: dict, barriers: dict) -> None:
     """`body(session)` over a protocol session of its own; a failure is reported as in_browser's."""
-    session = ProtocolSession(url, view)
     try:
-        body(session)
+        with ProtocolSession(url, view) as session:
+            body(session)
     except Exception as err:
         out["error"] = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
         log.error("protocol session %s failed: %s", name, out["error"])
         for barrier in barriers.values():
             barrier.abort()
-    session.close()
 
 
 def run(url: str, experts: list[str], sessions: int, switches: int, think_s: float, cold: CpuMeter,

@@ -12,6 +12,7 @@ so a run without them draws the same view, as a copied link does.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -32,6 +33,9 @@ class Run:
     def texts(self, kind: str) -> list[str]:
         return [text for k, text in self.elements if k == kind]
 
+    def has(self, kind: str) -> bool:
+        return any(k == kind for k, _ in self.elements)
+
 
 def _element_text(element) -> tuple[str, str]:
     kind = element.WhichOneof("type")
@@ -43,16 +47,25 @@ def _element_text(element) -> tuple[str, str]:
 
 
 class ProtocolSession:
-    """One session: `open` a page, `click` a button; each returns the Run it caused."""
+    """One session, connected for the length of a `with` block: `open` a page, `click` a button;
+    each returns the Run it caused."""
 
     def __init__(self, url: str, query_string: str = "", timeout_s: float = 120.0):
-        self.socket = connect(url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"],
-                              max_size=None, open_timeout=timeout_s)
+        self.url = url.replace("http", "ws", 1) + "/_stcore/stream"
+        self.connection = contextlib.ExitStack()
         self.timeout_s = timeout_s
         self.query_string = query_string  # the view; the server rewrites it as the browser's URL
         self.page_hashes: dict[str, str] = {}  # url path -> page script hash, from the navigation message
         self.page_hash = ""
         self.buttons: dict[str, str] = {}  # label -> widget id, from the last run
+
+    def __enter__(self) -> ProtocolSession:
+        self.socket = self.connection.enter_context(connect(self.url, subprotocols=["streamlit"], max_size=None,
+                                                            open_timeout=self.timeout_s))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.connection.close()
 
     def open(self, path: str) -> Run:
         """Run the page at url `path` ("" is the default page), as a sidebar link does."""
@@ -101,6 +114,3 @@ class ProtocolSession:
                     continue  # another run follows (a rerun the page asked for)
                 run.seconds = time.perf_counter() - start
                 return run
-
-    def close(self) -> None:
-        self.socket.close()

@@ -326,7 +326,7 @@ def clipped_figure_parts(page) -> list[str]:
     """What of the heatmap figure's labels and colour bars falls outside the figure (the browser
     hides it), onto a heatmap or onto tick labels: a figure drawn with fixed margins must still
     fit them."""
-    return page.evaluate("""() => {
+    return page.evaluate(r"""() => {
         const figure = [...document.querySelectorAll('.js-plotly-plot')].find(p => p.querySelector('.hm image'));
         const frame = figure.querySelector('.main-svg').getBoundingClientRect();
         const maps = [...figure.querySelectorAll('.hm image')].map(i => i.getBoundingClientRect());

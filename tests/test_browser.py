@@ -9,7 +9,9 @@ readable errors. Screenshots of every page go to test-artifacts/.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from engine import pipeline
@@ -71,6 +73,21 @@ def test_merge_scores_layers_samples_and_shared_link(dashboard, browser):  # noq
     assert pipeline.MERGE in names and experts[0] in names, names
     wait_for_plots(page, 1)
     screenshot(page, "browser_scores")
+
+    # The table downloads as CSV and the figure as HTML, holding what the page shows.
+    with page.expect_download(timeout=TIMEOUT_MS) as download:
+        page.get_by_role("button", name="CSV", exact=True).first.click()
+    assert download.value.suggested_filename == "scores.csv"
+    csv = pd.read_csv(download.value.path())
+    directions = [h.strip() for h in table.locator("thead th").all_inner_texts()[1:]]
+    shown = rows.nth(names.index(pipeline.MERGE)).locator("td").all_inner_texts()
+    merge_rows = csv[csv["system"] == pipeline.MERGE].set_index("direction")
+    assert [merge_rows.loc[d, "chrF"] for d in directions] == pytest.approx([float(v) for v in shown], abs=0.006)
+    with page.expect_download(timeout=TIMEOUT_MS) as download:
+        page.get_by_role("button", name="HTML", exact=True).first.click()
+    assert download.value.suggested_filename == "scores_chrf.html"
+    html = Path(download.value.path()).read_text(encoding="utf-8")
+    assert "Plotly.newPlot" in html and '"type":"bar"' in html and f'"name":"{pipeline.MERGE}"' in html
 
     go_to(page, "Layers")
     boxes = heatmap_boxes(page)
@@ -134,3 +151,24 @@ def test_bad_recipe_and_incompatible_pair_show_readable_errors(dashboard, browse
     assert page.get_by_role("button", name="Merge", exact=True).is_disabled()
     screenshot(page, "browser_incompatible")
     context.close()
+
+
+def test_a_protocol_session_is_sent_what_a_browser_is(dashboard):  # noqa: F811
+    """bench_dashboard's --remote-users stands users in for browsers with bench/protocol_session.py:
+    its runs must be the dashboard's real pages, and a broken one must show as broken."""
+    from bench.bench_dashboard import remote_page_shown
+    from bench.protocol_session import ProtocolSession
+
+    experts = en_x_experts(dashboard)
+    with ProtocolSession(dashboard.server.url, f"experts={','.join(experts)}&method=ties") as session:
+        assert remote_page_shown(session.open(""), "Models & merge")
+        merge = session.click("Merge")
+        assert any(t.startswith("Merge ready") for t in merge.texts("alert")), merge.elements
+        assert re.search(r"(^|&)merged=[0-9a-f]{16}(&|$)", session.query_string), session.query_string
+        for title, path in (("Scores", "scores"), ("Layers", "layers"), ("Samples", "samples")):
+            assert remote_page_shown(session.open(path), title), title
+
+    with ProtocolSession(dashboard.server.url, f"experts={dashboard.odd_model}") as odd:
+        run = odd.open("")
+        assert any("cannot be merged" in e for e in run.errors), run.errors
+        assert not remote_page_shown(run, "Models & merge")

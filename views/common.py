@@ -325,8 +325,9 @@ def show_figure(fig, name: str, key: str) -> None:
 
 
 def download_csv(frame: pd.DataFrame, name: str, key: str) -> None:
-    st.download_button("CSV", frame.to_csv(index=False), file_name=f"{slug(name)}.csv", mime="text/csv", key=key,
-                       on_click="ignore")
+    # Built on click only, as the figures' HTML: every run of a page would format tables nobody downloads.
+    st.download_button("CSV", lambda: frame.to_csv(index=False), file_name=f"{slug(name)}.csv", mime="text/csv",
+                       key=key, on_click="ignore")
 
 
 def show_error(err: MergeScopeError) -> None:
