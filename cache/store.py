@@ -2,6 +2,7 @@
 
 Layout under the cache folder:
     index.sqlite                 key, kind, description, size, sha256, created, last_used
+    index.init.lock              so that processes opening a new cache set up its index one at a time
     entries/<k[:2]>/<key>.safetensors
     locks/<key>.lock             one filelock per key, so a key is computed once across processes
 
@@ -111,14 +112,18 @@ class Store:
         self.entries_dir.mkdir(parents=True, exist_ok=True)
         self.locks_dir.mkdir(parents=True, exist_ok=True)
         self.index_path = self.root / "index.sqlite"
-        with self._connect() as db:
+        # Turning a new index to WAL needs SQLite's exclusive lock, and two processes converting it
+        # at once can fail at once, without waiting ("database is locked": each holds the shared
+        # lock the other must lose). One at a time; WAL then stays set in the file for every
+        # later connection.
+        with FileLock(str(self.root / "index.init.lock")), self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
             db.execute(SCHEMA)
 
     # --- plumbing -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         # A fresh connection per operation: cheap, and safe to use from any thread or process.
         db = sqlite3.connect(self.index_path, timeout=60, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         return _ClosingConnection(db)
 

@@ -131,6 +131,19 @@ def test_eviction_respects_the_cap_least_recently_used_first(tmp_path):
     assert store.get(keys[-1]) is not None
 
 
+def test_a_new_index_is_in_wal_mode_before_any_operation(tmp_path):
+    # Operations open plain connections and rely on the mode the file keeps: converting it there,
+    # in several processes at once, failed at once with "database is locked".
+    import sqlite3
+
+    store = cache.Store(tmp_path / "c", max_bytes=1 << 20)
+    db = sqlite3.connect(store.index_path)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        db.close()
+
+
 RACE_WORKER = """
 import sys, time
 from pathlib import Path
