@@ -71,6 +71,7 @@ PAGES = {  # page title -> JavaScript condition that says its content is on scre
     "Models & merge": "document.querySelector('[data-testid=\"stCode\"]') !== null",
 }
 PAGE_PATHS = {"Scores": "scores", "Layers": "layers", "Samples": "samples", "Models & merge": ""}
+WARM_ORDER = ("Scores", "Layers", "Models & merge", "Samples")  # after Samples: never the page already shown
 
 
 def remote_page_shown(run: Run, title: str) -> bool:
@@ -256,15 +257,14 @@ def _session(page, url, experts, method, switches, think, out, barriers, done: t
     cold = time.perf_counter() - start
     check_view(page, experts, "in the cold part")
     barriers["cold end"].wait()  # the cold CPU meter stops when every session's heatmaps are shown
-    order = ["Scores", "Layers", "Models & merge", "Samples"]  # never the page already shown
     open_page(page, "Samples")  # the first visit computes translations the table did not need
     out.update(method=method, merge_s=merged, scores_s=scores, layers_s=layers, cold_s=cold, warm_s=[])
     log.info("%s: cold %.1f s (merge %.1f s, Scores %.1f s, Layers %.1f s)", method, cold, merged, scores, layers)
     barriers["warm start"].wait()  # the warm switches of all sessions overlap, and the CPU meter starts
     for i in range(switches):
         time.sleep(think())
-        out["warm_s"].append(open_page(page, order[i % len(order)]))
-        log.info("%s: %s in %.2f s", method, order[i % len(order)], out["warm_s"][-1])
+        out["warm_s"].append(open_page(page, WARM_ORDER[i % len(WARM_ORDER)]))
+        log.info("%s: %s in %.2f s", method, WARM_ORDER[i % len(WARM_ORDER)], out["warm_s"][-1])
     done.set()
     barriers["warm end"].wait()
 
@@ -293,18 +293,10 @@ def open_remote(session: ProtocolSession, title: str, path: str | None = None) -
     return run.seconds
 
 
-def keep_switching(i: int, switches: int, until: threading.Event, barriers: dict) -> bool:
-    """A protocol session switches at least `switches` times and on until the browser is done
-    (or has failed), so its load lasts as long as the switches measured in the browser."""
-    return i < switches or not (until.is_set() or barriers["warm end"].broken)
-
-
-def _remote_session(session: ProtocolSession, experts, method, switches, think, out, barriers,
-                    until: threading.Event, cycle_s: float) -> None:
+def _remote_session(session: ProtocolSession, method, switches, think, out, barriers, until: threading.Event,
+                    cycle_s: float) -> None:
     """_session for a user whose browser is elsewhere: the same runs in the same order. The picks
-    come in the first run's query string. A warm switch's next click comes no sooner than
-    `cycle_s` after this one: one browser's median switch on this machine alone, the time to draw
-    the page in a browser of its own."""
+    come in the first run's query string."""
     open_remote(session, "Models & merge")
     barriers["merge"].wait()
     start = time.perf_counter()
@@ -316,32 +308,34 @@ def _remote_session(session: ProtocolSession, experts, method, switches, think, 
     layers = open_remote(session, "Layers")
     cold = time.perf_counter() - start
     barriers["cold end"].wait()
-    order = ["Scores", "Layers", "Models & merge", "Samples"]
     open_remote(session, "Samples")
     out.update(method=method, merge_s=merged, scores_s=scores, layers_s=layers, cold_s=cold, warm_s=[], remote=True,
                merge_clicks=1)
-    barriers["warm start"].wait()
-    i = 0
-    while keep_switching(i, switches, until, barriers):
-        time.sleep(think())
-        out["warm_s"].append(open_remote(session, order[i % len(order)]))
-        time.sleep(max(0.0, cycle_s - out["warm_s"][-1]))
-        i += 1
-    barriers["warm end"].wait()
+    remote_warm_switches(session, [(t, PAGE_PATHS[t]) for t in WARM_ORDER], switches, think, out, barriers, until,
+                         cycle_s)
 
 
 def _remote_floor_session(session: ProtocolSession, switches, think, out, barriers, until: threading.Event,
                           cycle_s: float) -> None:
-    """_floor_session over the protocol, paced as _remote_session; the floor app's url paths are its
-    titles in lower case."""
+    """_floor_session over the protocol; the floor app's url paths are its titles in lower case."""
     titles = session.open("").texts("page_link")
     out.update(warm_s=[], remote=True)
+    pages = [(t, t.lower()) for t in titles[1:] + titles[:1]]  # the app opens on the first
+    remote_warm_switches(session, pages, switches, think, out, barriers, until, cycle_s)
+
+
+def remote_warm_switches(session: ProtocolSession, pages: list[tuple[str, str]], switches, think, out, barriers,
+                         until: threading.Event, cycle_s: float) -> None:
+    """Open `pages` (title, url path) in turn: at least `switches` times, and on until the browser
+    has made its switches (or failed), so the load lasts as long as the switches measured there.
+    The next click comes no sooner than `cycle_s` after the last: one browser's median switch on
+    this machine alone, about what the page takes to draw in a browser of its own."""
     barriers["warm start"].wait()
     i = 0
-    while keep_switching(i, switches, until, barriers):
+    while i < switches or not (until.is_set() or barriers["warm end"].broken):
         time.sleep(think())
-        title = titles[(i + 1) % 2]
-        out["warm_s"].append(open_remote(session, title, path=title.lower()))
+        title, path = pages[i % len(pages)]
+        out["warm_s"].append(open_remote(session, title, path))
         time.sleep(max(0.0, cycle_s - out["warm_s"][-1]))
         i += 1
     barriers["warm end"].wait()
@@ -377,8 +371,8 @@ def run(url: str, experts: list[str], sessions: int, switches: int, think_s: flo
             view = urllib.parse.urlencode({"experts": ",".join(experts), "method": METHOD_NAMES[method]})
             body = (functools.partial(_remote_floor_session, switches=switches, think=think, out=results[i],
                                       barriers=barriers, until=browser_done, cycle_s=remote_cycle_s) if floor else
-                    functools.partial(_remote_session, experts=experts, method=method, switches=switches, think=think,
-                                      out=results[i], barriers=barriers, until=browser_done, cycle_s=remote_cycle_s))
+                    functools.partial(_remote_session, method=method, switches=switches, think=think, out=results[i],
+                                      barriers=barriers, until=browser_done, cycle_s=remote_cycle_s))
             threads.append(threading.Thread(target=in_protocol_session,
                                             args=(f"remote {i}", url, "" if floor else view, body, results[i], barriers)))
             continue
@@ -459,7 +453,7 @@ def remote_cycle(args, earlier: list[dict]) -> float | None:
 
 def sessions_cell(summary: dict) -> str:
     remote = summary["sessions"] - summary["browsers"]
-    return f"{summary['sessions']} (1 browser, {remote} elsewhere)" if remote else str(summary["sessions"])
+    return f"{summary['sessions']} ({summary['browsers']} browser, {remote} elsewhere)" if remote else str(summary["sessions"])
 
 
 def main() -> None:
