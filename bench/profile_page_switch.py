@@ -91,8 +91,8 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1600})
             merged_session(page, server.url, en_x_experts([ZOO_MODELS]))
-            devtools = page.context.new_cdp_session(page)
-            if args.profile:
+            devtools = page.context.new_cdp_session(page) if args.profile else None
+            if devtools:
                 devtools.send("Profiler.enable")
                 devtools.send("Profiler.start")
             start_by_process = chromium_cpu_by_process()
@@ -103,7 +103,7 @@ def main() -> None:
                     time.sleep(SETTLE_S)
                     cpu_by_page[title].append(sum(chromium_cpu_by_process().values()) - before)
             end_by_process = chromium_cpu_by_process()
-            profile = devtools.send("Profiler.stop")["profile"] if args.profile else None
+            profile = devtools.send("Profiler.stop")["profile"] if devtools else None
             browser.close()
     finally:
         stop_server(server)
