@@ -1,7 +1,7 @@
 """The compatibility check the Models page runs on every run, with real-sized tokenizers.
 
 Three checkpoints (a base and two experts, the zoo's tiny tensors) get a tokenizer.json the size
-of Qwen2.5's (151,643 tokens and as many merges, about 7 MB). Times `compatibility_problems` on
+of Qwen2.5's (151,643 tokens and as many merges, about 8 MB). Times `compatibility_problems` on
 them the first time (every tokenizer read and hashed) and again (the digests remembered per file
 version), as the dashboard calls it on each pick and page run.
 

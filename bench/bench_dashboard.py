@@ -33,6 +33,7 @@ included) and written to bench/out/dashboard.json.
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import logging
@@ -125,6 +126,22 @@ def en_x_experts(roots) -> list[str]:
     return sorted(l for l in labels if (d := pipeline.direction_from_name(l)) and d.startswith("en-"))[:2]
 
 
+def chromium_cpu_by_process() -> dict[str, float]:
+    """CPU seconds (user + system) of the chromium processes this benchmark started, by process
+    type (renderer, gpu-process, ...; "browser" for the main one)."""
+    totals: collections.Counter[str] = collections.Counter()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" not in proc.name().lower():
+                continue
+            args, times = proc.cmdline(), proc.cpu_times()
+        except psutil.Error:  # a renderer that just exited
+            continue
+        kind = next((a.split("=", 1)[1] for a in args if a.startswith("--type=")), "browser")
+        totals[kind] += times.user + times.system
+    return totals
+
+
 class CpuMeter:
     """CPU seconds (user + system) of the server's process tree and of every chromium process
     this benchmark started, between `start()` and `stop()`."""
@@ -133,21 +150,15 @@ class CpuMeter:
         self.server = psutil.Process(server_pid)
         self.start_s = self.stop_s = (0.0, 0.0)
 
-    @staticmethod
-    def _cpu(processes) -> float:
-        total = 0.0
-        for p in processes:
+    def read(self) -> tuple[float, float]:
+        server = 0.0
+        for p in [self.server, *self.server.children(recursive=True)]:
             try:
                 t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:  # a renderer that just exited
+                server += t.user + t.system
+            except psutil.Error:  # a worker that just exited
                 pass
-        return total
-
-    def read(self) -> tuple[float, float]:
-        server = self._cpu([self.server, *self.server.children(recursive=True)])
-        chromium = self._cpu(c for c in psutil.Process().children(recursive=True) if "chrom" in c.name().lower())
-        return chromium, server
+        return sum(chromium_cpu_by_process().values()), server
 
     def start(self) -> None:
         self.start_s = self.read()

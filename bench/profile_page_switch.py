@@ -21,13 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_dashboard import (  # noqa: E402
-    MERGE_SHOWN, WARM_ORDER, click_merge, en_x_experts, open_page, wait_until,
+    MERGE_SHOWN, WARM_ORDER, chromium_cpu_by_process, click_merge, en_x_experts, open_page, wait_until,
 )
 from tests.browser_harness import (  # noqa: E402
     ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, RUN_ENDED, ZOO_DATA, ZOO_MODELS, choose, start_server, stop_server,
@@ -35,21 +34,6 @@ from tests.browser_harness import (  # noqa: E402
 )
 
 SETTLE_S = 0.3  # after a page is shown: Plotly and the compositor finish drawing it
-
-
-def chromium_cpu_by_process() -> dict[str, float]:
-    """CPU seconds of the chromium processes this script started, by process type."""
-    totals: collections.Counter[str] = collections.Counter()
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if "chrom" not in proc.name().lower():
-                continue
-            args, times = proc.cmdline(), proc.cpu_times()
-        except psutil.Error:  # a renderer that just exited
-            continue
-        kind = next((a.split("=", 1)[1] for a in args if a.startswith("--type=")), "browser")
-        totals[kind] += times.user + times.system
-    return totals
 
 
 def self_ms_by_script(profile: dict) -> collections.Counter[str]:
