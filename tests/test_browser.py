@@ -88,6 +88,16 @@ def test_merge_scores_layers_samples_and_shared_link(dashboard, browser):  # noq
     assert download.value.suggested_filename == "scores_chrf.html"
     html = Path(download.value.path()).read_text(encoding="utf-8")
     assert "Plotly.newPlot" in html and '"type":"bar"' in html and f'"name":"{pipeline.MERGE}"' in html
+    # PNG: the figure's own camera button, at twice the drawn size.
+    chart = page.locator(".js-plotly-plot").first
+    chart.hover()
+    with page.expect_download(timeout=TIMEOUT_MS) as download:
+        chart.locator('.modebar-btn[data-title^="Download plot"]').click()
+    assert download.value.suggested_filename == "scores_chrf.png"
+    png = Path(download.value.path()).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    drawn = chart.locator(".main-svg").first.bounding_box()
+    assert int.from_bytes(png[16:20], "big") == round(2 * drawn["width"])  # IHDR width
 
     go_to(page, "Layers")
     boxes = heatmap_boxes(page)
