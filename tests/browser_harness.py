@@ -115,8 +115,9 @@ class Server:
 
 def start_server(models: str | Path, data: Path, cache_dir: Path, log_file: Path, timeout_s: float = 90.0,
                  extra_env: dict | None = None, script: str = "app.py") -> Server:
-    """`streamlit run app.py` (or another `script` of the repository) on a free localhost port;
-    returns once /_stcore/health answers ok. `models` may list several roots separated by os.pathsep."""
+    """`streamlit run app.py` (or another `script` of the repository) on a free port; returns once
+    /_stcore/health answers ok. `models` may list several roots separated by os.pathsep. The
+    address is left to the repository's .streamlit/config.toml (127.0.0.1), as `make demo` does."""
     port = free_port()
     env = {**os.environ, "MERGESCOPE_MODEL_ROOTS": str(models), "MERGESCOPE_DATA_DIR": str(data),
            "MERGESCOPE_CACHE_DIR": str(cache_dir), "MERGESCOPE_DEVICE": "cpu", **(extra_env or {})}
@@ -124,7 +125,7 @@ def start_server(models: str | Path, data: Path, cache_dir: Path, log_file: Path
     out = log_file.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.headless", "true", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],
         cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
     )

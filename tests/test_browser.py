@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from engine import pipeline
@@ -182,3 +183,11 @@ def test_a_protocol_session_is_sent_what_a_browser_is(dashboard):  # noqa: F811
         run = odd.open("")
         assert any("cannot be merged" in e for e in run.errors), run.errors
         assert not remote_page_shown(run, "Models & merge")
+
+
+def test_the_server_listens_on_localhost_only(dashboard):  # noqa: F811
+    """The test server is started as `make demo` starts it, with no address given: the project's
+    .streamlit/config.toml must keep it off every interface but the loopback."""
+    server = psutil.Process(dashboard.server.process.pid)
+    listening = {c.laddr.ip for c in server.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    assert listening == {"127.0.0.1"}
