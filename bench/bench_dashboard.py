@@ -25,7 +25,7 @@ Measures, against `streamlit run app.py` with an empty cache:
                                               [--torch-threads N]
 
 The browser is told a page is shown by a MutationObserver (see wait_until), not by Playwright's
-per-frame polling, which sessions 1-3 used. --tiny runs on the tests' tiny random zoo (when
+per-frame polling, which keeps chromium drawing while a page computes. --tiny runs on the tests' tiny random zoo (when
 zoo/models is not built yet). Results are printed as ready rows for BENCHMARKS.md (load average
 included) and written to bench/out/dashboard.json.
 """
