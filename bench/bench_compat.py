@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import pipeline  # noqa: E402
 from engine.checkpoints import compat, open_checkpoint  # noqa: E402
+from engine.pipeline.catalog import compatibility  # noqa: E402
 from tests.tiny_models import save_checkpoint  # noqa: E402
 
 
@@ -47,12 +47,12 @@ def main() -> None:
     checkpoints = [open_checkpoint(f, roots=(work,)) for f in folders]
 
     start = time.perf_counter()
-    assert pipeline.compatibility(checkpoints) == []
+    assert compatibility(checkpoints) == []
     first = time.perf_counter() - start
     again = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        assert pipeline.compatibility(checkpoints) == []
+        assert compatibility(checkpoints) == []
         again.append(time.perf_counter() - start)
     repeat = statistics.median(again)
     print(f"tokenizer.json {len(tokenizer) / 1e6:.1f} MB × 3 checkpoints "

@@ -55,16 +55,28 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.protocol_session import ProtocolSession, Run  # noqa: E402
-from engine import pipeline  # noqa: E402
+from engine.pipeline.catalog import checkpoint_label, direction_from_name, discover  # noqa: E402
+from engine.pipeline.recipes import method_specs  # noqa: E402
 from tests.browser_harness import (  # noqa: E402
-    ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, RUN_ENDED, TIMEOUT_MS, ZOO_DATA, ZOO_MODELS, build_demo_zoo, choose, start_server,
-    stop_server, wait_for_app, wait_for_recipe,
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    RUN_ENDED,
+    TIMEOUT_MS,
+    ZOO_DATA,
+    ZOO_MODELS,
+    build_demo_zoo,
+    choose,
+    start_server,
+    stop_server,
+    wait_for_app,
+    wait_for_recipe,
 )
 
 log = logging.getLogger("bench_dashboard")
 PAGE_TIMEOUT_MS = 120_000
 METHODS = ("TIES", "Task Arithmetic", "Linear DARE", "SCE")  # display names: one per concurrent session
-METHOD_NAMES = {spec.display_name: name for name, spec in pipeline.method_specs().items()}  # as a link names them
+METHOD_NAMES = {spec.display_name: name for name, spec in method_specs().items()}  # as a link names them
 PAGES = {  # page title -> JavaScript condition that says its content is on screen
     "Scores": "[...document.querySelectorAll('[data-testid=\"stTable\"] tbody th')].some(t => t.innerText.trim() === 'merge')",
     "Layers": "document.querySelectorAll('.js-plotly-plot .heatmaplayer .hm image').length >= 3",
@@ -121,9 +133,9 @@ def open_page(page, title: str, content: str | None = None) -> float:
 
 
 def en_x_experts(roots) -> list[str]:
-    found = pipeline.discover(roots)
-    labels = [pipeline.checkpoint_label(c, roots) for c in found.checkpoints]
-    return sorted(l for l in labels if (d := pipeline.direction_from_name(l)) and d.startswith("en-"))[:2]
+    found = discover(roots)
+    labels = [checkpoint_label(c, roots) for c in found.checkpoints]
+    return sorted(l for l in labels if (d := direction_from_name(l)) and d.startswith("en-"))[:2]
 
 
 def chromium_cpu_by_process() -> dict[str, float]:

@@ -40,10 +40,10 @@ SOURCES = [
 
 def load(model_path: str | None):
     if model_path and Path(model_path).suffix in (".yaml", ".yml"):  # a mergekit recipe, merged in memory
-        from engine import pipeline
         from engine.merge import merge_into_model
+        from engine.pipeline.recipes import parse_recipe
 
-        model, tokenizer = merge_into_model(pipeline.parse_recipe(Path(model_path).read_text(), source=model_path))
+        model, tokenizer = merge_into_model(parse_recipe(Path(model_path).read_text(), source=model_path))
         return model.eval(), tokenizer, Path(model_path).name
     if model_path:
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_path, local_files_only=True)
@@ -125,9 +125,9 @@ def main() -> None:
     model, tokenizer, label = load(args.model)
     model.to(args.device)
     if args.direction:  # the demo zoo's devtest sentences, as the dashboard translates them
-        from engine import pipeline
+        from engine.pipeline.data import data_sets
 
-        data = pipeline.data_sets("devtest", [args.direction], args.n)[0]
+        data = data_sets("devtest", [args.direction], args.n)[0]
         prompts = [render_generation_prompt(tokenizer, data.src_lang, data.tgt_lang, s) for s in data.sources]
     else:
         sources = [SOURCES[i % len(SOURCES)] + ("" if i < len(SOURCES) else f" ({i})") for i in range(args.n)]

@@ -8,7 +8,7 @@ other, in two threads of one process, and in two processes started at the same m
 
     .venv/bin/python bench/bench_server_concurrency.py [--n 64] [--batch-size 16]
 
---batch-size defaults to the dashboard's (engine.pipeline.DASHBOARD_BATCH_SIZE).
+--batch-size defaults to the dashboard's (engine.pipeline.scores.DASHBOARD_BATCH_SIZE).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from engine.pipeline import DASHBOARD_BATCH_SIZE  # noqa: E402
+from engine.pipeline.scores import DASHBOARD_BATCH_SIZE  # noqa: E402
+
 EXPERTS = ("expert-en-de", "expert-en-bn")
 
 

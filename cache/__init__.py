@@ -2,7 +2,8 @@
 
     import cache
     key = cache.make_key("capture", model=fingerprint, data=pairs.content_hash(), settings={...})
-    entry = cache.get_store().get_or_compute(key, lambda: cache.Entry(tensors, meta), "capture of ...")
+    store = cache.Store(folder, max_bytes)  # engine.settings.cache_store() opens the configured one
+    entry = store.get_or_compute(key, lambda: cache.Entry(tensors, meta), "capture of ...")
 
 A key is the sha256 of canonical JSON of the kind, the caller's parts and a code-version salt
 for that kind: bump the kind's version in CODE_VERSIONS when the code that produces it changes,
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from cache.store import CacheError, Entry, EntryInfo, Store
 
-__all__ = ["CODE_VERSIONS", "CacheError", "Entry", "EntryInfo", "Key", "Store", "canonical_json", "get_store", "make_key"]
+__all__ = ["CODE_VERSIONS", "CacheError", "Entry", "EntryInfo", "Key", "Store", "canonical_json", "make_key"]
 
 # Code-version salt per kind; kinds not listed get "1". Bump a value to invalidate that kind.
 CODE_VERSIONS: dict[str, str] = {
@@ -72,11 +73,3 @@ def make_key(kind: str, **parts) -> Key:
         raise ValueError("cache kind must be a non-empty string")
     payload = {"kind": kind, "salt": CODE_VERSIONS.get(kind, "1"), "parts": parts}
     return Key(hashlib.sha256(canonical_json(payload).encode()).hexdigest(), kind)
-
-
-def get_store() -> Store:
-    """The Store at settings.cache_dir with settings.cache_max_bytes (settings read now)."""
-    from engine.settings import get_settings
-
-    settings = get_settings()
-    return Store(settings.cache_dir, settings.cache_max_bytes)

@@ -100,7 +100,7 @@ def decode_entry(data: bytes) -> Entry:
 
 
 class Store:
-    """The cache folder: get, put, get_or_compute, and the maintenance used by `python -m cache`."""
+    """The cache folder: get, put, get_or_compute, and the maintenance used by `python -m engine cache`."""
 
     def __init__(self, root: str | Path, max_bytes: int):
         if max_bytes <= 0:

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from engine.errors import MergeScopeError
 
@@ -20,7 +21,38 @@ COMMANDS = {
     "evaluate": "translate and score models on parallel data",
     "sweep": "grid-search merge hyperparameters and build the paper-style table",
     "zoo": "build or check the demo zoo",
+    "cache": "list, verify or clean the content-addressed cache",
 }
+
+
+def named_paths(argv: list[str]) -> list[Path]:
+    """Existing paths on the command line, and the folders named in the YAML files among them
+    (recipes, grids): what the person at the terminal chose, so model roots do not apply to them."""
+    import yaml
+
+    def strings(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+
+    named = []
+    for token in argv:
+        path = Path(token.split("=", 1)[-1]).expanduser()
+        if not path.exists():
+            continue
+        named.append(path)
+        if path.is_file() and path.suffix in (".yaml", ".yml"):
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                continue  # the command itself reports an unreadable file
+            named += [Path(s).expanduser() for s in strings(data) if s and Path(s).expanduser().is_dir()]
+    return named
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             command_parser.set_defaults(run=module.run)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from engine.checkpoints.paths import trusting
+
     try:
-        return args.run(args)
+        with trusting(named_paths(argv)):
+            return args.run(args)
     except MergeScopeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

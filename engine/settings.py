@@ -110,3 +110,11 @@ def model_roots() -> tuple[Path, ...]:
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment on first use."""
     return load_settings()
+
+
+def cache_store():
+    """The content-addressed cache at MERGESCOPE_CACHE_DIR, capped at MERGESCOPE_CACHE_MAX_GB (settings read now)."""
+    import cache
+
+    settings = get_settings()
+    return cache.Store(settings.cache_dir, settings.cache_max_bytes)

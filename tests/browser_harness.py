@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import pipeline
+from engine.pipeline.memo import clear_memo
+from engine.pipeline.recipes import method_specs
 from engine.settings import REPO_ROOT, get_settings
 from tests import tiny_models
 
@@ -95,7 +96,7 @@ def demo_env(tiny_zoo, isolated_settings, monkeypatch) -> DemoZoo:
     monkeypatch.setenv("MERGESCOPE_DATA_DIR", str(tiny_zoo.data))
     get_settings.cache_clear()
     # Analyses memoised in process by an earlier test would hide this test's empty cache folder.
-    pipeline.clear_memo()
+    clear_memo()
     yield tiny_zoo
     get_settings.cache_clear()
 
@@ -295,7 +296,7 @@ def wait_for_recipe(page, method: str) -> None:
     """Until the YAML on screen is the chosen method's (its display name) and the run that drew
     it has ended: a user clicks Merge once the recipe is shown, and a click that lands while
     the method's sliders are still being drawn can be lost."""
-    name = next(n for n, spec in pipeline.method_specs().items() if spec.display_name == method)
+    name = next(n for n, spec in method_specs().items() if spec.display_name == method)
     page.wait_for_function(
         "name => [...document.querySelectorAll('[data-testid=\"stCode\"]')]"
         ".some(c => c.innerText.includes('merge_method: ' + name))", arg=name, timeout=TIMEOUT_MS)

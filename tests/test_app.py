@@ -19,8 +19,16 @@ import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
 
-from engine import pipeline
 from engine.neurons import PRESETS
+from engine.pipeline.analyses import cka_pair, neuron_report
+from engine.pipeline.catalog import checkpoints_by_label
+from engine.pipeline.data import data_sets
+from engine.pipeline.memo import clear_memo
+from engine.pipeline.models import ModelCache
+from engine.pipeline.recipes import build_recipe, method_specs
+from engine.pipeline.scores import evaluate_systems
+from engine.pipeline.sweep_curves import sweep_curve, sweep_values
+from engine.pipeline.systems import MERGE, System, checkpoint_system, merge_system
 from engine.settings import REPO_ROOT, get_settings
 from tests.browser_harness import demo_env, tiny_zoo  # noqa: F401  (fixtures)
 from views import common, figures
@@ -66,26 +74,26 @@ def charts(at: AppTest) -> list[dict]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
 
-def systems_of(at: AppTest) -> list[pipeline.System]:
+def systems_of(at: AppTest) -> list[System]:
     """The systems the view describes, rebuilt outside Streamlit from the URL's parameters.
     Forgets in-memory results first, so expected values are recomputed, not the page's own objects."""
-    pipeline.clear_memo()
+    clear_memo()
     params = at.query_params
-    by_label = pipeline.checkpoints_by_label()
+    by_label = checkpoints_by_label()
     names = [params["base"], *params["experts"].split(",")]
     extras = params["extra_systems"].split(",") if "extra_systems" in params else []
-    out = [pipeline.checkpoint_system(by_label[n]) for n in names + extras]
+    out = [checkpoint_system(by_label[n]) for n in names + extras]
     if "merged" in params:
         method = params["method"]
-        spec = pipeline.method_specs()[method]
+        spec = method_specs()[method]
         values = {}
         for p in spec.params:
             key = f"p_{method}__{p.name}"
             if key in params:
                 text = params[key]
                 values[p.name] = text == "true" if p.kind is bool else p.kind(float(text))
-        recipe = pipeline.build_recipe(names[0], names[1:], method, values)
-        out.append(pipeline.merge_system(recipe))
+        recipe = build_recipe(names[0], names[1:], method, values)
+        out.append(merge_system(recipe))
     return out
 
 
@@ -123,7 +131,7 @@ def test_engine_messages_reach_the_server_log(app, monkeypatch):
     merge(pick(app))
     app.switch_page("views/scores.py").run()
     text = stream.getvalue()
-    assert re.search(r"INFO \[ScriptRunner\.scriptThread\] engine\.pipeline: merging [0-9a-f]{12} in memory", text), text
+    assert re.search(r"INFO \[ScriptRunner\.scriptThread\] engine\.pipeline\.models: merging [0-9a-f]{12} in memory", text), text
     assert re.search(r"\] engine\.translate\.evaluate: translated en-es \(8 sentences\) with \S+ in \d+\.\d\d s", text), text
 
 
@@ -141,7 +149,7 @@ def test_the_server_reads_the_language_id_model_before_the_first_scores(demo_env
 def test_sliders_come_from_the_registry_and_drive_the_recipe(app):
     pick(app, method="ties")
     labels = {s.label for s in app.slider}
-    assert {p.name for p in pipeline.method_specs()["ties"].params if p.kind is float} <= labels
+    assert {p.name for p in method_specs()["ties"].params if p.kind is float} <= labels
     app.slider(key="p_ties__density").set_value(0.3).run()
     recipe = yaml.safe_load(app.code[0].value)
     assert recipe["merge_method"] == "ties"
@@ -219,9 +227,9 @@ def test_scores_page_shows_the_engines_scores(app):
     wide = app.table[0].value  # systems × directions, chrF
     systems = systems_of(app)
     assert list(wide.index) == [s.name for s in systems]
-    assert pipeline.MERGE in wide.index
-    sets = pipeline.data_sets("devtest", ["en-es", "en-pt"], 32)
-    results = pipeline.evaluate_systems(systems, sets, pipeline.ModelCache())
+    assert MERGE in wide.index
+    sets = data_sets("devtest", ["en-es", "en-pt"], 32)
+    results = evaluate_systems(systems, sets, ModelCache())
     for r in results:
         for d in r.directions:
             assert wide.loc[r.system, d.direction] == pytest.approx(round(d.scores.chrf, 2))
@@ -255,10 +263,10 @@ def test_layers_heatmaps_carry_the_engines_cka(app, monkeypatch):
     heatmaps = [t for t in fig["data"] if t["type"] == "heatmap"]
     assert len(heatmaps) == 3  # left, right, difference
     systems = {s.name: s for s in systems_of(app)}
-    sets = pipeline.data_sets("devtest", ["en-es", "en-pt"], 32)
-    cache = pipeline.ModelCache()
-    left = pipeline.cka_pair(systems["expert-en-es"], systems["expert-en-pt"], sets, "source", cache)
-    right = pipeline.cka_pair(systems[pipeline.MERGE], systems["expert-en-es"], sets, "source", cache)
+    sets = data_sets("devtest", ["en-es", "en-pt"], 32)
+    cache = ModelCache()
+    left = cka_pair(systems["expert-en-es"], systems["expert-en-pt"], sets, "source", cache)
+    right = cka_pair(systems[MERGE], systems["expert-en-es"], sets, "source", cache)
     np.testing.assert_allclose(array(heatmaps[0]["z"]), left.values, rtol=1e-9)
     np.testing.assert_allclose(array(heatmaps[1]["z"]), right.values, rtol=1e-9)
     np.testing.assert_allclose(array(heatmaps[2]["z"]), left.values - right.values, rtol=1e-9, atol=1e-12)
@@ -273,7 +281,7 @@ def test_layers_heatmaps_carry_the_engines_cka(app, monkeypatch):
     assert "layer %{y}" in heatmaps[0]["hovertemplate"]
 
     app.segmented_control(key="span").set_value("target").run()
-    target = pipeline.cka_pair(systems["expert-en-es"], systems["expert-en-pt"], sets, "target", cache)
+    target = cka_pair(systems["expert-en-es"], systems["expert-en-pt"], sets, "target", cache)
     z = array(charts(app)[0]["data"][0]["z"])
     np.testing.assert_allclose(z, target.values, rtol=1e-9)
     assert app.query_params["span"] == "target"
@@ -293,9 +301,9 @@ def test_neurons_page_counts_equal_the_engines(app):
     app.switch_page("views/neurons.py").run()
     assert not app.exception and not app.error, [e.value for e in app.error]
     systems = {s.name: s for s in systems_of(app)}
-    sets = pipeline.data_sets("devtest", ["en-es", "en-pt"], 32)
-    report = pipeline.neuron_report(systems["base"], systems[pipeline.MERGE], sets, "target", PRESETS["paper"],
-                                    pipeline.ModelCache())
+    sets = data_sets("devtest", ["en-es", "en-pt"], 32)
+    report = neuron_report(systems["base"], systems[MERGE], sets, "target", PRESETS["paper"],
+                                    ModelCache())
     figs = charts(app)
     counts = [f for f in figs if f["data"][0]["type"] == "heatmap"]
     np.testing.assert_array_equal(array(counts[0]["data"][0]["z"]), report.base.counts)
@@ -307,8 +315,8 @@ def test_neurons_page_counts_equal_the_engines(app):
     app.selectbox(key="preset").set_value("lape").run()
     assert app.slider(key="top_rate").value == pytest.approx(0.05)
     assert app.toggle(key="filter_on").value is True
-    lape = pipeline.neuron_report(systems["base"], systems[pipeline.MERGE], sets, "target", PRESETS["lape"],
-                                  pipeline.ModelCache())
+    lape = neuron_report(systems["base"], systems[MERGE], sets, "target", PRESETS["lape"],
+                                  ModelCache())
     z = array([f for f in charts(app) if f["data"][0]["type"] == "heatmap"][1]["data"][0]["z"])
     np.testing.assert_array_equal(z, lape.finetune.counts)
 
@@ -357,14 +365,14 @@ def test_samples_page_shows_outputs_and_off_target_flags(app):
     table, classes = samples_html(app)
     systems = systems_of(app)
     # the languages in play (what language ID chooses among) are those of every chosen direction
-    sets = pipeline.data_sets("devtest", ["en-es", "en-pt"], 32)
-    results = {r.system: r for r in pipeline.evaluate_systems(systems, sets, pipeline.ModelCache())}
-    merged = results[pipeline.MERGE].directions[0]
+    sets = data_sets("devtest", ["en-es", "en-pt"], 32)
+    results = {r.system: r for r in evaluate_systems(systems, sets, ModelCache())}
+    merged = results[MERGE].directions[0]
     assert merged.direction == "en-es"
     assert list(table["source"]) == list(sets[0].sources)
-    assert list(table[f"{pipeline.MERGE} · output"]) == [s.output for s in merged.samples]
-    assert list(table[f"{pipeline.MERGE} · detected"]) == [s.detected for s in merged.samples]
-    assert [float(c) for c in table[f"{pipeline.MERGE} · chrF"]] == [round(s.chrf, 1) for s in merged.samples]
+    assert list(table[f"{MERGE} · output"]) == [s.output for s in merged.samples]
+    assert list(table[f"{MERGE} · detected"]) == [s.detected for s in merged.samples]
+    assert [float(c) for c in table[f"{MERGE} · chrF"]] == [round(s.chrf, 1) for s in merged.samples]
     for system, result in results.items():  # exactly the off-target outputs are highlighted
         shown_here = [d for d in result.directions if d.direction == "en-es"]  # experts: their own direction only
         if not shown_here:
@@ -407,11 +415,11 @@ def test_sweep_curve_plots_the_engines_scores(app):
     assert app.query_params["sweep_param"] == "weight"
     sweep = [f for f in charts(app) if "against weight" in f["layout"]["title"]["text"]][0]
     avg = [t for t in sweep["data"] if t["name"] == "avg"][0]
-    values = pipeline.sweep_values("task_arithmetic", "weight")
+    values = sweep_values("task_arithmetic", "weight")
     np.testing.assert_allclose(array(avg["x"]), values)
     params = {"weight": 0.5, "density": 1.0, "normalize": False, "rescale": False, "int8_mask": False, "lambda": 1.0}
-    rows = pipeline.sweep_curve("base", ["expert-en-es", "expert-en-pt"], "task_arithmetic", params, "weight", values,
-                                pipeline.data_sets("devtest", ["en-es", "en-pt"], 32), pipeline.ModelCache())
+    rows = sweep_curve("base", ["expert-en-es", "expert-en-pt"], "task_arithmetic", params, "weight", values,
+                                data_sets("devtest", ["en-es", "en-pt"], 32), ModelCache())
     expected = [r["chrf"] for r in rows if r["direction"] == "avg"]
     np.testing.assert_allclose(array(avg["y"]), expected, rtol=1e-9)
 

@@ -9,9 +9,17 @@ import time
 import pytest
 
 from engine.device import default_device
-from engine.settings import get_settings
-from engine import pipeline
 from engine.errors import DataError, RecipeError
+from engine.pipeline.analyses import cka_pair
+from engine.pipeline.catalog import checkpoints_by_label, direction_from_name
+from engine.pipeline.data import available_directions, data_sets
+from engine.pipeline.memo import clear_memo
+from engine.pipeline.models import ModelCache, limit_torch_threads
+from engine.pipeline.prefetch import Prefetcher, prefetch_checkpoints
+from engine.pipeline.recipes import build_recipe, parse_recipe, recipe_hash, recipe_view, recipe_yaml
+from engine.pipeline.scores import evaluate_systems, score_rows
+from engine.pipeline.systems import checkpoint_system, merge_system
+from engine.settings import get_settings
 from tests.browser_harness import demo_env, tiny_zoo  # noqa: F401  (fixtures)
 
 
@@ -22,21 +30,21 @@ from tests.browser_harness import demo_env, tiny_zoo  # noqa: F401  (fixtures)
     ("wide-other", None),
 ])
 def test_direction_from_name(name, direction):
-    assert pipeline.direction_from_name(name) == direction
+    assert direction_from_name(name) == direction
 
 
 def test_data_sets_tell_dev_from_devtest_and_cut_to_n(demo_env):  # noqa: F811
-    dev = pipeline.data_sets("dev", ["en-pt", "en-es"], 3)
+    dev = data_sets("dev", ["en-pt", "en-es"], 3)
     assert [s.direction for s in dev] == ["en-es", "en-pt"]
     assert all(len(s) == 3 for s in dev)
-    assert pipeline.available_directions("devtest") == ["en-es", "en-pt", "es-en"]
+    assert available_directions("devtest") == ["en-es", "en-pt", "es-en"]
     with pytest.raises(DataError, match="no devtest data for en-de"):
-        pipeline.data_sets("devtest", ["en-de"])
+        data_sets("devtest", ["en-de"])
 
 
 def test_model_cache_builds_once_under_concurrent_requests(demo_env, monkeypatch):  # noqa: F811
-    system = pipeline.checkpoint_system(pipeline.checkpoints_by_label()["expert-en-es"])
-    cache = pipeline.ModelCache()
+    system = checkpoint_system(checkpoints_by_label()["expert-en-es"])
+    cache = ModelCache()
     calls = []
     real_build = cache._build
 
@@ -57,18 +65,18 @@ def test_model_cache_builds_once_under_concurrent_requests(demo_env, monkeypatch
 
 
 def test_model_cache_drops_the_least_recently_used(demo_env):  # noqa: F811
-    by_label = pipeline.checkpoints_by_label()
-    systems = [pipeline.checkpoint_system(by_label[n]) for n in ("base", "expert-en-es", "expert-en-pt")]
-    one = pipeline.ModelCache().get(systems[0]).weight_bytes
-    cache = pipeline.ModelCache(budget_bytes=2 * one)  # room for two of these equal-sized models
+    by_label = checkpoints_by_label()
+    systems = [checkpoint_system(by_label[n]) for n in ("base", "expert-en-es", "expert-en-pt")]
+    one = ModelCache().get(systems[0]).weight_bytes
+    cache = ModelCache(budget_bytes=2 * one)  # room for two of these equal-sized models
     cache.get(systems[0]), cache.get(systems[1]), cache.get(systems[0]), cache.get(systems[2])
     assert systems[0].identity in cache and systems[2].identity in cache and systems[1].identity not in cache
 
 
 def test_model_cache_keeps_a_model_larger_than_its_budget_until_the_next(demo_env):  # noqa: F811
-    by_label = pipeline.checkpoints_by_label()
-    systems = [pipeline.checkpoint_system(by_label[n]) for n in ("base", "expert-en-es")]
-    cache = pipeline.ModelCache(budget_bytes=1)
+    by_label = checkpoints_by_label()
+    systems = [checkpoint_system(by_label[n]) for n in ("base", "expert-en-es")]
+    cache = ModelCache(budget_bytes=1)
     cache.get(systems[0])
     assert systems[0].identity in cache  # its caller is about to use it
     cache.get(systems[1])
@@ -78,14 +86,14 @@ def test_model_cache_keeps_a_model_larger_than_its_budget_until_the_next(demo_en
 def test_the_model_memory_budget_is_a_setting_else_half_the_memory(demo_env, monkeypatch):  # noqa: F811
     monkeypatch.setenv("MERGESCOPE_MODEL_MEMORY_GB", "0.5")
     get_settings.cache_clear()
-    assert pipeline.ModelCache().budget_bytes == 512 * 1024**2
+    assert ModelCache().budget_bytes == 512 * 1024**2
     monkeypatch.delenv("MERGESCOPE_MODEL_MEMORY_GB")
     monkeypatch.setenv("MERGESCOPE_DEVICE", "cpu")
     get_settings.cache_clear()
     default_device.cache_clear()
     try:
         mem_total_kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
-        assert pipeline.ModelCache().budget_bytes == pytest.approx(mem_total_kib * 1024 / 2, rel=0.02)
+        assert ModelCache().budget_bytes == pytest.approx(mem_total_kib * 1024 / 2, rel=0.02)
     finally:
         default_device.cache_clear()  # the next test's settings choose its device again
 
@@ -95,20 +103,20 @@ def test_warm_views_need_no_model(demo_env, monkeypatch):  # noqa: F811
     ModelCache) shows the same results without loading or merging anything."""
     monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "4")
     get_settings.cache_clear()
-    by_label = pipeline.checkpoints_by_label()
-    recipe = pipeline.build_recipe("base", ["expert-en-es", "expert-en-pt"], "ties", {"weight": 0.5, "density": 0.5})
-    systems = [pipeline.checkpoint_system(by_label["base"]), pipeline.merge_system(recipe)]
-    sets = pipeline.data_sets("dev", ["en-es", "en-pt"], 4)
+    by_label = checkpoints_by_label()
+    recipe = build_recipe("base", ["expert-en-es", "expert-en-pt"], "ties", {"weight": 0.5, "density": 0.5})
+    systems = [checkpoint_system(by_label["base"]), merge_system(recipe)]
+    sets = data_sets("dev", ["en-es", "en-pt"], 4)
 
-    cold = pipeline.ModelCache()
-    scores = pipeline.score_rows(pipeline.evaluate_systems(systems, sets, cold))
-    matrix = pipeline.cka_pair(systems[0], systems[1], sets, "source", cold)
+    cold = ModelCache()
+    scores = score_rows(evaluate_systems(systems, sets, cold))
+    matrix = cka_pair(systems[0], systems[1], sets, "source", cold)
     assert cold.builds == 2
 
-    pipeline.clear_memo()  # as a fresh process: only the disk cache remains
-    warm = pipeline.ModelCache()
-    assert pipeline.score_rows(pipeline.evaluate_systems(systems, sets, warm)) == scores
-    again = pipeline.cka_pair(systems[0], systems[1], sets, "source", warm)
+    clear_memo()  # as a fresh process: only the disk cache remains
+    warm = ModelCache()
+    assert score_rows(evaluate_systems(systems, sets, warm)) == scores
+    again = cka_pair(systems[0], systems[1], sets, "source", warm)
     assert (again.values == matrix.values).all()
     assert warm.builds == 0
 
@@ -116,16 +124,16 @@ def test_warm_views_need_no_model(demo_env, monkeypatch):  # noqa: F811
 def test_scoring_reports_progress_only_for_systems_it_scores(demo_env, monkeypatch):  # noqa: F811
     monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "4")
     get_settings.cache_clear()
-    by_label = pipeline.checkpoints_by_label()
-    systems = [pipeline.checkpoint_system(by_label[n]) for n in ("base", "expert-en-es")]
-    sets = pipeline.data_sets("dev", ["en-es"], 4)
-    models = pipeline.ModelCache()
-    pipeline.evaluate_systems(systems[:1], sets, models)
+    by_label = checkpoints_by_label()
+    systems = [checkpoint_system(by_label[n]) for n in ("base", "expert-en-es")]
+    sets = data_sets("dev", ["en-es"], 4)
+    models = ModelCache()
+    evaluate_systems(systems[:1], sets, models)
     reports = []
-    pipeline.evaluate_systems(systems, sets, models, progress=lambda done, total, message: reports.append((done, total)))
+    evaluate_systems(systems, sets, models, progress=lambda done, total, message: reports.append((done, total)))
     assert reports == [(1, 2), (2, 2)]  # base was in memory: only the expert's scoring and the end
     reports.clear()
-    pipeline.evaluate_systems(systems, sets, models, progress=lambda done, total, message: reports.append((done, total)))
+    evaluate_systems(systems, sets, models, progress=lambda done, total, message: reports.append((done, total)))
     assert reports == [(2, 2)]
 
 
@@ -145,44 +153,44 @@ def test_language_id_answers_among_the_data_languages_whatever_is_picked(demo_en
                         or real_generate(model, tok, sources, src, tgt, *a, **k))
     monkeypatch.setattr(evaluate_module, "detect", lambda texts, languages: asked.append(tuple(languages))
                         or real_detect(texts, languages))
-    base = pipeline.checkpoint_system(pipeline.checkpoints_by_label()["base"])
-    models = pipeline.ModelCache()
+    base = checkpoint_system(checkpoints_by_label()["base"])
+    models = ModelCache()
 
-    one = pipeline.evaluate_systems([base], pipeline.data_sets("dev", ["en-es"], 4), models)
-    two = pipeline.evaluate_systems([base], pipeline.data_sets("dev", ["en-es", "en-pt"], 4), models)
+    one = evaluate_systems([base], data_sets("dev", ["en-es"], 4), models)
+    two = evaluate_systems([base], data_sets("dev", ["en-es", "en-pt"], 4), models)
     assert translated == ["en-es", "en-pt"]
     assert set(asked) == {("en", "es", "pt")}
     assert two[0].directions[0] == one[0].directions[0]
 
 
 def test_recipe_round_trip_through_the_view(demo_env):  # noqa: F811
-    recipe = pipeline.build_recipe("base", ["expert-en-es", "expert-es-en"], "task_arithmetic",
+    recipe = build_recipe("base", ["expert-en-es", "expert-es-en"], "task_arithmetic",
                                    {"weight": 0.3, "normalize": True}, {"density": [0.2, 0.9]})
-    view = pipeline.recipe_view(pipeline.parse_recipe(pipeline.recipe_yaml(recipe)))
+    view = recipe_view(parse_recipe(recipe_yaml(recipe)))
     assert (view.base, view.experts, view.method) == ("base", ["expert-en-es", "expert-es-en"], "task_arithmetic")
     assert view.params["weight"] == pytest.approx(0.3) and view.params["normalize"] is True
     assert view.schedules == {"density": [0.2, 0.9]}
-    assert pipeline.recipe_hash(pipeline.parse_recipe(pipeline.recipe_yaml(recipe))) == pipeline.recipe_hash(recipe)
+    assert recipe_hash(parse_recipe(recipe_yaml(recipe))) == recipe_hash(recipe)
     with pytest.raises(RecipeError, match="no checkpoint called nowhere"):
-        pipeline.build_recipe("base", ["nowhere"], "ties", {"weight": 1.0})
+        build_recipe("base", ["nowhere"], "ties", {"weight": 1.0})
 
 
 def test_prefetch_fills_the_cache_so_the_foreground_loads_nothing(demo_env, monkeypatch):  # noqa: F811
     monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "4")
     get_settings.cache_clear()
-    by_label = pipeline.checkpoints_by_label()
-    systems = [pipeline.checkpoint_system(by_label[n]) for n in ("base", "expert-en-es")]
-    sets = pipeline.data_sets("dev", ["en-es", "en-pt"], 4)
-    prefetcher = pipeline.Prefetcher()
-    background = pipeline.ModelCache()
-    pipeline.prefetch_checkpoints(prefetcher, systems, sets, background)
-    pipeline.prefetch_checkpoints(prefetcher, systems, sets, background)  # queued once only
+    by_label = checkpoints_by_label()
+    systems = [checkpoint_system(by_label[n]) for n in ("base", "expert-en-es")]
+    sets = data_sets("dev", ["en-es", "en-pt"], 4)
+    prefetcher = Prefetcher()
+    background = ModelCache()
+    prefetch_checkpoints(prefetcher, systems, sets, background)
+    prefetch_checkpoints(prefetcher, systems, sets, background)  # queued once only
     prefetcher._pool.shutdown(wait=True)
     assert background.builds == 2
-    pipeline.clear_memo()
-    foreground = pipeline.ModelCache()
-    pipeline.evaluate_systems(systems, sets, foreground)
-    pipeline.cka_pair(systems[0], systems[1], sets, "target", foreground)
+    clear_memo()
+    foreground = ModelCache()
+    evaluate_systems(systems, sets, foreground)
+    cka_pair(systems[0], systems[1], sets, "target", foreground)
     assert foreground.builds == 0
 
 
@@ -192,10 +200,10 @@ def test_torch_threads_limited_to_a_quarter_of_the_cores_unless_set(monkeypatch)
     before = torch.get_num_threads()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        assert pipeline.limit_torch_threads(cpus=2) == 1 == torch.get_num_threads()
-        assert pipeline.limit_torch_threads(cpus=16) == 4 == torch.get_num_threads()
+        assert limit_torch_threads(cpus=2) == 1 == torch.get_num_threads()
+        assert limit_torch_threads(cpus=16) == 4 == torch.get_num_threads()
         monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the operator's choice wins
         torch.set_num_threads(3)
-        assert pipeline.limit_torch_threads(cpus=16) == 3
+        assert limit_torch_threads(cpus=16) == 3
     finally:
         torch.set_num_threads(before)

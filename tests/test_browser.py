@@ -15,7 +15,8 @@ import pandas as pd
 import psutil
 import pytest
 
-from engine import pipeline
+from engine.pipeline.catalog import checkpoint_label, direction_from_name, discover
+from engine.pipeline.systems import MERGE
 from tests.browser_harness import (  # noqa: F401  (fixtures)
     TIMEOUT_MS,
     browser,
@@ -36,9 +37,9 @@ VIEWPORT = {"width": 1500, "height": 2000}  # tall: Streamlit scrolls inside the
 
 def en_x_experts(app) -> list[str]:
     """Two En→X experts of the zoo, as the Models page labels them."""
-    found = pipeline.discover(app.roots)
-    labels = [pipeline.checkpoint_label(c, app.roots) for c in found.checkpoints]
-    experts = sorted(l for l in labels if (d := pipeline.direction_from_name(l)) and d.startswith("en-"))
+    found = discover(app.roots)
+    labels = [checkpoint_label(c, app.roots) for c in found.checkpoints]
+    experts = sorted(l for l in labels if (d := direction_from_name(l)) and d.startswith("en-"))
     assert len(experts) >= 2, labels
     return experts[:2]
 
@@ -71,7 +72,7 @@ def test_merge_scores_layers_samples_and_shared_link(dashboard, browser):  # noq
     table.wait_for(timeout=TIMEOUT_MS)
     rows = table.locator("tbody tr")
     names = [rows.nth(i).locator("th").first.inner_text().strip() for i in range(rows.count())]
-    assert pipeline.MERGE in names and experts[0] in names, names
+    assert MERGE in names and experts[0] in names, names
     wait_for_plots(page, 1)
     screenshot(page, "browser_scores")
 
@@ -81,14 +82,14 @@ def test_merge_scores_layers_samples_and_shared_link(dashboard, browser):  # noq
     assert download.value.suggested_filename == "scores.csv"
     csv = pd.read_csv(download.value.path())
     directions = [h.strip() for h in table.locator("thead th").all_inner_texts()[1:]]
-    shown = rows.nth(names.index(pipeline.MERGE)).locator("td").all_inner_texts()
-    merge_rows = csv[csv["system"] == pipeline.MERGE].set_index("direction")
+    shown = rows.nth(names.index(MERGE)).locator("td").all_inner_texts()
+    merge_rows = csv[csv["system"] == MERGE].set_index("direction")
     assert [merge_rows.loc[d, "chrF"] for d in directions] == pytest.approx([float(v) for v in shown], abs=0.006)
     with page.expect_download(timeout=TIMEOUT_MS) as download:
         page.get_by_role("button", name="HTML", exact=True).first.click()
     assert download.value.suggested_filename == "scores_chrf.html"
     html = Path(download.value.path()).read_text(encoding="utf-8")
-    assert "Plotly.newPlot" in html and '"type":"bar"' in html and f'"name":"{pipeline.MERGE}"' in html
+    assert "Plotly.newPlot" in html and '"type":"bar"' in html and f'"name":"{MERGE}"' in html
     # PNG: the figure's own camera button, at twice the drawn size.
     chart = page.locator(".js-plotly-plot").first
     chart.hover()
@@ -117,7 +118,7 @@ def test_merge_scores_layers_samples_and_shared_link(dashboard, browser):  # noq
     samples = page.locator('[data-testid="stHtml"] table').first
     samples.wait_for(timeout=TIMEOUT_MS)
     header = samples.locator("thead").inner_text()
-    assert f"{pipeline.MERGE} · output" in header and "reference" in header
+    assert f"{MERGE} · output" in header and "reference" in header
     assert samples.locator("tbody tr").count() >= 4
     screenshot(page, "browser_samples")
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import os
 import pickle
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
 import cache
-from cache.__main__ import main as cache_cli
-from engine.settings import REPO_ROOT
+from engine.__main__ import main as engine_cli
+from engine.settings import REPO_ROOT, cache_store
 
 
 def _entry(seed: int = 0, n: int = 16) -> cache.Entry:
@@ -25,7 +25,7 @@ def _entry(seed: int = 0, n: int = 16) -> cache.Entry:
 
 
 def test_roundtrip_keeps_tensors_and_meta():
-    store = cache.get_store()
+    store = cache_store()
     key = cache.make_key("test", model="m", data="d", settings={"batch": 2})
     assert store.get(key) is None
     store.put(key, _entry(1), description="roundtrip")
@@ -49,7 +49,7 @@ def test_roundtrip_keeps_tensors_and_meta():
 )
 def test_changing_any_part_of_the_key_misses(changed):
     parts = {"kind": "test", "model": "m", "data": "d", "settings": {"batch": 2}}
-    store = cache.get_store()
+    store = cache_store()
     store.put(cache.make_key(**parts), _entry())
     assert store.get(cache.make_key(**{**parts, **changed})) is None
     assert store.get(cache.make_key(**parts)) is not None
@@ -67,7 +67,7 @@ def test_key_is_canonical_and_salted(monkeypatch):
 
 
 def test_truncated_entry_is_recomputed_not_served():
-    store = cache.get_store()
+    store = cache_store()
     key = cache.make_key("test", n=1)
     store.put(key, _entry(1))
     path = store.path_for(key)
@@ -85,20 +85,20 @@ def test_truncated_entry_is_recomputed_not_served():
 
 
 def test_corrupt_entry_is_found_by_verify_and_cli(capsys):
-    store = cache.get_store()
+    store = cache_store()
     key = cache.make_key("test", n=2)
     store.put(key, _entry(2))
     path = store.path_for(key)
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF  # same size, different content
     path.write_bytes(bytes(data))
-    assert cache_cli(["verify"]) == 0
+    assert engine_cli(["cache", "verify"]) == 0
     assert f"bad: {key}" in capsys.readouterr().out
     assert store.get(key) is None and not path.exists()
 
 
 def test_failed_compute_stores_nothing():
-    store = cache.get_store()
+    store = cache_store()
     key = cache.make_key("test", n=3)
 
     def compute():
@@ -188,7 +188,7 @@ def test_two_processes_racing_on_one_key_compute_once(tmp_path):
 
 
 def test_cli_ls_and_gc(capsys):
-    store = cache.get_store()
+    store = cache_store()
     key = cache.make_key("test", n=4)
     store.put(key, _entry(4), description="listed")
     orphan = store.entries_dir / "ab" / ("ab" + "0" * 62 + ".safetensors")
@@ -197,10 +197,10 @@ def test_cli_ls_and_gc(capsys):
     old_tmp = store.entries_dir / "ab" / ".junk.tmp"
     old_tmp.write_bytes(b"x")
     os.utime(old_tmp, (0, 0))
-    assert cache_cli(["ls"]) == 0
+    assert engine_cli(["cache", "ls"]) == 0
     out = capsys.readouterr().out
     assert key[:16] in out and "listed" in out and "1 entries" in out
-    assert cache_cli(["gc"]) == 0
+    assert engine_cli(["cache", "gc"]) == 0
     assert "orphans: 1" in capsys.readouterr().out
     assert not orphan.exists() and not old_tmp.exists() and store.get(key) is not None
 
@@ -210,9 +210,9 @@ def test_cli_works_without_model_roots(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setenv("MERGESCOPE_MODEL_ROOTS", str(tmp_path / "no-such-folder"))
     get_settings.cache_clear()
-    assert cache_cli(["ls"]) == 0
+    assert engine_cli(["cache", "ls"]) == 0
     assert "0 entries" in capsys.readouterr().out
     monkeypatch.setenv("MERGESCOPE_CACHE_MAX_GB", "lots")
     get_settings.cache_clear()
-    assert cache_cli(["gc"]) == 2
+    assert engine_cli(["cache", "gc"]) == 2
     assert "MERGESCOPE_CACHE_MAX_GB" in capsys.readouterr().err

@@ -8,10 +8,10 @@ import pytest
 import torch
 import transformers
 
-import cache
 from engine.activations import Capture, CaptureSettings, capture, capture_cached, encode_pairs
 from engine.errors import DataError, UnsupportedModelError
 from engine.parallel import ParallelSet
+from engine.settings import cache_store
 from tests.tiny_models import FAMILIES, make_model, make_tokenizer
 
 PAIRS = ParallelSet(
@@ -124,7 +124,7 @@ def test_bad_input_leaves_cache_empty(tokenizer):
     model = make_model("qwen2", vocab_size=len(tokenizer), max_position_embeddings=16)
     with pytest.raises(DataError, match="tiny-en-de: pair 1 renders to .* more than the model's 16 positions"):
         capture_cached(model, tokenizer, PAIRS, model_id="fp-short")
-    assert cache.get_store().entries() == []
+    assert cache_store().entries() == []
     with pytest.raises(ValueError, match="model identity"):
         capture_cached(model, tokenizer, PAIRS, model_id="")
 
@@ -152,9 +152,9 @@ def test_analyze_cli_end_to_end(model_root, tmp_path):
     assert len(report["neurons"]["models"]["base"]["counts"]) == 4
     [cmp] = report["neurons"]["comparisons"]
     assert len(cmp["nua"]["per_layer"]) == 4 and cmp["nua"]["mean"] > 0.5
-    assert len(cache.get_store().entries()) == 4  # 2 models × 2 data sets
+    assert len(cache_store().entries()) == 4  # 2 models × 2 data sets
     # A second run is served from the cache; a one-sentence data file is refused before any work.
-    assert main(args) == 0 and len(cache.get_store().entries()) == 4
+    assert main(args) == 0 and len(cache_store().entries()) == 4
     save_jsonl(PAIRS.head(1), tmp_path / "one.jsonl")
     assert main(["analyze", "--models", str(base), "--data", str(tmp_path / "one.jsonl"), "--out", str(tmp_path / "x.json")]) == 2
     assert not (tmp_path / "x.json").exists()

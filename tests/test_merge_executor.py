@@ -207,6 +207,19 @@ def test_cli_merges_and_reports_bad_recipes(zoo, tmp_path, capsys):
     assert not (tmp_path / "cli2").exists() and _leftovers(tmp_path) == []
 
 
+def test_cli_merges_checkpoints_named_in_its_recipe_outside_the_roots(zoo, tmp_path):
+    """The terminal's user is trusted with the paths in the recipe they name; nothing else is."""
+    root, _ = zoo
+    outside = save_checkpoint(tmp_path / "elsewhere", seed=5)
+    named = tmp_path / "named.yaml"
+    _recipe(root, models=("e1", str(outside))).save(named)
+    assert main(["merge", str(named), "--out", str(tmp_path / "cli"), "--device", "cpu", "--no-progress"]) == 0
+    assert (tmp_path / "cli" / "model.safetensors").is_file()
+    with pytest.raises(PathNotAllowedError, match="outside the configured model roots"):
+        save_merge(_recipe(root, models=("e1", str(outside))), tmp_path / "api", device="cpu")
+    assert not (tmp_path / "api").exists()
+
+
 def test_tied_embedding_models_merge_into_a_live_model(model_root):
     """The demo zoo ties lm_head to the embedding: the live merge must keep them one tensor."""
     base_path = save_checkpoint(model_root / "base", tie_word_embeddings=True)

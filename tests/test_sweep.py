@@ -13,6 +13,7 @@ import engine.sweep.run as sweep_run
 from engine.__main__ import main
 from engine.errors import RecipeError
 from engine.parallel import ParallelSet, save_jsonl
+from engine.settings import cache_store
 from engine.sweep import PAPER_GRIDS, expand, load, run_sweep, validate_grid, write_sweep
 from tests.tiny_models import make_model, make_tokenizer, save_checkpoint
 
@@ -233,13 +234,12 @@ def test_backend_setting(value, message):
 
 
 def test_sweep_cli_captures_the_table_models(grid_file, model_root, tmp_path):
-    import cache
     from engine.activations import Capture, CaptureSettings, capture, capture_key
     from engine.checkpoints import load_model, open_checkpoint
 
     assert main(["sweep", str(grid_file), "--out", str(tmp_path / "res"), "--capture"]) == 0
     config = load(grid_file)
-    store = cache.get_store()
+    store = cache_store()
     captures = [e for e in store.entries() if e.kind == "capture"]
     # base, two experts and the best merge, each on both devtest sets
     assert len(captures) == 4 * 2

@@ -10,12 +10,11 @@ import pytest
 import ray
 import torch
 
-import cache
 from engine.activations import Capture, capture
 from engine.checkpoints import load_model, open_checkpoint
 from engine.merge import merge_into_model
 from engine.recipe import content_hash
-from engine.settings import ZOO_DIR, get_settings
+from engine.settings import ZOO_DIR, cache_store, get_settings
 from engine.sweep import LocalBackend, from_dict, run_sweep, table_csv, table_markdown, zoo_grid
 from engine.sweep.captures import CaptureJob, capture_many
 from engine.sweep.progress import recent_sweeps
@@ -79,10 +78,10 @@ def test_ray_sweep_equals_local_and_a_rerun_sends_nothing(local_ray, reference):
     # Cold cache: each point (6) and each table row (per group: 2 best, base, 2 experts) was one task.
     assert backend.submitted == local_jobs == 6 + 2 * 5
 
-    entries = len(cache.get_store().entries())
+    entries = len(cache_store().entries())
     again = run_sweep(zoo_config(), backend=backend)
     assert backend.submitted == 16  # no new task: every job was answered from the cache
-    assert len(cache.get_store().entries()) == entries
+    assert len(cache_store().entries()) == entries
     assert table_markdown(again) == table_markdown(expected)
     record = recent_sweeps()[0]
     assert (record["backend"], record["state"], record["done"], record["total"]) == ("ray", "done", 16, 16)
@@ -128,7 +127,7 @@ def test_capture_jobs_on_ray_equal_captures_in_process(local_ray):
     assert backend.submitted == 2 and all(isinstance(k, str) for k in keys)
     assert capture_many(jobs, backend) == keys and backend.submitted == 2  # cached: nothing sent
 
-    store = cache.get_store()
+    store = cache_store()
     for key, (model, tokenizer) in zip(keys, [load_model(config.base_model, device="cpu"),
                                               merge_into_model(recipe, device="cpu")]):
         want = capture(model, tokenizer, pairs, device="cpu")

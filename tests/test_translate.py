@@ -8,11 +8,16 @@ import pytest
 
 from engine.errors import DataError, SettingsError
 from engine.parallel import ParallelSet
+from engine.prompts import render_generation_prompt
 from engine.translate.evaluate import evaluate, evaluate_direction, validate_sets
 from engine.translate.generate import (
-    DecodingSettings, ModelTranslator, first_line, generate_token_ids, generate_translations, stop_token_ids,
+    DecodingSettings,
+    ModelTranslator,
+    first_line,
+    generate_token_ids,
+    generate_translations,
+    stop_token_ids,
 )
-from engine.prompts import render_generation_prompt
 from tests.tiny_models import make_model, make_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

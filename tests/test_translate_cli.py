@@ -8,6 +8,8 @@ import json
 import pytest
 
 from engine.__main__ import main
+from engine.checkpoints import resolve_model_path
+from engine.errors import PathNotAllowedError
 from engine.parallel import ParallelSet, save_jsonl
 from tests.tiny_models import save_checkpoint
 
@@ -71,10 +73,14 @@ def test_tokenizer_without_chat_template_is_refused(setup, capsys):
     assert "chat template" in capsys.readouterr().err
 
 
-def test_model_outside_roots_is_refused(setup, tmp_path, capsys):
+def test_a_model_named_on_the_command_line_may_lie_outside_the_roots(setup, tmp_path):
     _, data = setup
     outside = save_checkpoint(tmp_path / "elsewhere", seed=2)
-    assert main(["evaluate", "--model", str(outside), "--data", str(data)]) == 2
+    out = tmp_path / "r.csv"
+    assert main(["evaluate", "--model", str(outside), "--data", str(data), "--max-new-tokens", "2", "--out", str(out)]) == 0
+    assert {r["system"] for r in csv.DictReader(out.open())} == {"elsewhere"}
+    with pytest.raises(PathNotAllowedError, match="outside the configured model roots"):
+        resolve_model_path(outside)  # the command's trust ends with it
 
 
 def test_second_run_is_served_from_the_cache_without_loading(setup, tmp_path, monkeypatch):

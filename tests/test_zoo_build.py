@@ -18,8 +18,8 @@ from engine.settings import REPO_ROOT
 from engine.zoo.build import MICRO, _fine_tune_job, build, load_half, model_names
 from engine.zoo.corpus import build_corpus
 from engine.zoo.manifest import verify_zoo
-from engine.zoo.train import IGNORE, accumulate_loss, encode_translation, example_sampler, save_half, train
 from engine.zoo.tokenizer import train_tokenizer
+from engine.zoo.train import IGNORE, accumulate_loss, encode_translation, example_sampler, save_half, train
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,16 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine import pipeline
 from engine.errors import MergeScopeError, RecipeError
+from engine.pipeline.catalog import checkpoint_direction, checkpoints_by_label, discover
+from engine.pipeline.data import available_directions
+from engine.pipeline.data import data_sets as split_sets
+from engine.pipeline.memo import Memo
+from engine.pipeline.models import ModelCache, limit_torch_threads
+from engine.pipeline.prefetch import Prefetcher
+from engine.pipeline.recipes import build_recipe, method_specs
+from engine.pipeline.systems import System, checkpoint_system, merge_system
+from engine.settings import model_roots
 from views import state
 
 log = logging.getLogger(__name__)
@@ -31,17 +39,17 @@ PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "
 
 
 @st.cache_resource(show_spinner=False)
-def model_cache() -> pipeline.ModelCache:
+def model_cache() -> ModelCache:
     """Loaded and merged models, shared by every session (ModelCache is thread-safe). Every
     model computation goes through it, so torch's threads are limited here, before the first."""
-    pipeline.limit_torch_threads()
-    return pipeline.ModelCache()
+    limit_torch_threads()
+    return ModelCache()
 
 
 @st.cache_resource(show_spinner=False)
-def prefetcher() -> pipeline.Prefetcher:
+def prefetcher() -> Prefetcher:
     """One background worker per server for results users are about to ask for."""
-    return pipeline.Prefetcher()
+    return Prefetcher()
 
 
 ENGINE_LOG_HANDLER = "mergescope-server-log"
@@ -69,10 +77,11 @@ def warm_up() -> threading.Thread:
     the first Merge click would otherwise spend seconds importing transformers, and the first
     scores ~0.8 CPU-s reading py3langid's model, while the user waits."""
     def imports():
+        import transformers.modeling_utils  # noqa: F401
+
         import engine.activations  # noqa: F401
         import engine.merge.executor  # noqa: F401
         import engine.translate.evaluate  # noqa: F401
-        import transformers.modeling_utils  # noqa: F401
         from engine.translate import langid
 
         langid.supported_languages()
@@ -84,16 +93,16 @@ def warm_up() -> threading.Thread:
 
 @st.cache_resource(ttl=60, show_spinner=False)
 def _discovery(roots: tuple[str, ...]):
-    return pipeline.discover([Path(r) for r in roots])
+    return discover([Path(r) for r in roots])
 
 
 def discovery():
     """Checkpoints under the model roots; re-scanned at most once a minute."""
-    return _discovery(tuple(str(r) for r in pipeline.model_roots()))
+    return _discovery(tuple(str(r) for r in model_roots()))
 
 
 def checkpoints() -> dict:
-    return pipeline.checkpoints_by_label(discovery())
+    return checkpoints_by_label(discovery())
 
 
 # ----------------------------------------------------------------- shared pickers
@@ -110,7 +119,7 @@ def draw_shared_pickers() -> None:
             st.session_state["n"] = DEFAULT_SENTENCES
         st.select_slider("Sentences per direction", SENTENCE_COUNTS, key="n",
                          help="more sentences: steadier scores, slower first view (results are cached)")
-        available = pipeline.available_directions(st.session_state["split"])
+        available = available_directions(st.session_state["split"])
         state.default("directions", [])
         st.session_state["directions"] = [d for d in st.session_state["directions"] if d in available]
         st.multiselect("Directions", available, key="directions",
@@ -122,9 +131,9 @@ def directions() -> list[str]:
     """The directions in play: chosen in the sidebar, else the experts' own, else every one."""
     if st.session_state.get("directions"):
         return list(st.session_state["directions"])
-    available = pipeline.available_directions(st.session_state.get("split", SPLITS[0]))
+    available = available_directions(st.session_state.get("split", SPLITS[0]))
     by_label = checkpoints()
-    own = [pipeline.checkpoint_direction(by_label[e]) for e in st.session_state.get("experts", []) if e in by_label]
+    own = [checkpoint_direction(by_label[e]) for e in st.session_state.get("experts", []) if e in by_label]
     own = [d for d in own if d in available]
     return sorted(set(own)) or available
 
@@ -134,7 +143,7 @@ def data_sets():
     wanted = directions()
     if not wanted:
         return []
-    return pipeline.data_sets(st.session_state.get("split", SPLITS[0]), wanted, st.session_state.get("n", DEFAULT_SENTENCES))
+    return split_sets(st.session_state.get("split", SPLITS[0]), wanted, st.session_state.get("n", DEFAULT_SENTENCES))
 
 
 # ----------------------------------------------------------------- the recipe in the view
@@ -177,7 +186,7 @@ def recipe_parts() -> tuple[str, list[str], str, dict, dict] | None:
     base, experts, method = st.session_state.get("base"), st.session_state.get("experts") or [], st.session_state.get("method")
     if not base or not experts or not method:
         return None
-    specs = pipeline.method_specs()
+    specs = method_specs()
     if method not in specs:
         raise RecipeError(f"unknown merge method {method!r} in the link; known: {', '.join(specs)}")
     params, schedules = {}, {}
@@ -202,8 +211,8 @@ def _recipe_and_merge() -> tuple | None:
     memo = st.session_state.setdefault("_recipe_memo", {})
     if cache_key not in memo:
         memo.clear()
-        recipe = pipeline.build_recipe(base, experts, method, params, schedules)
-        memo[cache_key] = (recipe, pipeline.merge_system(recipe))
+        recipe = build_recipe(base, experts, method, params, schedules)
+        memo[cache_key] = (recipe, merge_system(recipe))
     return memo[cache_key]
 
 
@@ -230,7 +239,7 @@ def merged_system():
     return entry[1] if entry[1].identity.startswith(merged) else None
 
 
-def systems(include_merge: bool = True) -> list[pipeline.System]:
+def systems(include_merge: bool = True) -> list[System]:
     """Base, experts, other chosen models and the merge, in the paper table's order."""
     by_label = checkpoints()
     names = [st.session_state.get("base"), *st.session_state.get("experts", []), *st.session_state.get("extra_systems", [])]
@@ -238,7 +247,7 @@ def systems(include_merge: bool = True) -> list[pipeline.System]:
     for name in names:
         if name and name in by_label and name not in seen:
             seen.add(name)
-            out.append(pipeline.checkpoint_system(by_label[name]))
+            out.append(checkpoint_system(by_label[name]))
     if include_merge and (merge := merged_system()) is not None:
         out.append(merge)
     return out
@@ -285,7 +294,7 @@ def slug(text: str) -> str:
 # Plotly validates every property while a figure is built (~50 ms for a heatmap), and a page
 # switch draws the same figures again: built once per content, shared by sessions (st.plotly_chart
 # sends a copy, never the figure itself).
-_FIGURES = pipeline.Memo(capacity=64)
+_FIGURES = Memo(capacity=64)
 
 
 def cached_figures(key: tuple, build):
@@ -334,5 +343,5 @@ def show_error(err: MergeScopeError) -> None:
     st.error(str(err))
 
 
-def labels(systems_: Sequence[pipeline.System]) -> list[str]:
+def labels(systems_: Sequence[System]) -> list[str]:
     return [s.name for s in systems_]

@@ -4,7 +4,8 @@ and the per-layer curves."""
 import pandas as pd
 import streamlit as st
 
-from engine import pipeline
+from engine.pipeline.analyses import SPANS, cka_pair
+from engine.pipeline.systems import MERGE
 from views import common, figures, state
 
 ALL = "all chosen directions"
@@ -19,7 +20,7 @@ common.need(bool(sets), "No parallel data for the chosen directions; pick direct
 common.need(len(sets[0]) >= 4, "CKA needs at least 4 sentences per direction; raise the count in the sidebar.")
 
 experts = [n for n in st.session_state["experts"] if n in systems]
-merge = pipeline.MERGE if pipeline.MERGE in systems else None
+merge = MERGE if MERGE in systems else None
 base = st.session_state["base"]
 defaults = {
     "a_row": experts[0], "a_col": experts[1] if len(experts) > 1 else base,
@@ -32,7 +33,7 @@ for key, value in defaults.items():
 
 controls = st.columns(3)
 state.default("span", "source")
-controls[0].segmented_control("Span", list(pipeline.SPANS), key="span",
+controls[0].segmented_control("Span", list(SPANS), key="span",
                               help="mean-pool each sentence's hidden states over its source or its reference tokens")
 direction_names = [ALL, *[s.direction for s in sets]]
 state.default("cka_direction", ALL)
@@ -62,9 +63,9 @@ with right:
 
 reporter = common.ProgressReporter("Capturing representations (cached captures come back at once)")
 models = common.model_cache()
-pair_a = pipeline.cka_pair(systems[st.session_state["a_row"]], systems[st.session_state["a_col"]], chosen_sets, span,
+pair_a = cka_pair(systems[st.session_state["a_row"]], systems[st.session_state["a_col"]], chosen_sets, span,
                            models, debiased, reporter)
-pair_b = pipeline.cka_pair(systems[st.session_state["b_row"]], systems[st.session_state["b_col"]], chosen_sets, span,
+pair_b = cka_pair(systems[st.session_state["b_row"]], systems[st.session_state["b_col"]], chosen_sets, span,
                            models, debiased, reporter)
 reporter.finish(f"CKA on {pair_a.n} sentences, {span} span")
 

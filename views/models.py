@@ -2,8 +2,10 @@
 
 import streamlit as st
 
-from engine import pipeline
 from engine.errors import MergeScopeError
+from engine.pipeline.catalog import checkpoint_label, compatibility, summary_rows
+from engine.pipeline.prefetch import prefetch_checkpoints
+from engine.pipeline.recipes import method_specs, parse_recipe, recipe_view, recipe_yaml
 from views import common, state
 
 DEFAULT_METHOD = "task_arithmetic"
@@ -13,7 +15,7 @@ def load_recipe_into_view(text: str, source: str) -> None:
     """Callback: a pasted or uploaded YAML recipe sets the pickers (before they are drawn)."""
     st.session_state.pop("_recipe_error", None)
     try:
-        view = pipeline.recipe_view(pipeline.parse_recipe(text, source))
+        view = recipe_view(parse_recipe(text, source))
     except MergeScopeError as err:
         st.session_state["_recipe_error"] = str(err)
         return
@@ -51,7 +53,7 @@ def draw_checkpoints(discovery) -> None:
                 "No checkpoints found under the model roots. Set MERGESCOPE_MODEL_ROOTS to folders holding "
                 "Hugging Face checkpoints (config.json + safetensors), or build the demo zoo.")
     if discovery.checkpoints:
-        st.dataframe(pipeline.summary_rows(discovery), hide_index=True, width="stretch")
+        st.dataframe(summary_rows(discovery), hide_index=True, width="stretch")
     if discovery.refused:
         with st.expander(f"{len(discovery.refused)} folder(s) refused"):
             for folder, reason in discovery.refused:
@@ -73,7 +75,7 @@ def draw_param(method: str, p) -> None:
 st.title("Models & merge")
 discovery = common.discovery()
 draw_checkpoints(discovery)
-labels = [pipeline.checkpoint_label(c) for c in discovery.checkpoints]
+labels = [checkpoint_label(c) for c in discovery.checkpoints]
 common.need(len(labels) >= 2, "A merge needs at least two checkpoints (a base and an expert).")
 
 if error := st.session_state.pop("_recipe_error", None):
@@ -100,7 +102,7 @@ with left:
     st.multiselect("Also compare", others, key="extra_systems", placeholder="e.g. the jointly trained model",
                    help="shown next to the merge on Scores, Layers and Samples; not merged")
 
-    specs = pipeline.method_specs()
+    specs = method_specs()
     state.default("method", DEFAULT_METHOD if DEFAULT_METHOD in specs else next(iter(specs)))
     st.selectbox("Method", list(specs), key="method", format_func=lambda m: specs[m].display_name)
     spec = specs[st.session_state["method"]]
@@ -118,7 +120,7 @@ with left:
 
 chosen = [st.session_state["base"], *st.session_state["experts"], *st.session_state["extra_systems"]]
 by_label = common.checkpoints()
-problems = pipeline.compatibility([by_label[c] for c in chosen])
+problems = compatibility([by_label[c] for c in chosen])
 
 with right:
     st.subheader("mergekit YAML")
@@ -137,11 +139,11 @@ with right:
         # While the user looks at the recipe, score and capture the checkpoints in the background:
         # after the Merge click only the merge itself is left to compute.
         try:
-            pipeline.prefetch_checkpoints(common.prefetcher(), common.systems(include_merge=False), common.data_sets(),
+            prefetch_checkpoints(common.prefetcher(), common.systems(include_merge=False), common.data_sets(),
                                           common.model_cache())
         except MergeScopeError:
             pass  # e.g. no data for these directions: the pages that need it will say so
-        text = pipeline.recipe_yaml(recipe)
+        text = recipe_yaml(recipe)
         st.code(text, language="yaml")
         st.download_button("Download YAML", text, file_name="recipe.yaml", mime="application/x-yaml",
                            key="recipe_download", on_click="ignore")

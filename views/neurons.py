@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from engine import pipeline
+from engine.pipeline.analyses import SPANS, neuron_report
+from engine.pipeline.systems import MERGE
 from views import common, figures, state
 
 PRESET_NAMES = {"paper": "Paper's code (0.10 / 0.80 / no filter)", "lape": "Original LAPE (0.05 / 0.95 / 0.95)",
@@ -36,12 +37,12 @@ sets = common.data_sets()
 common.need(bool(sets), "No parallel data for the chosen directions; pick directions in the sidebar.")
 
 controls = st.columns([2, 2, 1])
-state.default("neuron_model", pipeline.MERGE if pipeline.MERGE in others else others[0])
+state.default("neuron_model", MERGE if MERGE in others else others[0])
 if st.session_state["neuron_model"] not in others:
     st.session_state["neuron_model"] = others[0]
 controls[0].selectbox("Fine-tune (against the base)", others, key="neuron_model")
 state.default("neuron_span", "target")  # En→X data: target spans carry the different languages
-controls[1].segmented_control("Span", list(pipeline.SPANS), key="neuron_span",
+controls[1].segmented_control("Span", list(SPANS), key="neuron_span",
                               help="which tokens count: the source sentence or the reference translation")
 state.default("preset", "paper")
 controls[2].selectbox("Preset", list(PRESET_NAMES), key="preset", format_func=PRESET_NAMES.get, on_change=apply_preset)
@@ -62,7 +63,7 @@ span = st.session_state.get("neuron_span") or "target"
 finetune = systems[st.session_state["neuron_model"]]
 
 reporter = common.ProgressReporter("Capturing activations (cached captures come back at once)")
-report = pipeline.neuron_report(base, finetune, sets, span, settings, common.model_cache(), reporter)
+report = neuron_report(base, finetune, sets, span, settings, common.model_cache(), reporter)
 reporter.finish(f"LAPE over {', '.join(report.languages)} ({span} spans)")
 
 left, right = st.columns(2)

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from engine import pipeline
+from engine.pipeline.scores import evaluate_systems, sample_rows
 from views import common, figures, state
 
 st.title("Samples")
@@ -27,9 +27,9 @@ state.default("off_target_only", False)
 st.toggle("Only sentences with an off-target output", key="off_target_only")
 
 reporter = common.ProgressReporter("Translating (cached results come back at once)")
-results = pipeline.evaluate_systems(chosen, sets, common.model_cache(), progress=reporter)
+results = evaluate_systems(chosen, sets, common.model_cache(), progress=reporter)
 reporter.finish("Translations ready")
-table = figures.samples_table(pipeline.sample_rows(results, st.session_state["sample_direction"]))
+table = figures.samples_table(sample_rows(results, st.session_state["sample_direction"]))
 common.need(not table.empty, "No translations for this direction (experts are scored on their own direction only).")
 if st.session_state["off_target_only"]:
     detected = [c for c in table.columns if c.endswith(" · detected")]

@@ -3,7 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from engine import pipeline
+from engine.pipeline.data import data_languages
+from engine.pipeline.recipes import method_specs
+from engine.pipeline.scores import evaluate_systems, score_rows
+from engine.pipeline.sweep_curves import sweep_curve, sweep_values
 from views import common, figures, state
 from views.sweep_progress import draw_sweep_progress
 
@@ -18,9 +21,9 @@ sets = common.data_sets()
 common.need(bool(sets), "No parallel data for the chosen directions; pick directions in the sidebar.")
 
 reporter = common.ProgressReporter("Scoring (cached results come back at once)")
-results = pipeline.evaluate_systems(systems, sets, common.model_cache(), progress=reporter)
+results = evaluate_systems(systems, sets, common.model_cache(), progress=reporter)
 reporter.finish(f"Scored {len(systems)} system(s) on {len(sets)} direction(s), {len(sets[0])} sentences each")
-rows = pipeline.score_rows(results)
+rows = score_rows(results)
 
 table = figures.scores_table(rows)
 metrics = list(figures.SCORE_COLUMNS)
@@ -47,7 +50,7 @@ if parts is None:
     st.info("A sweep varies one parameter of the recipe on **Models & merge**; pick experts and a method there.")
 else:
     base, experts, method, params, _ = parts
-    spec = pipeline.method_specs()[method]
+    spec = method_specs()[method]
     numeric = [p.name for p in spec.params if p.kind is float]
     if not numeric:
         st.info(f"{spec.display_name} has no numeric parameter to sweep.")
@@ -56,14 +59,14 @@ else:
         cols = st.columns([2, 1])
         cols[0].selectbox("Parameter", numeric, key="sweep_choice",
                           help="the paper's grid for this method and parameter; the others stay at the recipe's values")
-        values = pipeline.sweep_values(method, st.session_state["sweep_choice"])
+        values = sweep_values(method, st.session_state["sweep_choice"])
         cols[1].button("Run sweep", key="sweep_run", on_click=start_sweep,
                        help=f"{len(values)} merges scored on {st.session_state.get('split')}; cached points are not recomputed")
         st.caption(f"{st.session_state['sweep_choice']} ∈ {{{', '.join(f'{v:g}' for v in values)}}}")
         param = st.session_state.get("sweep_param")
         if param in numeric:
-            reporter = common.ProgressReporter(f"Sweeping {param} ({len(pipeline.sweep_values(method, param))} merges)")
-            sweep = pipeline.sweep_curve(base, experts, method, params, param, pipeline.sweep_values(method, param), sets,
+            reporter = common.ProgressReporter(f"Sweeping {param} ({len(sweep_values(method, param))} merges)")
+            sweep = sweep_curve(base, experts, method, params, param, sweep_values(method, param), sets,
                                          common.model_cache(), progress=reporter)
             reporter.finish(f"Sweep of {param}: done")
             common.show_figure(figures.sweep_figure(sweep, metric), f"sweep_{method}_{param}_{metric}", key="sweep_fig")
@@ -74,5 +77,5 @@ with st.expander("All metrics, long form, with sacreBLEU signatures"):
     signatures = pd.DataFrame(rows)[["system", "direction", "bleu_signature", "chrf_signature"]]
     st.dataframe(signatures, hide_index=True, width="stretch")
 st.caption(f"Off-target: share of outputs whose language (py3langid, answering among the data's languages: "
-           f"{', '.join(pipeline.data_languages())}) is not the requested target; 'vs ref. language' compares with "
+           f"{', '.join(data_languages())}) is not the requested target; 'vs ref. language' compares with "
            "the language detected on each reference instead.")

@@ -27,6 +27,7 @@ from engine.activations.spans import SPANS, EncodedPair, encode_pairs
 from engine.errors import DataError, UnsupportedModelError
 from engine.parallel import ParallelSet
 from engine.prompts import render_teacher_forced
+from engine.settings import cache_store
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +359,7 @@ def capture_cached(
     store: cache.Store | None = None,
 ) -> Capture:
     """capture() through the cache, keyed by `model_id` (checkpoint fingerprint or recipe hash)."""
-    store = store or cache.get_store()
+    store = store or cache_store()
     key = capture_key(model_id, tokenizer, pairs, settings, device)
     description = f"capture {model_id[:12]} {pairs.direction} n={len(pairs)}"
     entry = store.get_or_compute(key, lambda: capture(model, tokenizer, pairs, settings, device, progress).to_entry(), description)

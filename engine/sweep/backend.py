@@ -1,5 +1,6 @@
 """Where a sweep's independent jobs (merge and score one point, capture one system) run: in this
-process (`local`), or as Ray tasks across a cluster (`ray`, engine/sweep/ray_backend.py).
+process (`local`), or as Ray tasks across a cluster (`ray`, engine/sweep/ray_backend.py);
+engine/sweep/backends.py opens one by name.
 
 A backend maps one module-level function over picklable jobs and reports each outcome as it
 arrives. Callers check the content-addressed cache first and send only what is missing; jobs
@@ -10,9 +11,6 @@ fill and reuse one cache. Nothing outside ray_backend.py imports Ray.
 from __future__ import annotations
 
 from typing import Callable, Protocol, Sequence
-
-from engine.errors import SettingsError
-from engine.settings import BACKENDS, get_settings
 
 # Called once per job as it finishes: (index in the jobs given, value, error); error is None on success.
 OnDone = Callable[[int, object, "BaseException | None"], None]
@@ -69,22 +67,3 @@ class LocalBackend:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def open_backend(name: str | None = None, address: str | None = None) -> Backend:
-    """The backend `name` (default MERGESCOPE_BACKEND); for ray, `address` (default
-    MERGESCOPE_RAY_ADDRESS, else a local Ray started now and shut down by close())."""
-    settings = get_settings()
-    name = (name or settings.backend).lower()
-    if name not in BACKENDS:
-        raise SettingsError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
-    if name == "local":
-        return LocalBackend()
-    try:
-        from engine.sweep.ray_backend import RayBackend
-    except ModuleNotFoundError as err:
-        if err.name != "ray":
-            raise
-        raise SettingsError("backend 'ray' needs Ray, which is not installed: "
-                            "pip install -r requirements-ray.txt") from None
-    return RayBackend(address or settings.ray_address)

@@ -19,6 +19,7 @@ from engine.checkpoints import load_model, load_tokenizer, open_checkpoint
 from engine.merge import merge_into_model
 from engine.parallel import ParallelSet
 from engine.recipe import Recipe
+from engine.settings import cache_store
 from engine.sweep.backend import Backend
 
 Progress = Callable[[int, int, str], None]  # (done, total, message)
@@ -65,7 +66,7 @@ def capture_many(jobs: Sequence[CaptureJob], backend: Backend, progress: Progres
     failed with, or None when stopped before it ran."""
     tokenizers = {}
     outcomes: list = []
-    store = cache.get_store()
+    store = cache_store()
     for job in jobs:
         folder = job.tokenizer_folder
         if folder not in tokenizers:

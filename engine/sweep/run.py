@@ -21,13 +21,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import cache
 from engine.checkpoints import check_compatible, load_model, load_tokenizer, open_checkpoint
 from engine.errors import DataError
 from engine.merge import merge_into_model
 from engine.parallel import ParallelSet
 from engine.recipe import Recipe, content_hash
 from engine.recipe import from_dict as recipe_from_dict
+from engine.settings import cache_store
 from engine.sweep.backend import Backend, LocalBackend
 from engine.sweep.config import SweepConfig
 from engine.sweep.grid import GridPoint
@@ -155,7 +155,7 @@ def cached_score(job: ScoreJob) -> EvaluationResult | None:
     """The job's result when every direction is in the cache (nothing loaded), else None."""
     if not job.use_cache:
         return None
-    store = cache.get_store()
+    store = cache_store()
     translator = _KeysOn(job)
     found = []
     for pairs in job.sets:

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Sequence
 from engine.errors import DataError
 from engine.parallel import ParallelSet
 from engine.prompts import language_name
+from engine.settings import cache_store
 from engine.translate.generate import Translator
 from engine.translate.langid import OffTargetRates, check_languages, detect, off_target_rates
 from engine.translate.scores import CorpusScores, corpus_scores, sentence_chrf
@@ -163,7 +164,7 @@ def evaluate_direction(translator: Translator, pairs: ParallelSet, languages: Se
         return compute()
     import cache
 
-    entry = cache.get_store().get_or_compute(
+    entry = cache_store().get_or_compute(
         direction_cache_key(translator, pairs, langs),
         lambda: cache.Entry(tensors={}, meta=compute().to_dict()),
         description=f"translation {pairs.direction} by {translator.identity[:16]}",

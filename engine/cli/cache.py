@@ -1,13 +1,12 @@
-"""`python -m cache ls | verify | gc`: inspect and maintain the cache folder from the settings."""
+"""`python -m engine cache ls | verify | gc`: inspect and maintain the cache folder from the settings."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 
-import cache
+from engine.settings import cache_store
 
 
 def _size(n: int) -> str:
@@ -18,30 +17,29 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cache", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("ls", help="list entries, most recently used first")
     verify = sub.add_parser("verify", help="check every entry's checksum and delete the bad ones")
     verify.add_argument("--keep", action="store_true", help="report bad entries without deleting them")
     gc = sub.add_parser("gc", help="evict over the cap; remove orphan files, stale temporaries, idle locks")
     gc.add_argument("--max-gb", type=float, default=None, help="evict down to this size instead of the configured cap")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+
+def run(args: argparse.Namespace) -> int:
     try:
-        store = cache.get_store()
+        store = cache_store()
     except (ValueError, OSError) as err:  # a malformed setting or an unwritable cache folder
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.command == "ls":
+    if args.action == "ls":
         entries = store.entries()
         for e in entries:
             used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
             print(f"{e.key[:16]}  {e.kind:<12} {_size(e.size):>9}  {used}  {e.description}")
         print(f"{len(entries)} entries, {_size(store.total_bytes())} of {_size(store.max_bytes)} in {store.root}")
         return 0
-    if args.command == "verify":
+    if args.action == "verify":
         bad = store.verify(delete=not args.keep)
         for key in bad:
             print(f"bad: {key}" + ("" if args.keep else " (deleted)"))
@@ -52,6 +50,3 @@ def main(argv: list[str] | None = None) -> int:
     print(", ".join(f"{k}: {v}" for k, v in report.items()))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
