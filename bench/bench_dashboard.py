@@ -25,9 +25,9 @@ Measures, against `streamlit run app.py` with an empty cache:
                                               [--torch-threads N]
 
 The browser is told a page is shown by a MutationObserver (see wait_until), not by Playwright's
-per-frame polling, which keeps chromium drawing while a page computes. --tiny runs on the tests' tiny random zoo (when
-zoo/models is not built yet). Results are printed as ready rows for BENCHMARKS.md (load average
-included) and written to bench/out/dashboard.json.
+per-frame polling, which keeps chromium drawing while a page computes. --tiny runs on the tests'
+tiny random zoo (when zoo/models is not built yet). Results are printed as ready rows for
+BENCHMARKS.md (load average included) and written to bench/out/dashboard.json.
 """
 
 from __future__ import annotations
