@@ -22,4 +22,6 @@ demo: $(VENV)/.runtime
 	$(PY) -m streamlit run app.py
 
 test: $(VENV)/.test
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest

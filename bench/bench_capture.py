@@ -31,9 +31,11 @@ WORDS = "one two three four five six seven eight nine ten twenty thirty forty hu
 
 def sentences(n: int, seed: int) -> ParallelSet:
     g = torch.Generator().manual_seed(seed)
+
     def sentence():
         k = int(torch.randint(3, 12, (1,), generator=g))
         return " ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (k,), generator=g))
+
     return ParallelSet("en", "de", tuple(sentence() for _ in range(n)), tuple(sentence() for _ in range(n)))
 
 
@@ -47,16 +49,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
 
     tokenizer = make_tokenizer()
-    model = make_model("qwen2", vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=args.mlp,
-                       num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2).to(device)
+    model = make_model(
+        "qwen2",
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden,
+        intermediate_size=args.mlp,
+        num_hidden_layers=args.layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ).to(device)
     pairs = sentences(args.n, seed=0)
     encoded = encode_pairs(tokenizer, pairs)
     settings = CaptureSettings(batch_size=args.batch_size)
-    batches = [make_batch([encoded[i] for i in index], settings.spans, tokenizer.pad_token_id, device)
-               for index in _batches(encoded, settings.batch_size)]
+    batches = [
+        make_batch([encoded[i] for i in index], settings.spans, tokenizer.pad_token_id, device)
+        for index in _batches(encoded, settings.batch_size)
+    ]
     tokens = sum(int(ids.numel()) for ids, _, _ in batches)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     blocks = model_blocks(model)
@@ -91,8 +106,10 @@ def main() -> None:
     end_to_end = time.perf_counter() - start
 
     p, c = statistics.median(times["plain"]), statistics.median(times["capture"])
-    print(f"device {device}, torch threads {torch.get_num_threads()}; Qwen2 hidden {args.hidden}, MLP {args.mlp}, "
-          f"{args.layers} blocks; {args.n} pairs in {len(batches)} batches of {args.batch_size}, {tokens} padded tokens")
+    print(
+        f"device {device}, torch threads {torch.get_num_threads()}; Qwen2 hidden {args.hidden}, MLP {args.mlp}, "
+        f"{args.layers} blocks; {args.n} pairs in {len(batches)} batches of {args.batch_size}, {tokens} padded tokens"
+    )
     print(f"plain decoder forward: {p * 1000:.0f} ms (median of {args.rounds})")
     print(f"capture forward:       {c * 1000:.0f} ms (median of {args.rounds})")
     print(f"overhead: {100 * (c - p) / p:+.1f}% wall")

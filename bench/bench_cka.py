@@ -41,9 +41,15 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}), "
-          f"torch threads {torch.get_num_threads()}, L={args.layers} n={args.n} d={args.d} debiased={args.debiased}")
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}), "
+        f"torch threads {torch.get_num_threads()}, L={args.layers} n={args.n} d={args.d} debiased={args.debiased}"
+    )
 
     g = torch.Generator().manual_seed(args.seed)
     # Layers drift as a random walk so CKA values spread over (0, 1) instead of all ≈ 0.
@@ -79,9 +85,15 @@ def main() -> None:
 
     # CPU seconds of this process are reported too: on a shared machine they move less than wall time.
     print(f"fast L×L matrix ({len(all_pairs)} pairs): {fast_s:.2f} s wall, {fast_cpu:.2f} s CPU")
-    kind = "measured" if len(sample) == len(all_pairs) else f"extrapolated from {len(sample)} timed pairs ({sample_s:.2f} s wall)"
+    kind = (
+        "measured"
+        if len(sample) == len(all_pairs)
+        else f"extrapolated from {len(sample)} timed pairs ({sample_s:.2f} s wall)"
+    )
     print(f"per-pair baseline: {slow_s:.1f} s wall, {slow_cpu:.1f} s CPU ({kind})")
-    print(f"speed-up: {slow_s / fast_s:.1f}x wall, {slow_cpu / fast_cpu:.1f}x CPU; max |difference| on compared pairs: {max_diff:.2e}")
+    print(
+        f"speed-up: {slow_s / fast_s:.1f}x wall, {slow_cpu / fast_cpu:.1f}x CPU; max |difference| on compared pairs: {max_diff:.2e}"
+    )
     print(f"CKA range in matrix: {fast.values.min():.3f} .. {fast.values.max():.3f}")
 
 

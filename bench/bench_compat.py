@@ -55,8 +55,10 @@ def main() -> None:
         assert compatibility(checkpoints) == []
         again.append(time.perf_counter() - start)
     repeat = statistics.median(again)
-    print(f"tokenizer.json {len(tokenizer) / 1e6:.1f} MB × 3 checkpoints "
-          f"(digests remembered: {compat._file_vocabulary_digest.cache_info().currsize})")
+    print(
+        f"tokenizer.json {len(tokenizer) / 1e6:.1f} MB × 3 checkpoints "
+        f"(digests remembered: {compat._file_vocabulary_digest.cache_info().currsize})"
+    )
     print(f"first check (every tokenizer read and hashed): {first * 1000:.0f} ms")
     print(f"each check after (median of {args.repeats}): {repeat * 1000:.2f} ms ({first / repeat:.0f}× less)")
 

@@ -46,8 +46,8 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import psutil
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -89,16 +89,22 @@ WARM_ORDER = ("Scores", "Layers", "Models & merge", "Samples")  # after Samples:
 
 def remote_page_shown(run: Run, title: str) -> bool:
     """PAGES' conditions, read from the messages of a protocol session's run."""
-    content = {"Scores": run.has("table"), "Layers": run.has("plotly_chart"),
-               "Samples": any("merge · output" in t for t in run.texts("html")), "Models & merge": run.has("code")}
+    content = {
+        "Scores": run.has("table"),
+        "Layers": run.has("plotly_chart"),
+        "Samples": any("merge · output" in t for t in run.texts("html")),
+        "Models & merge": run.has("code"),
+    }
     return title in run.texts("heading") and content.get(title, True) and not run.errors
 
 
 FLOOR_APP = "bench/floor_app.py"
 
-MERGE_SHOWN = ("[...document.querySelectorAll('[data-testid=\"stAlertContentSuccess\"]')]"
-               ".some(e => e.textContent.includes('Merge ready'))"
-               " || document.querySelector('[data-testid=\"stAlertContentError\"]') !== null")
+MERGE_SHOWN = (
+    "[...document.querySelectorAll('[data-testid=\"stAlertContentSuccess\"]')]"
+    ".some(e => e.textContent.includes('Merge ready'))"
+    " || document.querySelector('[data-testid=\"stAlertContentError\"]') !== null"
+)
 
 
 def wait_until(page, condition: str, timeout_ms: int = PAGE_TIMEOUT_MS) -> None:
@@ -249,8 +255,11 @@ def check_view(page, experts: list[str], when: str) -> None:
     "Select all" and the session scored every checkpoint on every direction: a drifted view fails
     the session instead of timing that work."""
     view = urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query)
-    drift = {key: view.get(key) for key, wanted in (("experts", [",".join(experts)]), ("extra_systems", ["joint"]),
-                                                   ("directions", None)) if view.get(key) != wanted}
+    drift = {
+        key: view.get(key)
+        for key, wanted in (("experts", [",".join(experts)]), ("extra_systems", ["joint"]), ("directions", None))
+        if view.get(key) != wanted
+    }
     if drift:
         raise RuntimeError(f"the view drifted {when}: {drift}")
 
@@ -273,7 +282,9 @@ def _session(page, url, experts, method, switches, think, out, barriers, done: t
     # A failed merge shows its error on the page: report it rather than wait out the timeout.
     wait_until(page, f"({MERGE_SHOWN}) && {RUN_ENDED}", TIMEOUT_MS)
     if page.get_by_test_id("stAlertContentError").count():
-        raise RuntimeError(f"the merge failed on the page: {page.get_by_test_id('stAlertContentError').first.inner_text()}")
+        raise RuntimeError(
+            f"the merge failed on the page: {page.get_by_test_id('stAlertContentError').first.inner_text()}"
+        )
     merged = time.perf_counter() - start
     scores = open_page(page, "Scores")
     layers = open_page(page, "Layers")
@@ -316,8 +327,9 @@ def open_remote(session: ProtocolSession, title: str, path: str | None = None) -
     return run.seconds
 
 
-def _remote_session(session: ProtocolSession, method, switches, think, out, barriers, until: threading.Event,
-                    cycle_s: float) -> None:
+def _remote_session(
+    session: ProtocolSession, method, switches, think, out, barriers, until: threading.Event, cycle_s: float
+) -> None:
     """_session for a user whose browser is elsewhere: the same runs in the same order. The picks
     come in the first run's query string."""
     open_remote(session, "Models & merge")
@@ -332,14 +344,24 @@ def _remote_session(session: ProtocolSession, method, switches, think, out, barr
     cold = time.perf_counter() - start
     barriers["cold end"].wait()
     open_remote(session, "Samples")
-    out.update(method=method, merge_s=merged, scores_s=scores, layers_s=layers, cold_s=cold, warm_s=[], remote=True,
-               merge_clicks=1)
-    remote_warm_switches(session, [(t, PAGE_PATHS[t]) for t in WARM_ORDER], switches, think, out, barriers, until,
-                         cycle_s)
+    out.update(
+        method=method,
+        merge_s=merged,
+        scores_s=scores,
+        layers_s=layers,
+        cold_s=cold,
+        warm_s=[],
+        remote=True,
+        merge_clicks=1,
+    )
+    remote_warm_switches(
+        session, [(t, PAGE_PATHS[t]) for t in WARM_ORDER], switches, think, out, barriers, until, cycle_s
+    )
 
 
-def _remote_floor_session(session: ProtocolSession, switches, think, out, barriers, until: threading.Event,
-                          cycle_s: float) -> None:
+def _remote_floor_session(
+    session: ProtocolSession, switches, think, out, barriers, until: threading.Event, cycle_s: float
+) -> None:
     """_floor_session over the protocol; the floor app's url paths are its titles in lower case."""
     titles = session.open("").texts("page_link")
     out.update(warm_s=[], remote=True)
@@ -347,8 +369,16 @@ def _remote_floor_session(session: ProtocolSession, switches, think, out, barrie
     remote_warm_switches(session, pages, switches, think, out, barriers, until, cycle_s)
 
 
-def remote_warm_switches(session: ProtocolSession, pages: list[tuple[str, str]], switches, think, out, barriers,
-                         until: threading.Event, cycle_s: float) -> None:
+def remote_warm_switches(
+    session: ProtocolSession,
+    pages: list[tuple[str, str]],
+    switches,
+    think,
+    out,
+    barriers,
+    until: threading.Event,
+    cycle_s: float,
+) -> None:
     """Open `pages` (title, url path) in turn: at least `switches` times, and on until the browser
     has made its switches (or failed), so the load lasts as long as the switches measured there.
     The next click comes no sooner than `cycle_s` after the last: one browser's median switch on
@@ -376,14 +406,27 @@ def in_protocol_session(name: str, url: str, view: str, body: Callable, out: dic
             barrier.abort()
 
 
-def run(url: str, experts: list[str], sessions: int, switches: int, think_s: float, cold: CpuMeter,
-        warm: CpuMeter, floor: bool = False, remote_cycle_s: float | None = None) -> list[dict]:
+def run(
+    url: str,
+    experts: list[str],
+    sessions: int,
+    switches: int,
+    think_s: float,
+    cold: CpuMeter,
+    warm: CpuMeter,
+    floor: bool = False,
+    remote_cycle_s: float | None = None,
+) -> list[dict]:
     """`sessions` browsers at once: dashboard users (merge, then warm switches) or, with `floor`,
     switches between the floor app's pages. With `remote_cycle_s`, every session but the first is a
     protocol session whose warm switches come no faster than one per `remote_cycle_s`."""
     results = [{} for _ in range(sessions)]
-    barriers = {"merge": threading.Barrier(sessions, action=cold.start), "cold end": threading.Barrier(sessions, action=cold.stop),
-                "warm start": threading.Barrier(sessions, action=warm.start), "warm end": threading.Barrier(sessions, action=warm.stop)}
+    barriers = {
+        "merge": threading.Barrier(sessions, action=cold.start),
+        "cold end": threading.Barrier(sessions, action=cold.stop),
+        "warm start": threading.Barrier(sessions, action=warm.start),
+        "warm end": threading.Barrier(sessions, action=warm.stop),
+    }
     pauses = [random.Random(i) for i in range(sessions)]
     browser_done = threading.Event()  # with protocol sessions: the one browser made its warm switches
     threads = []
@@ -392,20 +435,61 @@ def run(url: str, experts: list[str], sessions: int, switches: int, think_s: flo
         if remote_cycle_s is not None and i > 0:
             method = METHODS[i % len(METHODS)]
             view = urllib.parse.urlencode({"experts": ",".join(experts), "method": METHOD_NAMES[method]})
-            body = (functools.partial(_remote_floor_session, switches=switches, think=think, out=results[i],
-                                      barriers=barriers, until=browser_done, cycle_s=remote_cycle_s) if floor else
-                    functools.partial(_remote_session, method=method, switches=switches, think=think, out=results[i],
-                                      barriers=barriers, until=browser_done, cycle_s=remote_cycle_s))
-            threads.append(threading.Thread(target=in_protocol_session,
-                                            args=(f"remote {i}", url, "" if floor else view, body, results[i], barriers)))
+            body = (
+                functools.partial(
+                    _remote_floor_session,
+                    switches=switches,
+                    think=think,
+                    out=results[i],
+                    barriers=barriers,
+                    until=browser_done,
+                    cycle_s=remote_cycle_s,
+                )
+                if floor
+                else functools.partial(
+                    _remote_session,
+                    method=method,
+                    switches=switches,
+                    think=think,
+                    out=results[i],
+                    barriers=barriers,
+                    until=browser_done,
+                    cycle_s=remote_cycle_s,
+                )
+            )
+            threads.append(
+                threading.Thread(
+                    target=in_protocol_session,
+                    args=(f"remote {i}", url, "" if floor else view, body, results[i], barriers),
+                )
+            )
             continue
         if floor:
-            name, body = f"floor {i}", functools.partial(_floor_session, url=url, switches=switches, think=think,
-                                                        out=results[i], barriers=barriers, done=browser_done)
+            name, body = (
+                f"floor {i}",
+                functools.partial(
+                    _floor_session,
+                    url=url,
+                    switches=switches,
+                    think=think,
+                    out=results[i],
+                    barriers=barriers,
+                    done=browser_done,
+                ),
+            )
         else:
             name = METHODS[i % len(METHODS)]
-            body = functools.partial(_session, url=url, experts=experts, method=name, switches=switches, think=think,
-                                     out=results[i], barriers=barriers, done=browser_done)
+            body = functools.partial(
+                _session,
+                url=url,
+                experts=experts,
+                method=name,
+                switches=switches,
+                think=think,
+                out=results[i],
+                barriers=barriers,
+                done=browser_done,
+            )
         threads.append(threading.Thread(target=in_browser, args=(name, body, results[i], barriers)))
     for t in threads:
         t.start()
@@ -431,24 +515,33 @@ def summarise(label: str, results: list[dict], cold: CpuMeter, warm: CpuMeter, l
     chromium_s, server_s = warm.used()
     cold_chromium_s, cold_server_s = cold.used()
     summary = {
-        "label": label, "sessions": len(results), "browsers": len(browsers), "load_average": load,
+        "label": label,
+        "sessions": len(results),
+        "browsers": len(browsers),
+        "load_average": load,
         "cpu_per_switch_chromium_s": chromium_s / len(switches),
         "cpu_per_switch_server_s": server_s / sum(len(r["warm_s"]) for r in results),
-        "cpu_cold_chromium_s": cold_chromium_s, "cpu_cold_server_s": cold_server_s,
+        "cpu_cold_chromium_s": cold_chromium_s,
+        "cpu_cold_server_s": cold_server_s,
         "cold_s_median": statistics.median(r["cold_s"] for r in browsers),
         "cold_s_max": max(r["cold_s"] for r in browsers),
         "merge_s_max": max(r["merge_s"] for r in browsers),
         "merge_clicks": sum(r["merge_clicks"] for r in results),
         "scores_s_max": max(r["scores_s"] for r in browsers),
         "layers_s_max": max(r["layers_s"] for r in browsers),
-        "warm_s_median": statistics.median(switches), "warm_s_p90": p90(switches),
-        "runs": results, "failed": failed,
+        "warm_s_median": statistics.median(switches),
+        "warm_s_p90": p90(switches),
+        "runs": results,
+        "failed": failed,
     }
     if remote_switches := [w for r in remote for w in r["warm_s"]]:
-        summary.update(remote_cold_s_median=statistics.median(r["cold_s"] for r in remote),
-                       remote_cold_s_max=max(r["cold_s"] for r in remote),
-                       remote_warm_s_median=statistics.median(remote_switches), remote_warm_s_p90=p90(remote_switches),
-                       remote_switches=len(remote_switches))
+        summary.update(
+            remote_cold_s_median=statistics.median(r["cold_s"] for r in remote),
+            remote_cold_s_max=max(r["cold_s"] for r in remote),
+            remote_warm_s_median=statistics.median(remote_switches),
+            remote_warm_s_p90=p90(remote_switches),
+            remote_switches=len(remote_switches),
+        )
     return summary
 
 
@@ -458,10 +551,14 @@ def summarise_floor(results: list[dict], warm: CpuMeter) -> dict:
     if not switches:
         return {"sessions": 0, "failed": [r["error"] for r in results if "error" in r]}
     chromium_s, server_s = warm.used()
-    return {"sessions": len(done), "browsers": sum(not r.get("remote") for r in done),
-            "warm_s_median": statistics.median(switches), "warm_s_p90": p90(switches),
-            "cpu_per_switch_chromium_s": chromium_s / len(switches),
-            "cpu_per_switch_server_s": server_s / sum(len(r["warm_s"]) for r in done)}
+    return {
+        "sessions": len(done),
+        "browsers": sum(not r.get("remote") for r in done),
+        "warm_s_median": statistics.median(switches),
+        "warm_s_p90": p90(switches),
+        "cpu_per_switch_chromium_s": chromium_s / len(switches),
+        "cpu_per_switch_server_s": server_s / sum(len(r["warm_s"]) for r in done),
+    }
 
 
 def remote_cycle(args, earlier: list[dict]) -> float | None:
@@ -476,22 +573,36 @@ def remote_cycle(args, earlier: list[dict]) -> float | None:
 
 def sessions_cell(summary: dict) -> str:
     remote = summary["sessions"] - summary["browsers"]
-    return f"{summary['sessions']} ({summary['browsers']} browser, {remote} elsewhere)" if remote else str(summary["sessions"])
+    return (
+        f"{summary['sessions']} ({summary['browsers']} browser, {remote} elsewhere)"
+        if remote
+        else str(summary["sessions"])
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--switches", type=int, default=8)
-    parser.add_argument("--think-s", type=float, default=0.0,
-                        help="mean pause before each click, as a person reading the page (0: back to back)")
-    parser.add_argument("--remote-users", action="store_true",
-                        help="in the multi-session rounds, one browser and the other users over the protocol alone, "
-                             "as if their browsers ran elsewhere")
+    parser.add_argument(
+        "--think-s",
+        type=float,
+        default=0.0,
+        help="mean pause before each click, as a person reading the page (0: back to back)",
+    )
+    parser.add_argument(
+        "--remote-users",
+        action="store_true",
+        help="in the multi-session rounds, one browser and the other users over the protocol alone, "
+        "as if their browsers ran elsewhere",
+    )
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny random zoo instead of zoo/")
-    parser.add_argument("--torch-threads", type=int,
-                        help="torch threads per job in the server (OMP_NUM_THREADS); default: the dashboard's own "
-                             "choice, a quarter of the cores (pass the core count to see torch's default)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        help="torch threads per job in the server (OMP_NUM_THREADS); default: the dashboard's own "
+        "choice, a quarter of the cores (pass the core count to see torch's default)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -513,45 +624,74 @@ def main() -> None:
     summaries = []
     for sessions in sorted({1, args.sessions}):
         # A fresh server and an empty cache per round: the cold figures are really cold.
-        server = start_server(models, data, work / f"cache-{sessions}", ARTIFACTS / f"bench_dashboard_{sessions}.log",
-                              extra_env=extra_env)
+        server = start_server(
+            models, data, work / f"cache-{sessions}", ARTIFACTS / f"bench_dashboard_{sessions}.log", extra_env=extra_env
+        )
         try:
             cold, warm = CpuMeter(server.process.pid), CpuMeter(server.process.pid)
             load_before = os.getloadavg()[0]
-            results = run(server.url, experts, sessions, args.switches, args.think_s, cold, warm,
-                          remote_cycle_s=remote_cycle(args, summaries))
+            results = run(
+                server.url,
+                experts,
+                sessions,
+                args.switches,
+                args.think_s,
+                cold,
+                warm,
+                remote_cycle_s=remote_cycle(args, summaries),
+            )
             summaries.append(summarise(label, results, cold, warm, (load_before, os.getloadavg()[0])))
         finally:
             stop_server(server)
     floors = []
     for sessions in sorted({1, args.sessions}):
-        server = start_server(models, data, work / "cache-floor", ARTIFACTS / f"bench_floor_{sessions}.log", script=FLOOR_APP)
+        server = start_server(
+            models, data, work / "cache-floor", ARTIFACTS / f"bench_floor_{sessions}.log", script=FLOOR_APP
+        )
         try:
             warm = CpuMeter(server.process.pid)
-            results = run(server.url, [], sessions, args.switches, args.think_s, CpuMeter(server.process.pid), warm,
-                          floor=True, remote_cycle_s=remote_cycle(args, floors))
+            results = run(
+                server.url,
+                [],
+                sessions,
+                args.switches,
+                args.think_s,
+                CpuMeter(server.process.pid),
+                warm,
+                floor=True,
+                remote_cycle_s=remote_cycle(args, floors),
+            )
             floors.append(summarise_floor(results, warm))
         finally:
             stop_server(server)
     out = Path(__file__).resolve().parent / "out" / "dashboard.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"experts": experts, "cpus": os.cpu_count(), "summaries": summaries, "floor": floors},
-                              indent=1))
+    out.write_text(
+        json.dumps({"experts": experts, "cpus": os.cpu_count(), "summaries": summaries, "floor": floors}, indent=1)
+    )
     command = shlex.join([".venv/bin/python", "bench/bench_dashboard.py", *sys.argv[1:]])
     print(f"Rows for BENCHMARKS.md (`{command}`; experts {', '.join(experts)}; raw figures in {out}):\n")
-    print("| machine | zoo | sessions | Merge click → Scores row + Layers heatmaps (median / max) | merge alone (max) | "
-          "page switch, warm (median / p90) | CPU per warm switch: chromium + server |")
+    print(
+        "| machine | zoo | sessions | Merge click → Scores row + Layers heatmaps (median / max) | merge alone (max) | "
+        "page switch, warm (median / p90) | CPU per warm switch: chromium + server |"
+    )
     print("|---|---|---|---|---|---|---|")
     for s in summaries:
         machine = f"CPU, {os.cpu_count()} cores, load average {s['load_average'][0]:.1f} → {s['load_average'][1]:.1f}"
         if not s["sessions"]:
             print(f"| {machine} | {s['label']} | every session failed: {s['failed']} |")
             continue
-        print(f"| {machine} | {s['label']} | {sessions_cell(s)} | {s['cold_s_median']:.1f} s / {s['cold_s_max']:.1f} s | "
-              f"≤ {s['merge_s_max']:.1f} s | {s['warm_s_median']:.2f} s / {s['warm_s_p90']:.2f} s | "
-              f"{s['cpu_per_switch_chromium_s']:.2f} s + {s['cpu_per_switch_server_s']:.2f} s |"
-              + (f" {len(s['failed'])} session(s) failed: {s['failed']}" if s["failed"] else "")
-              + (f" ({s['merge_clicks']} Merge clicks for {s['sessions']} merges)" if s["merge_clicks"] > s["sessions"] else ""))
+        print(
+            f"| {machine} | {s['label']} | {sessions_cell(s)} | {s['cold_s_median']:.1f} s / {s['cold_s_max']:.1f} s | "
+            f"≤ {s['merge_s_max']:.1f} s | {s['warm_s_median']:.2f} s / {s['warm_s_p90']:.2f} s | "
+            f"{s['cpu_per_switch_chromium_s']:.2f} s + {s['cpu_per_switch_server_s']:.2f} s |"
+            + (f" {len(s['failed'])} session(s) failed: {s['failed']}" if s["failed"] else "")
+            + (
+                f" ({s['merge_clicks']} Merge clicks for {s['sessions']} merges)"
+                if s["merge_clicks"] > s["sessions"]
+                else ""
+            )
+        )
     print(f"\nThe floor, {FLOOR_APP} (two heading-only pages), same browsers and switches:\n")
     print("| sessions | page switch, warm (median / p90) | CPU per switch: chromium + server |")
     print("|---|---|---|")
@@ -559,18 +699,27 @@ def main() -> None:
         if not f["sessions"]:
             print(f"| – | every session failed: {f['failed']} | |")
             continue
-        print(f"| {sessions_cell(f)} | {f['warm_s_median']:.2f} s / {f['warm_s_p90']:.2f} s | "
-              f"{f['cpu_per_switch_chromium_s']:.2f} s + {f['cpu_per_switch_server_s']:.2f} s |")
+        print(
+            f"| {sessions_cell(f)} | {f['warm_s_median']:.2f} s / {f['warm_s_p90']:.2f} s | "
+            f"{f['cpu_per_switch_chromium_s']:.2f} s + {f['cpu_per_switch_server_s']:.2f} s |"
+        )
     for s in summaries:
         if "remote_warm_s_median" in s:
-            print(f"\nThe {s['sessions'] - s['browsers']} protocol sessions' round trips (request to the run's end): cold "
-                  f"{s['remote_cold_s_median']:.1f} s / {s['remote_cold_s_max']:.1f} s (median / max), "
-                  f"{s['remote_switches']} warm switches, one per {summaries[0]['warm_s_median']:.2f} s at most, "
-                  f"while the browser made its {args.switches}: "
-                  f"{s['remote_warm_s_median']:.2f} s / {s['remote_warm_s_p90']:.2f} s (median / p90)")
-    print("\nCPU from the Merge clicks until every session showed its heatmaps (chromium + server): "
-          + "; ".join(f"{s['sessions']} session(s) {s['cpu_cold_chromium_s']:.1f} s + {s['cpu_cold_server_s']:.1f} s"
-                      for s in summaries if s["sessions"]))
+            print(
+                f"\nThe {s['sessions'] - s['browsers']} protocol sessions' round trips (request to the run's end): cold "
+                f"{s['remote_cold_s_median']:.1f} s / {s['remote_cold_s_max']:.1f} s (median / max), "
+                f"{s['remote_switches']} warm switches, one per {summaries[0]['warm_s_median']:.2f} s at most, "
+                f"while the browser made its {args.switches}: "
+                f"{s['remote_warm_s_median']:.2f} s / {s['remote_warm_s_p90']:.2f} s (median / p90)"
+            )
+    print(
+        "\nCPU from the Merge clicks until every session showed its heatmaps (chromium + server): "
+        + "; ".join(
+            f"{s['sessions']} session(s) {s['cpu_cold_chromium_s']:.1f} s + {s['cpu_cold_server_s']:.1f} s"
+            for s in summaries
+            if s["sessions"]
+        )
+    )
 
 
 if __name__ == "__main__":

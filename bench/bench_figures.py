@@ -61,27 +61,42 @@ def dashboard_figures(layers: int, rng: np.random.Generator) -> dict:
         values = np.clip(0.8 + 0.2 * rng.random((layers, layers)), 0, 1)
         return CKAMatrix(values, False, 64, "cka:linear|n:64|span:source", labels)
 
-    rows = [{"system": s, "direction": d, "chrf": 60 * rng.random(), "bleu": 30 * rng.random(), "bleu_signature": "nrefs:1"}
-            for s in ("base", "expert-en-bn", "expert-en-de", "joint", "merge") for d in ("en-bn", "en-de", "avg")]
+    rows = [
+        {"system": s, "direction": d, "chrf": 60 * rng.random(), "bleu": 30 * rng.random(), "bleu_signature": "nrefs:1"}
+        for s in ("base", "expert-en-bn", "expert-en-de", "joint", "merge")
+        for d in ("en-bn", "en-de", "avg")
+    ]
     counts = rng.integers(0, 300, (layers - 1, 4))
     return {
-        f"Layers: CKA comparison, {layers} layers": figures.cka_comparison(cka(("expert-en-bn", "expert-en-de")),
-                                                                          cka(("merge", "expert-en-bn"))),
+        f"Layers: CKA comparison, {layers} layers": figures.cka_comparison(
+            cka(("expert-en-bn", "expert-en-de")), cka(("merge", "expert-en-bn"))
+        ),
         "Scores: bars": figures.scores_bars(rows, "chrf"),
-        f"Neurons: counts, {layers - 1} blocks": figures.count_heatmap(counts, ["en", "de", "ru", "bn"], "LAPE neurons"),
+        f"Neurons: counts, {layers - 1} blocks": figures.count_heatmap(
+            counts, ["en", "de", "ru", "bn"], "LAPE neurons"
+        ),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, nargs="+", default=[9, 37],
-                        help="CKA matrix sizes: 9 for the demo zoo (8 blocks), 37 for Qwen2.5-3B")
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=[9, 37],
+        help="CKA matrix sizes: 9 for the demo zoo (8 blocks), 37 for Qwen2.5-3B",
+    )
     parser.add_argument("--repeats", type=int, default=15, help="draws per figure and variant (the first two warm up)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
     rng = np.random.default_rng(0)
-    specs = {name: json.loads(fig.to_json()) for layers in args.layers for name, fig in dashboard_figures(layers, rng).items()}
+    specs = {
+        name: json.loads(fig.to_json())
+        for layers in args.layers
+        for name, fig in dashboard_figures(layers, rng).items()
+    }
     plotly_js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     times: dict[str, dict[str, list[float]]] = {name: {"as built": [], "auto margins": []} for name in specs}
     with sync_playwright() as p:
@@ -98,12 +113,19 @@ def main() -> None:
     results = {name: {variant: statistics.median(ms[2:]) for variant, ms in by.items()} for name, by in times.items()}
     out = Path(__file__).resolve().parent / "out" / "figures.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"width_px": WIDTH, "plotly_js": plotly.__version__, "median_ms": results, "raw_ms": times},
-                              indent=1))
-    print(f"| figure | drawn as built | with Plotly's automatic margins | ratio |  (median ms of {args.repeats - 2} draws; {out})")
+    out.write_text(
+        json.dumps(
+            {"width_px": WIDTH, "plotly_js": plotly.__version__, "median_ms": results, "raw_ms": times}, indent=1
+        )
+    )
+    print(
+        f"| figure | drawn as built | with Plotly's automatic margins | ratio |  (median ms of {args.repeats - 2} draws; {out})"
+    )
     print("|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['as built']:.0f} ms | {r['auto margins']:.0f} ms | {r['auto margins'] / r['as built']:.2f}× |")
+        print(
+            f"| {name} | {r['as built']:.0f} ms | {r['auto margins']:.0f} ms | {r['auto margins'] / r['as built']:.2f}× |"
+        )
 
 
 if __name__ == "__main__":

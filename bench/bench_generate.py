@@ -32,9 +32,14 @@ from engine.prompts import render_generation_prompt  # noqa: E402
 from engine.translate.generate import DecodingSettings, generate_token_ids, stop_token_ids  # noqa: E402
 
 SOURCES = [
-    "twenty-one thousand three hundred and four", "the first of January, nineteen ninety-nine",
-    "seven hundred euros and fifty cents", "the thirty-first of December", "nine", "forty-two dollars",
-    "the second of March, two thousand and twenty", "one hundred and one kilometres",
+    "twenty-one thousand three hundred and four",
+    "the first of January, nineteen ninety-nine",
+    "seven hundred euros and fifty cents",
+    "the thirty-first of December",
+    "nine",
+    "forty-two dollars",
+    "the second of March, two thousand and twenty",
+    "one hundred and one kilometres",
 ]
 
 
@@ -48,18 +53,27 @@ def load(model_path: str | None):
     if model_path:
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            model_path, local_files_only=True, use_safetensors=True, dtype=torch.float32)
+            model_path, local_files_only=True, use_safetensors=True, dtype=torch.float32
+        )
         return model.eval(), tokenizer, Path(model_path).name
     from tests.tiny_models import make_model, make_tokenizer
 
     tokenizer = make_tokenizer()
-    model = make_model("qwen2", seed=0, vocab_size=len(tokenizer), hidden_size=256, intermediate_size=1024,
-                       num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2)
+    model = make_model(
+        "qwen2",
+        seed=0,
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     return model, tokenizer, "random Qwen2 (hidden 256, MLP 1024, 8 blocks)"
 
 
 def trim(row: list[int], ends: set[int]) -> list[int]:
-    return row[:next((k for k, t in enumerate(row) if t in ends), len(row))]
+    return row[: next((k for k, t in enumerate(row) if t in ends), len(row))]
 
 
 def count(rows: list[list[int]], ends: set[int]) -> int:
@@ -92,19 +106,35 @@ def zoo_sweep(args) -> None:
     start = time.perf_counter()
     run_sweep(config)
     warm = time.perf_counter() - start
-    print(json.dumps({"zoo": str(zoo), "groups": groups and {g: sorted(e) for g, e in groups.items()},
-                      "grid": args.grid, "points": len(result.points),
-                      "failed": len(result.failed), "dev_limit": args.dev_limit, "threads": args.threads,
-                      "wall_s": round(seconds, 1), "wall_s_warm_cache": round(warm, 1),
-                      "s_per_point": round(seconds / max(1, len(result.points)), 2),
-                      "load_average": os.getloadavg(), "table": str(work / "out" / "table.md")}, indent=1))
+    print(
+        json.dumps(
+            {
+                "zoo": str(zoo),
+                "groups": groups and {g: sorted(e) for g, e in groups.items()},
+                "grid": args.grid,
+                "points": len(result.points),
+                "failed": len(result.failed),
+                "dev_limit": args.dev_limit,
+                "threads": args.threads,
+                "wall_s": round(seconds, 1),
+                "wall_s_warm_cache": round(warm, 1),
+                "s_per_point": round(seconds / max(1, len(result.points)), 2),
+                "load_average": os.getloadavg(),
+                "table": str(work / "out" / "table.md"),
+            },
+            indent=1,
+        )
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="checkpoint folder or mergekit YAML recipe (default: a random Qwen2 model)")
-    parser.add_argument("--direction", help="translate the demo zoo's devtest sentences of this direction (e.g. en-de) "
-                                            "instead of built-in English number phrases")
+    parser.add_argument(
+        "--direction",
+        help="translate the demo zoo's devtest sentences of this direction (e.g. en-de) "
+        "instead of built-in English number phrases",
+    )
     parser.add_argument("--n", type=int, default=32, help="number of prompts")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -149,17 +179,32 @@ def main() -> None:
         # Best of the repeats: on a shared machine the minimum is the least disturbed run.
         seconds = min(times)
         tokens = count(rows, ends)
-        results.append({"path": name, "seconds_best": round(seconds, 3), "seconds_all": [round(t, 2) for t in times],
-                        "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)})
+        results.append(
+            {
+                "path": name,
+                "seconds_best": round(seconds, 3),
+                "seconds_all": [round(t, 2) for t in times],
+                "tokens": tokens,
+                "tokens_per_s": round(tokens / seconds, 1),
+            }
+        )
         return rows
 
     settings = DecodingSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, first_line=False)
-    ours = timed(f"engine.translate batched (batch {args.batch_size})",
-                 lambda ps: generate_token_ids(model, tokenizer, ps, settings, args.device))
+    ours = timed(
+        f"engine.translate batched (batch {args.batch_size})",
+        lambda ps: generate_token_ids(model, tokenizer, ps, settings, args.device),
+    )
 
     pipe = transformers.pipeline("text-generation", model=model, tokenizer=tokenizer, device=args.device)
-    gen_kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad,
-                      return_tensors=True, add_special_tokens=False)
+    gen_kwargs = dict(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=False,
+        eos_token_id=stops,
+        pad_token_id=pad,
+        return_tensors=True,
+        add_special_tokens=False,
+    )
 
     def pipeline_path(batch_size):
         def run(ps):
@@ -171,8 +216,9 @@ def main() -> None:
             for o, n in zip(out, lengths):
                 ids = o[0]["generated_token_ids"]
                 lead = next((k for k, t in enumerate(ids) if t != pad), len(ids))
-                rows.append(ids[lead + n:])
+                rows.append(ids[lead + n :])
             return rows
+
         return run
 
     plain = timed("transformers pipeline (batch 1, its default)", pipeline_path(1))
@@ -181,11 +227,23 @@ def main() -> None:
     agree = sum(trim(a, ends) == trim(b, ends) for a, b in zip(ours, plain)) / len(ours)
     agree_batched = sum(trim(a, ends) == trim(b, ends) for a, b in zip(ours, batched)) / len(ours)
 
-    print(json.dumps({"model": label, "device": args.device, "threads": args.threads, "prompts": len(prompts),
-                      "direction": args.direction or "en-es (number phrases)",
-                      "max_new_tokens": args.max_new_tokens, "same_tokens_as_pipeline_batch1": agree,
-                      "same_tokens_as_pipeline_batched": agree_batched, "load_average": os.getloadavg(),
-                      "results": results}, indent=1))
+    print(
+        json.dumps(
+            {
+                "model": label,
+                "device": args.device,
+                "threads": args.threads,
+                "prompts": len(prompts),
+                "direction": args.direction or "en-es (number phrases)",
+                "max_new_tokens": args.max_new_tokens,
+                "same_tokens_as_pipeline_batch1": agree,
+                "same_tokens_as_pipeline_batched": agree_batched,
+                "load_average": os.getloadavg(),
+                "results": results,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

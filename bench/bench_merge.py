@@ -37,8 +37,14 @@ VENV_BIN = Path(sys.executable).parent
 EXPERTS = 4
 
 CONFIG = dict(  # Qwen2.5-0.5B's shapes; an untied head so both tools merge the same tensor set
-    hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-    vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=False,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    tie_word_embeddings=False,
 )
 
 
@@ -50,24 +56,35 @@ def build_checkpoints() -> list[Path]:
     from tests.tiny_models import make_tokenizer
 
     folders = [OUT / "models" / "base"] + [OUT / "models" / f"expert{i}" for i in range(1, EXPERTS + 1)]
-    config = transformers.Qwen2Config(**CONFIG, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                                      architectures=["Qwen2ForCausalLM"])
+    config = transformers.Qwen2Config(
+        **CONFIG, bos_token_id=1, eos_token_id=2, pad_token_id=0, architectures=["Qwen2ForCausalLM"]
+    )
     config.dtype = torch.bfloat16
     if all((f / "model.safetensors").is_file() for f in folders):
         for folder in folders:
             config.save_pretrained(folder)
         return folders
     with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in transformers.AutoModelForCausalLM.from_config(config).state_dict().items()
-                  if "rotary" not in k}
+        shapes = {
+            k: tuple(v.shape)
+            for k, v in transformers.AutoModelForCausalLM.from_config(config).state_dict().items()
+            if "rotary" not in k
+        }
     tokenizer = make_tokenizer()
     g = torch.Generator().manual_seed(0)
-    base = {k: (torch.ones(s) if k.endswith("norm.weight") else torch.randn(s, generator=g) * 0.02).to(torch.bfloat16)
-            for k, s in shapes.items()}
+    base = {
+        k: (torch.ones(s) if k.endswith("norm.weight") else torch.randn(s, generator=g) * 0.02).to(torch.bfloat16)
+        for k, s in shapes.items()
+    }
     for i, folder in enumerate(folders):
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = base if i == 0 else {
-            k: (v.float() + torch.randn(v.shape, generator=g) * 0.002).to(torch.bfloat16) for k, v in base.items()}
+        tensors = (
+            base
+            if i == 0
+            else {
+                k: (v.float() + torch.randn(v.shape, generator=g) * 0.002).to(torch.bfloat16) for k, v in base.items()
+            }
+        )
         save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
         config.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
@@ -124,8 +141,11 @@ def compare(ours: Path, theirs: Path, base: Path) -> dict:
     from safetensors import safe_open
 
     worst_abs, diff2, tv2, names = 0.0, 0.0, 0.0, 0
-    with safe_open(ours / "model.safetensors", "pt") as a, safe_open(theirs / "model.safetensors", "pt") as b, \
-            safe_open(base / "model.safetensors", "pt") as c:
+    with (
+        safe_open(ours / "model.safetensors", "pt") as a,
+        safe_open(theirs / "model.safetensors", "pt") as b,
+        safe_open(base / "model.safetensors", "pt") as c,
+    ):
         assert set(a.keys()) == set(b.keys()), set(a.keys()) ^ set(b.keys())
         for name in a.keys():
             x, y, z = a.get_tensor(name).float(), b.get_tensor(name).float(), c.get_tensor(name).float()
@@ -136,8 +156,12 @@ def compare(ours: Path, theirs: Path, base: Path) -> dict:
     return {"tensors": names, "max_abs_diff": worst_abs, "rel_to_task_vector": math.sqrt(diff2 / tv2)}
 
 
-REFERENCE_TENSORS = ("model.layers.0.mlp.down_proj.weight", "model.layers.11.self_attn.q_proj.weight",
-                     "model.layers.23.mlp.gate_proj.weight", "model.layers.5.input_layernorm.weight")
+REFERENCE_TENSORS = (
+    "model.layers.0.mlp.down_proj.weight",
+    "model.layers.11.self_attn.q_proj.weight",
+    "model.layers.23.mlp.gate_proj.weight",
+    "model.layers.5.input_layernorm.weight",
+)
 
 
 def reference64(recipe_method: str, name: str, folders: list[Path], per_model: dict) -> torch.Tensor:
@@ -188,9 +212,11 @@ def distance_to_reference(out: Path, method: str, folders: list[Path], per_model
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| method | runs | load avg | mergekit wall / CPU | ours wall / CPU | ratio wall / CPU | peak RSS mergekit | "
-             "peak RSS ours | outputs apart: max \\|Δ\\| · ‖Δ‖/‖tv‖ | from float64 ref: mergekit · ours |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | runs | load avg | mergekit wall / CPU | ours wall / CPU | ratio wall / CPU | peak RSS mergekit | "
+        "peak RSS ours | outputs apart: max \\|Δ\\| · ‖Δ‖/‖tv‖ | from float64 ref: mergekit · ours |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['rounds']}×2, {r['threads']} thread(s) | {r['load_avg']} | "
@@ -198,7 +224,8 @@ def markdown(rows: list[dict]) -> str:
             f"{r['wall_ratio']:.2f} / **{r['cpu_ratio']:.2f}** | {r['mergekit_peak_rss_gb']} GB ({r['mergekit_rss_over_model']}× model) | "
             f"**{r['ours_peak_rss_gb']} GB ({r['ours_rss_over_model']}× model)** | "
             f"{r['max_abs_diff']:.2g} · {100 * r['rel_to_task_vector']:.2f} % | "
-            f"{100 * r['mergekit_from_ref64']:.2f} % · {100 * r['ours_from_ref64']:.2f} % |")
+            f"{100 * r['mergekit_from_ref64']:.2f} % · {100 * r['ours_from_ref64']:.2f} % |"
+        )
     return "\n".join(lines)
 
 
@@ -206,8 +233,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="ties,task_arithmetic")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for both tools (OMP_NUM_THREADS); 1 suits a machine shared with other work")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for both tools (OMP_NUM_THREADS); 1 suits a machine shared with other work",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per tool and method")
     args = parser.parse_args()
     t = time.perf_counter()
@@ -220,16 +251,32 @@ def main() -> None:
             while fh.read(1 << 26):
                 pass
     bandwidth = copy_bandwidth()
-    print(f"machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
-          f"{psutil.virtual_memory().total / 1024**3:.0f} GiB RAM, torch {torch.__version__}, both tools run with {args.threads} torch thread(s)")
-    print(f"model: {params / 1e6:.0f}M params, {model_bytes / 1e9:.2f} GB bf16; memory-copy bandwidth {bandwidth / 1e9:.1f} GB/s")
-    env = {**os.environ, "MERGESCOPE_MODEL_ROOTS": str(OUT / "models"), "MERGESCOPE_CACHE_DIR": str(OUT / "cache"),
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 1024**3:.0f} GiB RAM, torch {torch.__version__}, both tools run with {args.threads} torch thread(s)"
+    )
+    print(
+        f"model: {params / 1e6:.0f}M params, {model_bytes / 1e9:.2f} GB bf16; memory-copy bandwidth {bandwidth / 1e9:.1f} GB/s"
+    )
+    env = {
+        **os.environ,
+        "MERGESCOPE_MODEL_ROOTS": str(OUT / "models"),
+        "MERGESCOPE_CACHE_DIR": str(OUT / "cache"),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": str(args.threads),
+    }
     # Fingerprints (the recipe hash in the model card) are computed once per checkpoint and
     # remembered, as in the dashboard; compute them before timing so runs measure the merge.
-    subprocess.run([sys.executable, "-c", "import sys; from engine.checkpoints import fingerprint; "
-                    "[fingerprint(p) for p in sys.argv[1:]]", *map(str, folders)],
-                   env={**env, "PYTHONPATH": str(REPO)}, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from engine.checkpoints import fingerprint; [fingerprint(p) for p in sys.argv[1:]]",
+            *map(str, folders),
+        ],
+        env={**env, "PYTHONPATH": str(REPO)},
+        check=True,
+    )
     moved = (len(folders) + 1) * model_bytes  # every input read once, the output written once
     rows = []
     for method in args.methods.split(","):
@@ -240,8 +287,19 @@ def main() -> None:
         mk_cmd = [str(VENV_BIN / "mergekit-yaml"), str(recipe), str(out_mk), "--quiet"]
         if args.device == "cuda":
             mk_cmd.append("--cuda")
-        ms_cmd = [sys.executable, "-m", "engine", "merge", str(recipe), "--out", str(out_ms), "--device", args.device,
-                  "--no-progress", "--overwrite"]
+        ms_cmd = [
+            sys.executable,
+            "-m",
+            "engine",
+            "merge",
+            str(recipe),
+            "--out",
+            str(out_ms),
+            "--device",
+            args.device,
+            "--no-progress",
+            "--overwrite",
+        ]
         loads, mk_runs, ms_runs = [], [], []
         for _ in range(args.rounds):
             shutil.rmtree(out_mk, ignore_errors=True)
@@ -255,26 +313,37 @@ def main() -> None:
         ms["peak_rss"] = max(r["peak_rss"] for r in ms_runs)
         diff = compare(out_ms, out_mk, folders[0])
         per_model = {"weight": 0.5, "density": 0.5} if method == "ties" else {"weight": 0.25}
-        row = dict(method=method, device=args.device, threads=args.threads, rounds=args.rounds,
-                   load_avg=f"{min(loads):.1f}–{max(loads):.1f}",
-                   mergekit_wall_s=round(mk["wall"], 1), ours_wall_s=round(ms["wall"], 1),
-                   wall_ratio=round(ms["wall"] / mk["wall"], 3),
-                   mergekit_cpu_s=round(mk["cpu"], 1), ours_cpu_s=round(ms["cpu"], 1),
-                   cpu_ratio=round(ms["cpu"] / mk["cpu"], 3),
-                   cpu_ratio_per_round=[round(b["cpu"] / a["cpu"], 3) for a, b in zip(mk_runs, ms_runs)],
-                   mergekit_peak_rss_gb=round(mk["peak_rss"] / 1e9, 2), ours_peak_rss_gb=round(ms["peak_rss"] / 1e9, 2),
-                   mergekit_rss_over_model=round(mk["peak_rss"] / model_bytes, 2),
-                   ours_rss_over_model=round(ms["peak_rss"] / model_bytes, 2),
-                   ours_share_of_copy_bandwidth=round(moved / ms["wall"] / bandwidth, 3),
-                   mergekit_share_of_copy_bandwidth=round(moved / mk["wall"] / bandwidth, 3), **diff,
-                   mergekit_from_ref64=distance_to_reference(out_mk, method, folders, per_model),
-                   ours_from_ref64=distance_to_reference(out_ms, method, folders, per_model))
+        row = dict(
+            method=method,
+            device=args.device,
+            threads=args.threads,
+            rounds=args.rounds,
+            load_avg=f"{min(loads):.1f}–{max(loads):.1f}",
+            mergekit_wall_s=round(mk["wall"], 1),
+            ours_wall_s=round(ms["wall"], 1),
+            wall_ratio=round(ms["wall"] / mk["wall"], 3),
+            mergekit_cpu_s=round(mk["cpu"], 1),
+            ours_cpu_s=round(ms["cpu"], 1),
+            cpu_ratio=round(ms["cpu"] / mk["cpu"], 3),
+            cpu_ratio_per_round=[round(b["cpu"] / a["cpu"], 3) for a, b in zip(mk_runs, ms_runs)],
+            mergekit_peak_rss_gb=round(mk["peak_rss"] / 1e9, 2),
+            ours_peak_rss_gb=round(ms["peak_rss"] / 1e9, 2),
+            mergekit_rss_over_model=round(mk["peak_rss"] / model_bytes, 2),
+            ours_rss_over_model=round(ms["peak_rss"] / model_bytes, 2),
+            ours_share_of_copy_bandwidth=round(moved / ms["wall"] / bandwidth, 3),
+            mergekit_share_of_copy_bandwidth=round(moved / mk["wall"] / bandwidth, 3),
+            **diff,
+            mergekit_from_ref64=distance_to_reference(out_mk, method, folders, per_model),
+            ours_from_ref64=distance_to_reference(out_ms, method, folders, per_model),
+        )
         print(json.dumps(row), flush=True)
         rows.append(row)
     (OUT / "bench_merge.json").write_text(json.dumps(rows, indent=2))
-    print(f"\nCommand: .venv/bin/python bench/bench_merge.py --methods {args.methods} --threads {args.threads} "
-          f"--rounds {args.rounds}; "
-          f"memory-copy bandwidth {bandwidth / 1e9:.1f} GB/s\n")
+    print(
+        f"\nCommand: .venv/bin/python bench/bench_merge.py --methods {args.methods} --threads {args.threads} "
+        f"--rounds {args.rounds}; "
+        f"memory-copy bandwidth {bandwidth / 1e9:.1f} GB/s\n"
+    )
     print(markdown(rows))
 
 

@@ -45,8 +45,15 @@ def translate_twice(model, tokenizer, direction: str, n: int, batch_size: int) -
 
     pairs = load_jsonl(REPO / "zoo" / "data" / "devtest" / f"{direction}.jsonl").head(n)
     for _ in range(2):
-        generate_translations(model, tokenizer, pairs.sources, pairs.src_lang, pairs.tgt_lang,
-                              DecodingSettings(batch_size=batch_size), device="cpu")
+        generate_translations(
+            model,
+            tokenizer,
+            pairs.sources,
+            pairs.src_lang,
+            pairs.tgt_lang,
+            DecodingSettings(batch_size=batch_size),
+            device="cpu",
+        )
 
 
 def process_job(name: str, n: int, batch_size: int, start_at: float) -> tuple[float, float]:
@@ -68,7 +75,10 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded = {name: load(name) for name in EXPERTS}
-    jobs = [(model, tokenizer, name.removeprefix("expert-"), args.n, args.batch_size) for name, (model, tokenizer) in loaded.items()]
+    jobs = [
+        (model, tokenizer, name.removeprefix("expert-"), args.n, args.batch_size)
+        for name, (model, tokenizer) in loaded.items()
+    ]
     for model, tokenizer, direction, _, _ in jobs:
         translate_twice(model, tokenizer, direction, 4, args.batch_size)  # warm-up
 
@@ -87,8 +97,15 @@ def main() -> None:
 
     with ProcessPoolExecutor(len(EXPERTS), mp_context=multiprocessing.get_context("spawn")) as pool:
         start_at = time.time() + 30  # after both have loaded and warmed up
-        spans = list(pool.map(process_job, EXPERTS, [args.n] * len(EXPERTS), [args.batch_size] * len(EXPERTS),
-                              [start_at] * len(EXPERTS)))
+        spans = list(
+            pool.map(
+                process_job,
+                EXPERTS,
+                [args.n] * len(EXPERTS),
+                [args.batch_size] * len(EXPERTS),
+                [start_at] * len(EXPERTS),
+            )
+        )
     processes = max(end for _, end in spans) - min(begin for begin, _ in spans)
 
     print(f"{len(EXPERTS)} experts x {args.n} sentences x 2, batches of {args.batch_size}, one torch thread per job:")

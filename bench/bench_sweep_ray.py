@@ -42,15 +42,23 @@ def timed_sweep(config, backend) -> tuple[float, list[tuple[float, str]], object
 
     events = []
     start = time.perf_counter()
-    result = run_sweep(config, backend=backend,
-                       progress=lambda done, total, msg: events.append((time.perf_counter() - start, msg)))
+    result = run_sweep(
+        config, backend=backend, progress=lambda done, total, msg: events.append((time.perf_counter() - start, msg))
+    )
     return time.perf_counter() - start, events, result
 
 
 def generated_tokens(result, tokenizer) -> float:
     """Mean tokens generated per dev point (outputs re-tokenised, first line, plus the end token)."""
-    per_point = [sum(len(tokenizer(s.output, add_special_tokens=False)["input_ids"]) + 1
-                     for d in p.dev.directions for s in d.samples) for p in result.points if p.ok]
+    per_point = [
+        sum(
+            len(tokenizer(s.output, add_special_tokens=False)["input_ids"]) + 1
+            for d in p.dev.directions
+            for s in d.samples
+        )
+        for p in result.points
+        if p.ok
+    ]
     return statistics.fmean(per_point)
 
 
@@ -58,8 +66,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", default=str(Path(__file__).resolve().parent.parent / "zoo"))
     parser.add_argument("--group", action="append", choices=("en-x", "x-en"), help="default: en-x")
-    parser.add_argument("--methods", choices=("subset", "all"), default="subset",
-                        help="subset: task arithmetic + TIES of the small grid (11 points per group); all: 17")
+    parser.add_argument(
+        "--methods",
+        choices=("subset", "all"),
+        default="subset",
+        help="subset: task arithmetic + TIES of the small grid (11 points per group); all: 17",
+    )
     parser.add_argument("--dev-limit", type=int, default=20)
     parser.add_argument("--devtest-limit", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -118,27 +130,39 @@ def main() -> None:
     tasks = ray_backend.submitted
     point_s = statistics.median(dev_times)
     summary = {
-        "groups": sorted(config.groups), "points": len(config.points()), "tasks": tasks,
-        "dev_limit": args.dev_limit, "devtest_limit": args.devtest_limit, "max_new_tokens": args.max_new_tokens,
+        "groups": sorted(config.groups),
+        "points": len(config.points()),
+        "tasks": tasks,
+        "dev_limit": args.dev_limit,
+        "devtest_limit": args.devtest_limit,
+        "max_new_tokens": args.max_new_tokens,
         "directions_per_point": [len(e) for e in config.groups.values()],
-        "local_wall_s": round(local_s, 1), "local_jobs": local_backend.submitted,
-        "ray_startup_s": round(startup_s, 1), "ray_wall_s": round(ray_s, 1), "ray_workers": args.workers,
+        "local_wall_s": round(local_s, 1),
+        "local_jobs": local_backend.submitted,
+        "ray_startup_s": round(startup_s, 1),
+        "ray_wall_s": round(ray_s, 1),
+        "ray_workers": args.workers,
         "overhead_per_task_s": round((ray_s - local_s) / tasks, 2),
         "same_table": table_markdown(local) == table_markdown(remote),
         "same_dev_scores": [p.dev for p in local.points] == [p.dev for p in remote.points],
-        "local_point_s_median": round(point_s, 2), "merge_s_median": round(merge_s, 3),
-        "generate_and_score_s": round(point_s - merge_s, 2), "tokens_per_point": round(tokens),
+        "local_point_s_median": round(point_s, 2),
+        "merge_s_median": round(merge_s, 3),
+        "generate_and_score_s": round(point_s - merge_s, 2),
+        "tokens_per_point": round(tokens),
         "cpu_tokens_per_s": round(tokens / (point_s - merge_s)),
-        "load_average_before": load_before, "load_average_after": load_after,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
     }
     print(json.dumps(summary, indent=1))
     load = f"{load_before[0]:.1f} → {load_after[0]:.1f}"
-    print(f"| {time.strftime('%Y-%m-%d')} | {load} | {', '.join(summary['groups'])}: {summary['points']} points, "
-          f"{tasks} tasks, {args.dev_limit} dev / {args.devtest_limit} devtest pairs | {local_s:.1f} s | "
-          f"{ray_s:.1f} s ({args.workers} worker{'s' if args.workers > 1 else ''}; + {startup_s:.1f} s start) | "
-          f"{summary['overhead_per_task_s']:+.2f} s | "
-          f"{point_s:.2f} s = {merge_s:.2f} merge + {point_s - merge_s:.2f} generate/score ({round(tokens)} tokens) | "
-          f"{'yes' if summary['same_table'] and summary['same_dev_scores'] else 'NO'} |")
+    print(
+        f"| {time.strftime('%Y-%m-%d')} | {load} | {', '.join(summary['groups'])}: {summary['points']} points, "
+        f"{tasks} tasks, {args.dev_limit} dev / {args.devtest_limit} devtest pairs | {local_s:.1f} s | "
+        f"{ray_s:.1f} s ({args.workers} worker{'s' if args.workers > 1 else ''}; + {startup_s:.1f} s start) | "
+        f"{summary['overhead_per_task_s']:+.2f} s | "
+        f"{point_s:.2f} s = {merge_s:.2f} merge + {point_s - merge_s:.2f} generate/score ({round(tokens)} tokens) | "
+        f"{'yes' if summary['same_table'] and summary['same_dev_scores'] else 'NO'} |"
+    )
 
 
 if __name__ == "__main__":

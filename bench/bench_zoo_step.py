@@ -36,11 +36,15 @@ def main() -> None:
     config = BuildConfig()
     corpus = build_corpus(config.targets, config.seed, config.train_per_kind, config.dev_size, config.devtest_size)
     tokenizer = transformers.AutoTokenizer.from_pretrained(ZOO_DIR / "models" / "base")
-    cases = [("base pretraining", config.pretrain, config.directions(), 2),
-             ("expert en-de", config.expert, [("en", "de")], 1),
-             ("joint", config.joint, config.directions(), 1)]
+    cases = [
+        ("base pretraining", config.pretrain, config.directions(), 2),
+        ("expert en-de", config.expert, [("en", "de")], 1),
+        ("joint", config.joint, config.directions(), 1),
+    ]
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    print("| schedule | threads | batch | padding in one padded batch | micro-batches | s / step (median) | vs one padded batch |")
+    print(
+        "| schedule | threads | batch | padding in one padded batch | micro-batches | s / step (median) | vs one padded batch |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, schedule, directions, threads in cases:
         torch.set_num_threads(threads)
@@ -58,8 +62,9 @@ def main() -> None:
             for micro_batches in settings:
                 for batch in batches:
                     start = time.perf_counter()
-                    accumulate_loss(model, batch, tokenizer.pad_token_id, config.shape.max_position_embeddings,
-                                    micro_batches)
+                    accumulate_loss(
+                        model, batch, tokenizer.pad_token_id, config.shape.max_position_embeddings, micro_batches
+                    )
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     if round_index:  # the first round warms up allocator and kernels
@@ -68,8 +73,10 @@ def main() -> None:
         for micro_batches in settings:
             median = statistics.median(times[micro_batches])
             chosen = " (the build's)" if micro_batches == schedule.micro_batches else ""
-            print(f"| {name} | {threads} | {schedule.batch_size} | {1 - tokens / padded:.0%} | {micro_batches}{chosen} | "
-                  f"{median:.3f} | {median / baseline:.2f}× |")
+            print(
+                f"| {name} | {threads} | {schedule.batch_size} | {1 - tokens / padded:.0%} | {micro_batches}{chosen} | "
+                f"{median:.3f} | {median / baseline:.2f}× |"
+            )
 
 
 if __name__ == "__main__":

@@ -26,11 +26,26 @@ from playwright.sync_api import sync_playwright
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_dashboard import (  # noqa: E402
-    MERGE_SHOWN, WARM_ORDER, chromium_cpu_by_process, click_merge, en_x_experts, open_page, wait_until,
+    MERGE_SHOWN,
+    WARM_ORDER,
+    chromium_cpu_by_process,
+    click_merge,
+    en_x_experts,
+    open_page,
+    wait_until,
 )
 from tests.browser_harness import (  # noqa: E402
-    ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, RUN_ENDED, ZOO_DATA, ZOO_MODELS, choose, start_server, stop_server,
-    wait_for_app, wait_for_recipe,
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    RUN_ENDED,
+    ZOO_DATA,
+    ZOO_MODELS,
+    choose,
+    start_server,
+    stop_server,
+    wait_for_app,
+    wait_for_recipe,
 )
 
 SETTLE_S = 0.3  # after a page is shown: Plotly and the compositor finish drawing it
@@ -67,8 +82,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="record the renderer with DevTools' CPU profiler")
     args = parser.parse_args()
 
-    server = start_server(ZOO_MODELS, ZOO_DATA, Path(tempfile.mkdtemp(prefix="profile-switch-")) / "cache",
-                          ARTIFACTS / "profile_page_switch.log")
+    server = start_server(
+        ZOO_MODELS,
+        ZOO_DATA,
+        Path(tempfile.mkdtemp(prefix="profile-switch-")) / "cache",
+        ARTIFACTS / "profile_page_switch.log",
+    )
     cpu_by_page: dict[str, list[float]] = {title: [] for title in WARM_ORDER}
     try:
         with sync_playwright() as p:
@@ -93,8 +112,10 @@ def main() -> None:
         stop_server(server)
 
     switches = args.rounds * len(WARM_ORDER)
-    print(f"Chromium CPU per warm switch, one browser, {args.rounds} rounds of the four pages"
-          f"{' (profiled)' if args.profile else ''}:\n")
+    print(
+        f"Chromium CPU per warm switch, one browser, {args.rounds} rounds of the four pages"
+        f"{' (profiled)' if args.profile else ''}:\n"
+    )
     print("| page | CPU per switch (median) |\n|---|---|")
     for title, values in cpu_by_page.items():
         print(f"| {title} | {statistics.median(values):.3f} s |")

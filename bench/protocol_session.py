@@ -26,6 +26,7 @@ from websockets.sync.client import connect
 class Run:
     """What one script run sent: its elements as (kind, text), the error messages and exceptions
     it showed, and the seconds from request to end."""
+
     elements: list[tuple[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -60,8 +61,9 @@ class ProtocolSession:
         self.buttons: dict[str, str] = {}  # label -> widget id, from the last run
 
     def __enter__(self) -> ProtocolSession:
-        self.socket = self.connection.enter_context(connect(self.url, subprotocols=["streamlit"], max_size=None,
-                                                            open_timeout=self.timeout_s))
+        self.socket = self.connection.enter_context(
+            connect(self.url, subprotocols=["streamlit"], max_size=None, open_timeout=self.timeout_s)
+        )
         return self
 
     def __exit__(self, *exc) -> None:

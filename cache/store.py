@@ -23,9 +23,9 @@ import sqlite3
 import struct
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from filelock import FileLock

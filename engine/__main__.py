@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             module.add_arguments(command_parser)
             command_parser.set_defaults(run=module.run)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     from engine.checkpoints.paths import trusting
 
     try:

@@ -18,8 +18,8 @@ Used for the per-layer CKA figures of the MergeScope paper (Gain et al., arXiv 2
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -185,7 +185,9 @@ def cka_matrix(
     b = a if layers_b is None else _as_layers(layers_b, labels[1])
     n = a[0].shape[0]
     if b[0].shape[0] != n:
-        raise DataError(f"{labels[0]} has {n} sentences and {labels[1]} has {b[0].shape[0]}; CKA needs the same sentences")
+        raise DataError(
+            f"{labels[0]} has {n} sentences and {labels[1]} has {b[0].shape[0]}; CKA needs the same sentences"
+        )
     _check_n(n, debiased, f"{labels[0]} vs {labels[1]}")
     device = _resolve(device)
     ga = _stack(a, debiased, device)  # (La, n*n)
@@ -217,7 +219,9 @@ def cka_curve(
         )
     n = a[0].shape[0]
     if b[0].shape[0] != n:
-        raise DataError(f"{labels[0]} has {n} sentences and {labels[1]} has {b[0].shape[0]}; CKA needs the same sentences")
+        raise DataError(
+            f"{labels[0]} has {n} sentences and {labels[1]} has {b[0].shape[0]}; CKA needs the same sentences"
+        )
     _check_n(n, debiased, f"{labels[0]} vs {labels[1]}")
     device = _resolve(device)
     values = np.empty(len(a))

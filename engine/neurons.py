@@ -192,7 +192,9 @@ def _compare_sets(pairs_a: list[set], pairs_b: list[set]) -> dict[str, np.ndarra
     union = base + tuned - overlap
     with np.errstate(invalid="ignore", divide="ignore"):
         jaccard = np.where(union > 0, overlap / np.where(union > 0, union, 1), np.nan)
-    return dict(base=base, finetune=tuned, gained=tuned - overlap, lost=base - overlap, overlap=overlap, jaccard=jaccard)
+    return dict(
+        base=base, finetune=tuned, gained=tuned - overlap, lost=base - overlap, overlap=overlap, jaccard=jaccard
+    )
 
 
 def compare_selections(base: LapeResult, finetune: LapeResult) -> SelectionComparison:
@@ -246,7 +248,11 @@ def neuron_usage_alignment(rates_a, rates_b, span: str = "") -> NUAResult:
         per_layer = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1.0), np.nan)
     bounds = np.cumsum([0] + [len(c) for c in np.array_split(np.arange(a.shape[0]), 3)])
     thirds = tuple((int(bounds[i]), int(bounds[i + 1])) for i in range(3))
-    lower, middle, upper = (float(np.nanmean(per_layer[s:e])) if np.isfinite(per_layer[s:e]).any() else float("nan") for s, e in thirds)
+    lower, middle, upper = (
+        float(np.nanmean(per_layer[s:e])) if np.isfinite(per_layer[s:e]).any() else float("nan") for s, e in thirds
+    )
     mean = float(np.nanmean(per_layer)) if np.isfinite(per_layer).any() else float("nan")
-    sig = f"nua|cosine|thirds:{bounds[1]}/{bounds[2] - bounds[1]}/{bounds[3] - bounds[2]}|v:{LAPE_VERSION}" + (f"|span:{span}" if span else "")
+    sig = f"nua|cosine|thirds:{bounds[1]}/{bounds[2] - bounds[1]}/{bounds[3] - bounds[2]}|v:{LAPE_VERSION}" + (
+        f"|span:{span}" if span else ""
+    )
     return NUAResult(per_layer, lower, middle, upper, mean, thirds, sig)

@@ -46,7 +46,7 @@ class ParallelSet:
     def __len__(self) -> int:
         return len(self.sources)
 
-    def head(self, n: int) -> "ParallelSet":
+    def head(self, n: int) -> ParallelSet:
         """The first n pairs (all when n exceeds the size)."""
         return ParallelSet(self.src_lang, self.tgt_lang, self.sources[:n], self.targets[:n], self.name)
 
@@ -71,11 +71,15 @@ def load_jsonl(path: str | Path) -> ParallelSet:
                 pair_direction = (row["src_lang"], row["tgt_lang"])
                 source, target = row["source"], row["target"]
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise DataError(f"{path}:{number}: expected an object with src_lang, tgt_lang, source, target ({err})") from None
+                raise DataError(
+                    f"{path}:{number}: expected an object with src_lang, tgt_lang, source, target ({err})"
+                ) from None
             if direction is None:
                 direction = pair_direction
             elif pair_direction != direction:
-                raise DataError(f"{path}:{number}: direction {'-'.join(pair_direction)} differs from {'-'.join(direction)}")
+                raise DataError(
+                    f"{path}:{number}: direction {'-'.join(pair_direction)} differs from {'-'.join(direction)}"
+                )
             sources.append(source)
             targets.append(target)
     if direction is None:

@@ -13,9 +13,10 @@ import copy
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -28,8 +29,17 @@ log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 HASH_SALT = "mergescope-merge-v1"  # bump when merge results change for the same recipe
-_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source",
-         "tokenizer", "chat_template"}
+_KEYS = {
+    "merge_method",
+    "base_model",
+    "models",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "tokenizer",
+    "chat_template",
+}
 
 
 @dataclass
@@ -81,7 +91,8 @@ class Recipe:
         if self.base_model:
             out["base_model"] = self.base_model
         out["models"] = [
-            {"model": m.model, **({"parameters": copy.deepcopy(m.parameters)} if m.parameters else {})} for m in self.models
+            {"model": m.model, **({"parameters": copy.deepcopy(m.parameters)} if m.parameters else {})}
+            for m in self.models
         ]
         if self.parameters:
             out["parameters"] = copy.deepcopy(self.parameters)
@@ -162,9 +173,15 @@ def from_dict(data: Any, source: str | None = None) -> Recipe:
             raise RecipeError(f"{where}: only 'tokenizer: {{source: ...}}' is supported (no token surgery)")
         tokenizer_source = tok.get("source")
     recipe = Recipe(
-        merge_method=spec.name, models=models, base_model=base, parameters=dict(parameters),
-        dtype=data.get("dtype"), out_dtype=data.get("out_dtype"), tokenizer_source=tokenizer_source,
-        chat_template=data.get("chat_template"), source=source,
+        merge_method=spec.name,
+        models=models,
+        base_model=base,
+        parameters=dict(parameters),
+        dtype=data.get("dtype"),
+        out_dtype=data.get("out_dtype"),
+        tokenizer_source=tokenizer_source,
+        chat_template=data.get("chat_template"),
+        source=source,
     )
     validate(recipe)
     return recipe
@@ -182,10 +199,17 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError(f"{where}: a model is listed twice: {sorted({n for n in names if names.count(n) > 1})}")
     count = len(inputs)
     if count < spec.min_models or (spec.max_models is not None and count > spec.max_models):
-        wanted = f"exactly {spec.min_models}" if spec.max_models == spec.min_models else (
-            f"at least {spec.min_models}" if spec.max_models is None else f"{spec.min_models} to {spec.max_models}")
+        wanted = (
+            f"exactly {spec.min_models}"
+            if spec.max_models == spec.min_models
+            else (
+                f"at least {spec.min_models}" if spec.max_models is None else f"{spec.min_models} to {spec.max_models}"
+            )
+        )
         besides = "" if spec.base_use == BaseUse.INPUT else " besides the base"
-        raise RecipeError(f"{where}: merge_method {spec.name!r} takes {wanted} model(s){besides}; the recipe gives {count}")
+        raise RecipeError(
+            f"{where}: merge_method {spec.name!r} takes {wanted} model(s){besides}; the recipe gives {count}"
+        )
     for dtype_key in ("dtype", "out_dtype"):
         value = getattr(recipe, dtype_key)
         if value is not None and value not in DTYPES:
@@ -196,14 +220,18 @@ def validate(recipe: Recipe) -> None:
             "recipe's models (MergeScope merges only checkpoints that share one vocabulary)"
         )
     if recipe.chat_template is not None and recipe.chat_template != "auto" and "{" not in str(recipe.chat_template):
-        raise RecipeError(f"{where}: chat_template must be 'auto' or a Jinja template string; named templates are not supported")
+        raise RecipeError(
+            f"{where}: chat_template must be 'auto' or a Jinja template string; named templates are not supported"
+        )
 
     known = {p.name: p for p in spec.params}
     scopes = [("parameters", recipe.parameters)] + [(f"model {m.model}", m.parameters) for m in recipe.models]
     for label, params in scopes:
         for name, setting in params.items():
             if name not in known:
-                log.warning("%s: %s: parameter %r is not used by %s (mergekit ignores it too)", where, label, name, spec.name)
+                log.warning(
+                    "%s: %s: parameter %r is not used by %s (mergekit ignores it too)", where, label, name, spec.name
+                )
                 continue
             if label != "parameters" and known[name].scope == Scope.GLOBAL:
                 log.warning("%s: %s: %r is a global parameter; set it under top-level 'parameters'", where, label, name)

@@ -31,19 +31,49 @@ log = logging.getLogger(__name__)
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 ZOO_MODELS = REPO_ROOT / "zoo" / "models"
 ZOO_DATA = REPO_ROOT / "zoo" / "data"
 
 # Short parallel phrases; py3langid tells these three languages apart on most of them.
 PHRASES = {
-    "en": ["the first of January", "twenty one thousand", "three hundred euros", "the second day of the week",
-           "four kilometres per hour", "nineteen ninety nine", "the fifth of May", "eighty seven grams"],
-    "es": ["el primero de enero", "veintiún mil", "trescientos euros", "el segundo día de la semana",
-           "cuatro kilómetros por hora", "mil novecientos noventa y nueve", "el cinco de mayo", "ochenta y siete gramos"],
-    "pt": ["o primeiro de janeiro", "vinte e um mil", "trezentos euros", "o segundo dia da semana",
-           "quatro quilómetros por hora", "mil novecentos e noventa e nove", "o cinco de maio", "oitenta e sete gramas"],
+    "en": [
+        "the first of January",
+        "twenty one thousand",
+        "three hundred euros",
+        "the second day of the week",
+        "four kilometres per hour",
+        "nineteen ninety nine",
+        "the fifth of May",
+        "eighty seven grams",
+    ],
+    "es": [
+        "el primero de enero",
+        "veintiún mil",
+        "trescientos euros",
+        "el segundo día de la semana",
+        "cuatro kilómetros por hora",
+        "mil novecientos noventa y nueve",
+        "el cinco de mayo",
+        "ochenta y siete gramos",
+    ],
+    "pt": [
+        "o primeiro de janeiro",
+        "vinte e um mil",
+        "trezentos euros",
+        "o segundo dia da semana",
+        "quatro quilómetros por hora",
+        "mil novecentos e noventa e nove",
+        "o cinco de maio",
+        "oitenta e sete gramas",
+    ],
 }
 DIRECTIONS = ("en-es", "en-pt", "es-en")
 EXPERTS = {"expert-en-es": 1, "expert-en-pt": 2, "expert-es-en": 3}  # name -> seed of its task vector
@@ -78,8 +108,10 @@ def build_demo_zoo(folder: Path) -> DemoZoo:
             folder_.mkdir(parents=True, exist_ok=True)
             with (folder_ / f"{direction}.jsonl").open("w", encoding="utf-8") as f:
                 for s, t in zip(PHRASES[src][rows], PHRASES[tgt][rows]):
-                    f.write(json.dumps({"src_lang": src, "tgt_lang": tgt, "source": s, "target": t},
-                                       ensure_ascii=False) + "\n")
+                    f.write(
+                        json.dumps({"src_lang": src, "tgt_lang": tgt, "source": s, "target": t}, ensure_ascii=False)
+                        + "\n"
+                    )
     return DemoZoo(models, data)
 
 
@@ -114,21 +146,50 @@ class Server:
     log_file: Path
 
 
-def start_server(models: str | Path, data: Path, cache_dir: Path, log_file: Path, timeout_s: float = 90.0,
-                 extra_env: dict | None = None, script: str = "app.py") -> Server:
+def start_server(
+    models: str | Path,
+    data: Path,
+    cache_dir: Path,
+    log_file: Path,
+    timeout_s: float = 90.0,
+    extra_env: dict | None = None,
+    script: str = "app.py",
+) -> Server:
     """`streamlit run app.py` (or another `script` of the repository) on a free port; returns once
     /_stcore/health answers ok. `models` may list several roots separated by os.pathsep. The
     address is left to the repository's .streamlit/config.toml (127.0.0.1), as `make demo` does."""
     port = free_port()
-    env = {**os.environ, "MERGESCOPE_MODEL_ROOTS": str(models), "MERGESCOPE_DATA_DIR": str(data),
-           "MERGESCOPE_CACHE_DIR": str(cache_dir), "MERGESCOPE_DEVICE": "cpu", **(extra_env or {})}
+    env = {
+        **os.environ,
+        "MERGESCOPE_MODEL_ROOTS": str(models),
+        "MERGESCOPE_DATA_DIR": str(data),
+        "MERGESCOPE_CACHE_DIR": str(cache_dir),
+        "MERGESCOPE_DEVICE": "cpu",
+        **(extra_env or {}),
+    }
     log_file.parent.mkdir(parents=True, exist_ok=True)
     out = log_file.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            script,
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
@@ -158,8 +219,12 @@ def stop_server(server: Server) -> None:
 
 def use_real_zoo() -> bool:
     """The browser tests run on the committed demo zoo when it is there, else on the tiny zoo."""
-    return (ZOO_MODELS.is_dir() and any(ZOO_MODELS.rglob("config.json")) and ZOO_DATA.is_dir()
-            and os.environ.get("MERGESCOPE_TEST_TINY_ZOO") != "1")
+    return (
+        ZOO_MODELS.is_dir()
+        and any(ZOO_MODELS.rglob("config.json"))
+        and ZOO_DATA.is_dir()
+        and os.environ.get("MERGESCOPE_TEST_TINY_ZOO") != "1"
+    )
 
 
 @dataclass(frozen=True)
@@ -184,8 +249,13 @@ def dashboard(tmp_path_factory, request):
     tiny_models.save_checkpoint(odd_root / "odd-shape", seed=7, hidden_size=48, intermediate_size=96)
     roots = (zoo.models, odd_root)
     cache_dir = tmp_path_factory.mktemp("browser-cache")
-    server = start_server(os.pathsep.join(map(str, roots)), zoo.data, cache_dir,
-                          ARTIFACTS / f"{request.module.__name__}.server.log", extra_env=extra_env)
+    server = start_server(
+        os.pathsep.join(map(str, roots)),
+        zoo.data,
+        cache_dir,
+        ARTIFACTS / f"{request.module.__name__}.server.log",
+        extra_env=extra_env,
+    )
     try:
         yield Dashboard(server, zoo, roots, "odd-shape")
     finally:
@@ -256,8 +326,11 @@ def choose(page, label: str, option: str) -> None:
     until the run it starts has ended."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    widget = page.locator('[data-testid="stSelectbox"], [data-testid="stMultiSelect"]').filter(
-        has=page.get_by_text(label, exact=True)).first
+    widget = (
+        page.locator('[data-testid="stSelectbox"], [data-testid="stMultiSelect"]')
+        .filter(has=page.get_by_text(label, exact=True))
+        .first
+    )
     multiselect = widget.get_attribute("data-testid") == "stMultiSelect"
     box = widget.locator("input")
     box.click()
@@ -271,7 +344,10 @@ def choose(page, label: str, option: str) -> None:
             const shown = [...document.querySelectorAll('[role="option"]')].map(o => o.innerText.trim());
             const bulk = t => /^Select (all|\\d+ matches)$/.test(t);
             return shown.includes(wanted) && (!shown.some(bulk) || shown.every(t => t.includes(wanted) || bulk(t)));
-        }""", arg=option, timeout=TIMEOUT_MS)
+        }""",
+        arg=option,
+        timeout=TIMEOUT_MS,
+    )
     if multiselect:
         page.evaluate(COUNT_RUNS)
     page.get_by_role("option", name=option, exact=True).click()
@@ -287,8 +363,9 @@ def choose(page, label: str, option: str) -> None:
         try:
             page.wait_for_function("() => window.__runsStarted > 0", timeout=PICK_RUN_TIMEOUT_MS)
         except PlaywrightTimeout:
-            log.warning("picking %r in %r: no run was seen to start within %d s", option, label,
-                        PICK_RUN_TIMEOUT_MS // 1000)
+            log.warning(
+                "picking %r in %r: no run was seen to start within %d s", option, label, PICK_RUN_TIMEOUT_MS // 1000
+            )
     wait_for_app(page)
 
 
@@ -299,7 +376,10 @@ def wait_for_recipe(page, method: str) -> None:
     name = next(n for n, spec in method_specs().items() if spec.display_name == method)
     page.wait_for_function(
         "name => [...document.querySelectorAll('[data-testid=\"stCode\"]')]"
-        ".some(c => c.innerText.includes('merge_method: ' + name))", arg=name, timeout=TIMEOUT_MS)
+        ".some(c => c.innerText.includes('merge_method: ' + name))",
+        arg=name,
+        timeout=TIMEOUT_MS,
+    )
     wait_for_app(page)
 
 

@@ -38,7 +38,7 @@ APP = REPO_ROOT / "app.py"
 
 
 @pytest.fixture
-def app(demo_env, monkeypatch):  # noqa: F811
+def app(demo_env, monkeypatch):
     # Random tiny models never emit end-of-turn; a small cap keeps generation short.
     monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "6")
     get_settings.cache_clear()
@@ -131,11 +131,15 @@ def test_engine_messages_reach_the_server_log(app, monkeypatch):
     merge(pick(app))
     app.switch_page("views/scores.py").run()
     text = stream.getvalue()
-    assert re.search(r"INFO \[ScriptRunner\.scriptThread\] engine\.pipeline\.models: merging [0-9a-f]{12} in memory", text), text
-    assert re.search(r"\] engine\.translate\.evaluate: translated en-es \(8 sentences\) with \S+ in \d+\.\d\d s", text), text
+    assert re.search(
+        r"INFO \[ScriptRunner\.scriptThread\] engine\.pipeline\.models: merging [0-9a-f]{12} in memory", text
+    ), text
+    assert re.search(
+        r"\] engine\.translate\.evaluate: translated en-es \(8 sentences\) with \S+ in \d+\.\d\d s", text
+    ), text
 
 
-def test_the_server_reads_the_language_id_model_before_the_first_scores(demo_env):  # noqa: F811
+def test_the_server_reads_the_language_id_model_before_the_first_scores(demo_env):
     """The warm-up thread, started by the app's first run, reads py3langid's model (~0.8 CPU-s)."""
     from engine.translate import langid
 
@@ -189,11 +193,13 @@ def test_bad_recipe_shows_a_readable_error(app):
     assert "not valid YAML" in app.error[0].value
 
 
-def test_pasted_recipe_sets_the_pickers(app, demo_env):  # noqa: F811
+def test_pasted_recipe_sets_the_pickers(app, demo_env):
     models = demo_env.models
-    text = (f"merge_method: dare_linear\nbase_model: {models / 'base'}\nmodels:\n"
-            f"  - model: {models / 'expert-en-pt'}\n    parameters: {{weight: 0.7, density: 0.4}}\n"
-            f"  - model: {models / 'expert-es-en'}\n    parameters: {{weight: 0.7, density: 0.4}}\n")
+    text = (
+        f"merge_method: dare_linear\nbase_model: {models / 'base'}\nmodels:\n"
+        f"  - model: {models / 'expert-en-pt'}\n    parameters: {{weight: 0.7, density: 0.4}}\n"
+        f"  - model: {models / 'expert-es-en'}\n    parameters: {{weight: 0.7, density: 0.4}}\n"
+    )
     app.text_area(key="recipe_text").input(text).run()
     app.button(key="recipe_load").click().run()
     assert app.selectbox(key="method").value == "dare_linear"
@@ -204,7 +210,7 @@ def test_pasted_recipe_sets_the_pickers(app, demo_env):  # noqa: F811
     assert (first["weight"], first["density"]) == (pytest.approx(0.7), pytest.approx(0.4))
 
 
-def test_a_copied_link_reproduces_the_view(app, demo_env, monkeypatch):  # noqa: F811
+def test_a_copied_link_reproduces_the_view(app, demo_env, monkeypatch):
     pick(app, method="ties")
     app.slider(key="p_ties__density").set_value(0.5).run()
     merge(app)
@@ -240,6 +246,7 @@ def test_scores_page_shows_the_engines_scores(app):
 def test_progress_only_while_work_runs(app):
     """A page that computes shows its progress, then what it did; the same page again, its results
     in memory, shows neither (an element less for the browser on every warm page switch)."""
+
     def reports():
         return [c.value for c in app.caption if c.value.startswith("✓ ")]
 
@@ -302,8 +309,7 @@ def test_neurons_page_counts_equal_the_engines(app):
     assert not app.exception and not app.error, [e.value for e in app.error]
     systems = {s.name: s for s in systems_of(app)}
     sets = data_sets("devtest", ["en-es", "en-pt"], 32)
-    report = neuron_report(systems["base"], systems[MERGE], sets, "target", PRESETS["paper"],
-                                    ModelCache())
+    report = neuron_report(systems["base"], systems[MERGE], sets, "target", PRESETS["paper"], ModelCache())
     figs = charts(app)
     counts = [f for f in figs if f["data"][0]["type"] == "heatmap"]
     np.testing.assert_array_equal(array(counts[0]["data"][0]["z"]), report.base.counts)
@@ -315,8 +321,7 @@ def test_neurons_page_counts_equal_the_engines(app):
     app.selectbox(key="preset").set_value("lape").run()
     assert app.slider(key="top_rate").value == pytest.approx(0.05)
     assert app.toggle(key="filter_on").value is True
-    lape = neuron_report(systems["base"], systems[MERGE], sets, "target", PRESETS["lape"],
-                                  ModelCache())
+    lape = neuron_report(systems["base"], systems[MERGE], sets, "target", PRESETS["lape"], ModelCache())
     z = array([f for f in charts(app) if f["data"][0]["type"] == "heatmap"][1]["data"][0]["z"])
     np.testing.assert_array_equal(z, lape.finetune.counts)
 
@@ -385,8 +390,14 @@ def test_samples_page_shows_outputs_and_off_target_flags(app):
 
     app.toggle(key="off_target_only").set_value(True).run()
     filtered, _ = samples_html(app)
-    off = {i for s in results.values() for d in s.directions if d.direction == "en-es"
-           for i, x in enumerate(d.samples) if x.detected != "es"}
+    off = {
+        i
+        for s in results.values()
+        for d in s.directions
+        if d.direction == "en-es"
+        for i, x in enumerate(d.samples)
+        if x.detected != "es"
+    }
     assert {int(i) for i in filtered["item"]} == off
 
 
@@ -418,13 +429,21 @@ def test_sweep_curve_plots_the_engines_scores(app):
     values = sweep_values("task_arithmetic", "weight")
     np.testing.assert_allclose(array(avg["x"]), values)
     params = {"weight": 0.5, "density": 1.0, "normalize": False, "rescale": False, "int8_mask": False, "lambda": 1.0}
-    rows = sweep_curve("base", ["expert-en-es", "expert-en-pt"], "task_arithmetic", params, "weight", values,
-                                data_sets("devtest", ["en-es", "en-pt"], 32), ModelCache())
+    rows = sweep_curve(
+        "base",
+        ["expert-en-es", "expert-en-pt"],
+        "task_arithmetic",
+        params,
+        "weight",
+        values,
+        data_sets("devtest", ["en-es", "en-pt"], 32),
+        ModelCache(),
+    )
     expected = [r["chrf"] for r in rows if r["direction"] == "avg"]
     np.testing.assert_allclose(array(avg["y"]), expected, rtol=1e-9)
 
 
-def test_missing_model_roots_is_a_message(demo_env, monkeypatch, tmp_path):  # noqa: F811
+def test_missing_model_roots_is_a_message(demo_env, monkeypatch, tmp_path):
     monkeypatch.setenv("MERGESCOPE_MODEL_ROOTS", str(tmp_path / "nowhere"))
     get_settings.cache_clear()
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)

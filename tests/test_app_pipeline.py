@@ -23,17 +23,26 @@ from engine.settings import get_settings
 from tests.browser_harness import demo_env, tiny_zoo  # noqa: F401  (fixtures)
 
 
-@pytest.mark.parametrize("name, direction", [
-    ("expert-en-es", "en-es"), ("expert_es_en", "es-en"), ("qwen-en-hi", "en-hi"), ("hi2en", "hi-en"),
-    ("qwen_en_to_bn", "en-bn"), ("zoo/experts/en-ru", "en-ru"), ("base", None), ("joint", None),
-    ("expert-xx-yy", None),  # not language codes the prompt can name
-    ("wide-other", None),
-])
+@pytest.mark.parametrize(
+    "name, direction",
+    [
+        ("expert-en-es", "en-es"),
+        ("expert_es_en", "es-en"),
+        ("qwen-en-hi", "en-hi"),
+        ("hi2en", "hi-en"),
+        ("qwen_en_to_bn", "en-bn"),
+        ("zoo/experts/en-ru", "en-ru"),
+        ("base", None),
+        ("joint", None),
+        ("expert-xx-yy", None),  # not language codes the prompt can name
+        ("wide-other", None),
+    ],
+)
 def test_direction_from_name(name, direction):
     assert direction_from_name(name) == direction
 
 
-def test_data_sets_tell_dev_from_devtest_and_cut_to_n(demo_env):  # noqa: F811
+def test_data_sets_tell_dev_from_devtest_and_cut_to_n(demo_env):
     dev = data_sets("dev", ["en-pt", "en-es"], 3)
     assert [s.direction for s in dev] == ["en-es", "en-pt"]
     assert all(len(s) == 3 for s in dev)
@@ -42,7 +51,7 @@ def test_data_sets_tell_dev_from_devtest_and_cut_to_n(demo_env):  # noqa: F811
         data_sets("devtest", ["en-de"])
 
 
-def test_model_cache_builds_once_under_concurrent_requests(demo_env, monkeypatch):  # noqa: F811
+def test_model_cache_builds_once_under_concurrent_requests(demo_env, monkeypatch):
     system = checkpoint_system(checkpoints_by_label()["expert-en-es"])
     cache = ModelCache()
     calls = []
@@ -64,7 +73,7 @@ def test_model_cache_builds_once_under_concurrent_requests(demo_env, monkeypatch
     assert len({id(g) for g in got}) == 1 and cache.builds == 1
 
 
-def test_model_cache_drops_the_least_recently_used(demo_env):  # noqa: F811
+def test_model_cache_drops_the_least_recently_used(demo_env):
     by_label = checkpoints_by_label()
     systems = [checkpoint_system(by_label[n]) for n in ("base", "expert-en-es", "expert-en-pt")]
     one = ModelCache().get(systems[0]).weight_bytes
@@ -73,7 +82,7 @@ def test_model_cache_drops_the_least_recently_used(demo_env):  # noqa: F811
     assert systems[0].identity in cache and systems[2].identity in cache and systems[1].identity not in cache
 
 
-def test_model_cache_keeps_a_model_larger_than_its_budget_until_the_next(demo_env):  # noqa: F811
+def test_model_cache_keeps_a_model_larger_than_its_budget_until_the_next(demo_env):
     by_label = checkpoints_by_label()
     systems = [checkpoint_system(by_label[n]) for n in ("base", "expert-en-es")]
     cache = ModelCache(budget_bytes=1)
@@ -83,7 +92,7 @@ def test_model_cache_keeps_a_model_larger_than_its_budget_until_the_next(demo_en
     assert systems[1].identity in cache and systems[0].identity not in cache
 
 
-def test_the_model_memory_budget_is_a_setting_else_half_the_memory(demo_env, monkeypatch):  # noqa: F811
+def test_the_model_memory_budget_is_a_setting_else_half_the_memory(demo_env, monkeypatch):
     monkeypatch.setenv("MERGESCOPE_MODEL_MEMORY_GB", "0.5")
     get_settings.cache_clear()
     assert ModelCache().budget_bytes == 512 * 1024**2
@@ -98,7 +107,7 @@ def test_the_model_memory_budget_is_a_setting_else_half_the_memory(demo_env, mon
         default_device.cache_clear()  # the next test's settings choose its device again
 
 
-def test_warm_views_need_no_model(demo_env, monkeypatch):  # noqa: F811
+def test_warm_views_need_no_model(demo_env, monkeypatch):
     """Scores and captures come from the content-addressed cache: a second process (fresh
     ModelCache) shows the same results without loading or merging anything."""
     monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "4")
@@ -121,7 +130,7 @@ def test_warm_views_need_no_model(demo_env, monkeypatch):  # noqa: F811
     assert warm.builds == 0
 
 
-def test_scoring_reports_progress_only_for_systems_it_scores(demo_env, monkeypatch):  # noqa: F811
+def test_scoring_reports_progress_only_for_systems_it_scores(demo_env, monkeypatch):
     monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "4")
     get_settings.cache_clear()
     by_label = checkpoints_by_label()
@@ -137,22 +146,31 @@ def test_scoring_reports_progress_only_for_systems_it_scores(demo_env, monkeypat
     assert reports == [(2, 2)]
 
 
-def test_language_id_answers_among_the_data_languages_whatever_is_picked(demo_env, monkeypatch):  # noqa: F811
+def test_language_id_answers_among_the_data_languages_whatever_is_picked(demo_env, monkeypatch):
     """Picking a second direction neither re-translates the first (same cache entry) nor changes
     its off-target rate: language ID answers among every language of the data (en, es, pt here),
     not only the languages of the directions on screen."""
-    evaluate_module = importlib.import_module("engine.translate.evaluate")  # the package exports a function of that name
+    evaluate_module = importlib.import_module(
+        "engine.translate.evaluate"
+    )  # the package exports a function of that name
     generate = importlib.import_module("engine.translate.generate")
 
     monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "4")
     get_settings.cache_clear()
     translated, asked = [], []
     real_generate, real_detect = generate.generate_translations, evaluate_module.detect
-    monkeypatch.setattr(generate, "generate_translations",
-                        lambda model, tok, sources, src, tgt, *a, **k: translated.append(f"{src}-{tgt}")
-                        or real_generate(model, tok, sources, src, tgt, *a, **k))
-    monkeypatch.setattr(evaluate_module, "detect", lambda texts, languages: asked.append(tuple(languages))
-                        or real_detect(texts, languages))
+    monkeypatch.setattr(
+        generate,
+        "generate_translations",
+        lambda model, tok, sources, src, tgt, *a, **k: (
+            translated.append(f"{src}-{tgt}") or real_generate(model, tok, sources, src, tgt, *a, **k)
+        ),
+    )
+    monkeypatch.setattr(
+        evaluate_module,
+        "detect",
+        lambda texts, languages: asked.append(tuple(languages)) or real_detect(texts, languages),
+    )
     base = checkpoint_system(checkpoints_by_label()["base"])
     models = ModelCache()
 
@@ -163,9 +181,14 @@ def test_language_id_answers_among_the_data_languages_whatever_is_picked(demo_en
     assert two[0].directions[0] == one[0].directions[0]
 
 
-def test_recipe_round_trip_through_the_view(demo_env):  # noqa: F811
-    recipe = build_recipe("base", ["expert-en-es", "expert-es-en"], "task_arithmetic",
-                                   {"weight": 0.3, "normalize": True}, {"density": [0.2, 0.9]})
+def test_recipe_round_trip_through_the_view(demo_env):
+    recipe = build_recipe(
+        "base",
+        ["expert-en-es", "expert-es-en"],
+        "task_arithmetic",
+        {"weight": 0.3, "normalize": True},
+        {"density": [0.2, 0.9]},
+    )
     view = recipe_view(parse_recipe(recipe_yaml(recipe)))
     assert (view.base, view.experts, view.method) == ("base", ["expert-en-es", "expert-es-en"], "task_arithmetic")
     assert view.params["weight"] == pytest.approx(0.3) and view.params["normalize"] is True
@@ -175,7 +198,7 @@ def test_recipe_round_trip_through_the_view(demo_env):  # noqa: F811
         build_recipe("base", ["nowhere"], "ties", {"weight": 1.0})
 
 
-def test_prefetch_fills_the_cache_so_the_foreground_loads_nothing(demo_env, monkeypatch):  # noqa: F811
+def test_prefetch_fills_the_cache_so_the_foreground_loads_nothing(demo_env, monkeypatch):
     monkeypatch.setenv("MERGESCOPE_MAX_NEW_TOKENS", "4")
     get_settings.cache_clear()
     by_label = checkpoints_by_label()

@@ -44,7 +44,7 @@ def en_x_experts(app) -> list[str]:
     return experts[:2]
 
 
-def test_merge_scores_layers_samples_and_shared_link(dashboard, browser):  # noqa: F811
+def test_merge_scores_layers_samples_and_shared_link(dashboard, browser):
     server = dashboard.server
     experts = en_x_experts(dashboard)
     context = browser.new_context(viewport=VIEWPORT)
@@ -139,7 +139,7 @@ def test_merge_scores_layers_samples_and_shared_link(dashboard, browser):  # noq
     context.close()
 
 
-def test_bad_recipe_and_incompatible_pair_show_readable_errors(dashboard, browser):  # noqa: F811
+def test_bad_recipe_and_incompatible_pair_show_readable_errors(dashboard, browser):
     server = dashboard.server
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
@@ -165,7 +165,7 @@ def test_bad_recipe_and_incompatible_pair_show_readable_errors(dashboard, browse
     context.close()
 
 
-def test_a_protocol_session_is_sent_what_a_browser_is(dashboard):  # noqa: F811
+def test_a_protocol_session_is_sent_what_a_browser_is(dashboard):
     """bench_dashboard's --remote-users stands users in for browsers with bench/protocol_session.py:
     its runs must be the dashboard's real pages, and a broken one must show as broken."""
     from bench.bench_dashboard import remote_page_shown
@@ -186,7 +186,7 @@ def test_a_protocol_session_is_sent_what_a_browser_is(dashboard):  # noqa: F811
         assert not remote_page_shown(run, "Models & merge")
 
 
-def test_the_server_listens_on_localhost_only(dashboard):  # noqa: F811
+def test_the_server_listens_on_localhost_only(dashboard):
     """The test server is started as `make demo` starts it, with no address given: the project's
     .streamlit/config.toml must keep it off every interface but the loopback."""
     server = psutil.Process(dashboard.server.process.pid)

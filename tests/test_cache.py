@@ -173,8 +173,10 @@ def test_two_processes_racing_on_one_key_compute_once(tmp_path):
     evidence = tmp_path / "evidence"
     evidence.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", RACE_WORKER, str(tmp_path / "c"), str(evidence), str(i)], env=env)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RACE_WORKER, str(tmp_path / "c"), str(evidence), str(i)], env=env)
+        for i in range(2)
+    ]
     deadline = time.time() + 120
     while len(list(evidence.glob("ready-*"))) < 2:
         assert time.time() < deadline and all(p.poll() is None for p in procs), "a race worker did not start"

@@ -15,7 +15,8 @@ from engine.settings import cache_store
 from tests.tiny_models import FAMILIES, make_model, make_tokenizer
 
 PAIRS = ParallelSet(
-    "en", "de",
+    "en",
+    "de",
     ("twenty-one thousand three hundred and four", "the first of January", "one", "nineteen ninety-nine euros", "four"),
     ("einundzwanzigtausenddreihundertvier", "der erste Januar", "eins", "neunzehnhundertneunundneunzig Euro", "vier"),
     name="tiny-en-de",
@@ -32,10 +33,15 @@ def reference(model, tokenizer, pairs):
     encoded = encode_pairs(tokenizer, pairs)
     layers = model.model.layers
     n_layers, d_mlp = len(layers), model.config.intermediate_size
-    hidden = {s: torch.zeros(n_layers + 1, len(encoded), model.config.hidden_size, dtype=torch.float64) for s in ("source", "target")}
+    hidden = {
+        s: torch.zeros(n_layers + 1, len(encoded), model.config.hidden_size, dtype=torch.float64)
+        for s in ("source", "target")
+    }
     active = {s: torch.zeros(n_layers, d_mlp, dtype=torch.long) for s in ("source", "target")}
     mlp_inputs = {}
-    handles = [l.mlp.register_forward_pre_hook(lambda m, a, i=i: mlp_inputs.__setitem__(i, a[0])) for i, l in enumerate(layers)]
+    handles = [
+        l.mlp.register_forward_pre_hook(lambda m, a, i=i: mlp_inputs.__setitem__(i, a[0])) for i, l in enumerate(layers)
+    ]
     try:
         for n, e in enumerate(encoded):
             with torch.no_grad():
@@ -89,7 +95,9 @@ def test_hooks_always_removed_and_training_flag_restored(tokenizer):
 
 
 def test_unsupported_family_named(tokenizer):
-    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=len(tokenizer)))
+    gpt2 = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=len(tokenizer))
+    )
     with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel: no decoder block list at .model.layers"):
         capture(gpt2, tokenizer, PAIRS)
     llama = make_model("llama", vocab_size=len(tokenizer))
@@ -137,12 +145,32 @@ def test_analyze_cli_end_to_end(model_root, tmp_path):
     from tests.tiny_models import save_checkpoint
 
     base = save_checkpoint(model_root / "base", seed=1)
-    tuned = save_checkpoint(model_root / "tuned", base=make_model("qwen2", seed=1, vocab_size=len(make_tokenizer())), seed=2, delta_scale=0.05)
+    tuned = save_checkpoint(
+        model_root / "tuned",
+        base=make_model("qwen2", seed=1, vocab_size=len(make_tokenizer())),
+        seed=2,
+        delta_scale=0.05,
+    )
     save_jsonl(PAIRS, tmp_path / "en-de.jsonl")
-    save_jsonl(ParallelSet("en", "ru", PAIRS.sources, ("один", "два", "три", "четыре", "пять")), tmp_path / "en-ru.jsonl")
+    save_jsonl(
+        ParallelSet("en", "ru", PAIRS.sources, ("один", "два", "три", "четыре", "пять")), tmp_path / "en-ru.jsonl"
+    )
     out = tmp_path / "report.json"
-    args = ["analyze", "--models", str(base), str(tuned), "--data", str(tmp_path / "en-de.jsonl"), str(tmp_path / "en-ru.jsonl"),
-            "--span", "tgt", "--out", str(out), "--batch-size", "2"]
+    args = [
+        "analyze",
+        "--models",
+        str(base),
+        str(tuned),
+        "--data",
+        str(tmp_path / "en-de.jsonl"),
+        str(tmp_path / "en-ru.jsonl"),
+        "--span",
+        "tgt",
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+    ]
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert [m["name"] for m in report["models"]] == ["base", "tuned"]
@@ -156,7 +184,12 @@ def test_analyze_cli_end_to_end(model_root, tmp_path):
     # A second run is served from the cache; a one-sentence data file is refused before any work.
     assert main(args) == 0 and len(cache_store().entries()) == 4
     save_jsonl(PAIRS.head(1), tmp_path / "one.jsonl")
-    assert main(["analyze", "--models", str(base), "--data", str(tmp_path / "one.jsonl"), "--out", str(tmp_path / "x.json")]) == 2
+    assert (
+        main(
+            ["analyze", "--models", str(base), "--data", str(tmp_path / "one.jsonl"), "--out", str(tmp_path / "x.json")]
+        )
+        == 2
+    )
     assert not (tmp_path / "x.json").exists()
 
 
@@ -169,7 +202,9 @@ def test_language_rates_pool_data_sets_by_span_language(tokenizer):
     ru = capture(model, tokenizer, ParallelSet("en", "ru", PAIRS.sources, ("один", "два", "три", "четыре", "пять")))
     languages, rates = language_rates([de, ru, de2], "target")
     assert languages == ("de", "ru") and rates.shape == (4, 64, 2)
-    expected_de = (de.active["target"] + de2.active["target"]).double() / (de.tokens["target"].sum() + de2.tokens["target"].sum())
+    expected_de = (de.active["target"] + de2.active["target"]).double() / (
+        de.tokens["target"].sum() + de2.tokens["target"].sum()
+    )
     torch.testing.assert_close(rates[..., 0], expected_de)
     torch.testing.assert_close(rates[..., 1], ru.rates("target"))
     assert language_rates([de, ru], "source")[0] == ("en",)

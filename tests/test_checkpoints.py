@@ -31,7 +31,7 @@ def test_discovery_lists_single_file_and_sharded_checkpoints_and_says_why_others
 
     assert [c.name for c in found.checkpoints] == ["sharded", "single"]
     assert len(found.checkpoints[0].shards) > 1
-    (refused_path, reason), = found.refused
+    ((refused_path, reason),) = found.refused
     assert refused_path.endswith("pickled") and "pytorch_model.bin" in reason and "safetensors only" in reason
 
 
@@ -97,7 +97,10 @@ def test_compatibility_names_every_mismatch_at_once(model_root):
     retok = save_checkpoint(model_root / "retok")
     tok = json.loads((retok / "tokenizer.json").read_text())
     first, second = list(tok["model"]["vocab"])[300:302]
-    tok["model"]["vocab"][first], tok["model"]["vocab"][second] = tok["model"]["vocab"][second], tok["model"]["vocab"][first]
+    tok["model"]["vocab"][first], tok["model"]["vocab"][second] = (
+        tok["model"]["vocab"][second],
+        tok["model"]["vocab"][first],
+    )
     (retok / "tokenizer.json").write_text(json.dumps(tok))
 
     ck.check_compatible([base, ck.open_checkpoint(save_checkpoint(model_root / "twin", seed=5))])
@@ -110,8 +113,13 @@ def test_compatibility_names_every_mismatch_at_once(model_root):
     assert "retok" in message and "tokenizer vocabularies differ" in message
 
     # The digest is remembered per version of the file: restoring the vocabulary is seen at once.
-    tok["model"]["vocab"][first], tok["model"]["vocab"][second] = tok["model"]["vocab"][second], tok["model"]["vocab"][first]
-    (retok / "tokenizer.json").write_text(json.dumps(tok) + " ")  # one byte longer: a new version even within the mtime's resolution
+    tok["model"]["vocab"][first], tok["model"]["vocab"][second] = (
+        tok["model"]["vocab"][second],
+        tok["model"]["vocab"][first],
+    )
+    (retok / "tokenizer.json").write_text(
+        json.dumps(tok) + " "
+    )  # one byte longer: a new version even within the mtime's resolution
     ck.check_compatible([base, ck.open_checkpoint(retok)])
 
 
@@ -207,7 +215,11 @@ def test_checkpoints_cli_lists_what_discovery_finds(model_root):
     save_checkpoint(model_root / "alpha")
     out = subprocess.run(
         [sys.executable, "-m", "engine", "checkpoints", "--json", "--fingerprint"],
-        capture_output=True, text=True, cwd=REPO_ROOT, env=os.environ, check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=os.environ,
+        check=True,
     ).stdout
     (row,) = json.loads(out)["checkpoints"]
     assert row["name"] == "alpha" and row["fingerprint"] == ck.fingerprint(model_root / "alpha")

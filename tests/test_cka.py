@@ -24,7 +24,9 @@ def numpy_unbiased_hsic(x: np.ndarray, y: np.ndarray) -> float:
     np.fill_diagonal(k, 0)
     np.fill_diagonal(l, 0)
     one = np.ones(n)
-    return (np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * (one @ k @ l @ one)) / (n * (n - 3))
+    return (
+        np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * (one @ k @ l @ one)
+    ) / (n * (n - 3))
 
 
 def numpy_debiased_cka(x, y) -> float:

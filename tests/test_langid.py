@@ -14,13 +14,16 @@ from engine.translate.langid import UNDETERMINED, check_languages, detect, off_t
 PLAY = ["en", "es", "pt", "ru"]
 
 
-@pytest.mark.parametrize("text, lang", [
-    ("the first of January, nineteen ninety-nine", "en"),
-    ("el gato duerme en el sofá caliente", "es"),
-    ("двадцать одна тысяча триста четыре евро", "ru"),
-    ("", UNDETERMINED),
-    ("12 345", UNDETERMINED),
-])
+@pytest.mark.parametrize(
+    "text, lang",
+    [
+        ("the first of January, nineteen ninety-nine", "en"),
+        ("el gato duerme en el sofá caliente", "es"),
+        ("двадцать одна тысяча триста четыре евро", "ru"),
+        ("", UNDETERMINED),
+        ("12 345", UNDETERMINED),
+    ],
+)
 def test_detect_among_languages_in_play(text, lang):
     assert detect([text], PLAY) == [lang]
 
@@ -37,11 +40,14 @@ def test_unknown_language_is_an_error_naming_it():
         check_languages(["en", "xx"])
 
 
-@pytest.mark.parametrize("detected, ref_detected, tgt, expected", [
-    (["es", "es", "en", "und"], ["es", "es", "es", "es"], "es", (0.5, 0.5, 0.0)),
-    (["pt", "es"], ["pt", "es"], "es", (0.5, 0.0, 0.5)),      # identifier calls a reference pt: no blame on output
-    (["en", "en"], ["ru", "ru"], "ru", (1.0, 1.0, 0.0)),
-])
+@pytest.mark.parametrize(
+    "detected, ref_detected, tgt, expected",
+    [
+        (["es", "es", "en", "und"], ["es", "es", "es", "es"], "es", (0.5, 0.5, 0.0)),
+        (["pt", "es"], ["pt", "es"], "es", (0.5, 0.0, 0.5)),  # identifier calls a reference pt: no blame on output
+        (["en", "en"], ["ru", "ru"], "ru", (1.0, 1.0, 0.0)),
+    ],
+)
 def test_off_target_rates(detected, ref_detected, tgt, expected):
     rates = off_target_rates(detected, ref_detected, tgt)
     assert (rates.off_target, rates.off_target_ref, rates.reference_miss) == pytest.approx(expected)
@@ -51,9 +57,11 @@ def test_concurrent_detection_with_different_language_sets():
     # One thread's restriction must never leak into another's check or answer.
     from concurrent.futures import ThreadPoolExecutor
 
-    jobs = [(["el gato duerme en el sofá caliente"], ["es", "pt"], "es"),
-            (["двадцать одна тысяча триста четыре евро"], ["en", "ru"], "ru"),
-            (["the first of January, nineteen ninety-nine"], ["de", "en"], "en")] * 30
+    jobs = [
+        (["el gato duerme en el sofá caliente"], ["es", "pt"], "es"),
+        (["двадцать одна тысяча триста четыре евро"], ["en", "ru"], "ru"),
+        (["the first of January, nineteen ninety-nine"], ["de", "en"], "en"),
+    ] * 30
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda job: detect(job[0], job[1])[0], jobs))
     assert answers == [expected for _, _, expected in jobs]

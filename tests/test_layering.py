@@ -37,8 +37,10 @@ def import_graph() -> dict[str, set[str]]:
     files = {module_name(p): p for package in PACKAGES for p in (REPO_ROOT / package).rglob("*.py")}
     modules = set(files)
     # A package's __init__ re-exporting its modules is not an arrow between those modules.
-    return {name: {m for m in imports_of(path, modules) if not (path.name == "__init__.py" and m.startswith(name + "."))}
-            for name, path in files.items()}
+    return {
+        name: {m for m in imports_of(path, modules) if not (path.name == "__init__.py" and m.startswith(name + "."))}
+        for name, path in files.items()
+    }
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -73,8 +75,11 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_cache_imports_nothing_of_the_engine():
-    upward = {name: sorted(m for m in deps if m.split(".")[0] == "engine")
-              for name, deps in import_graph().items() if name.split(".")[0] == "cache"}
+    upward = {
+        name: sorted(m for m in deps if m.split(".")[0] == "engine")
+        for name, deps in import_graph().items()
+        if name.split(".")[0] == "cache"
+    }
     assert {name: deps for name, deps in upward.items() if deps} == {}
 
 

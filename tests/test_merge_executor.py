@@ -15,7 +15,13 @@ from safetensors.torch import load_file, save_file
 
 import engine.merge.executor as executor
 from engine.__main__ import main
-from engine.errors import CheckpointError, IncompatibleModelsError, InsufficientMemoryError, MergeScopeError, PathNotAllowedError
+from engine.errors import (
+    CheckpointError,
+    IncompatibleModelsError,
+    InsufficientMemoryError,
+    MergeScopeError,
+    PathNotAllowedError,
+)
 from engine.merge import estimate_memory, iter_merged, merge_into_model, plan_merge, save_merge
 from engine.recipe import loads
 from engine.settings import get_settings
@@ -62,12 +68,16 @@ def test_live_model_equals_saved_checkpoint_and_runs(zoo, tmp_path):
     live = model.state_dict()
     for name, tensor in saved.items():
         assert torch.equal(live[name], tensor.to(live[name].dtype)), name
-    assert {"config.json", "tokenizer.json", "chat_template.jinja", "mergekit_config.yml", "README.md"} <= {p.name for p in out.iterdir()}
+    assert {"config.json", "tokenizer.json", "chat_template.jinja", "mergekit_config.yml", "README.md"} <= {
+        p.name for p in out.iterdir()
+    }
     assert loads((out / "mergekit_config.yml").read_text()) == recipe
     card = (out / "README.md").read_text()
     assert "TIES" in card and "arxiv.org/abs/2306.01708" in card and "Recipe hash" in card
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "twenty-one"}], add_generation_prompt=True, return_tensors="pt")
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "twenty-one"}], add_generation_prompt=True, return_tensors="pt"
+    )
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, reloaded(ids).logits)
@@ -108,9 +118,11 @@ def test_row_chunk_streaming_from_checkpoints_equals_whole_tensors(zoo, monkeypa
 
 def test_per_layer_schedule_and_filters_hit_the_right_tensors(zoo):
     root, _ = zoo
-    text = (f"merge_method: task_arithmetic\nbase_model: {root / 'base'}\nmodels:\n"
-            f"  - model: {root / 'e1'}\n    parameters:\n"
-            "      weight: [{filter: self_attn, value: 0.0}, {value: [0.0, 1.0]}]\n")
+    text = (
+        f"merge_method: task_arithmetic\nbase_model: {root / 'base'}\nmodels:\n"
+        f"  - model: {root / 'e1'}\n    parameters:\n"
+        "      weight: [{filter: self_attn, value: 0.0}, {value: [0.0, 1.0]}]\n"
+    )
     merged = dict(iter_merged(plan_merge(loads(text)), "cpu"))
     base = load_file(root / "base" / "model.safetensors")
     expert = load_file(root / "e1" / "model.safetensors")
@@ -139,7 +151,9 @@ def _damaged_copy(root: Path, scratch: Path, name: str, tensor_name: str, value:
 
 @pytest.mark.parametrize("method, weight", [("ties", "0.5"), ("task_arithmetic", "0.5"), ("task_arithmetic", "0.0")])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_nan_or_inf_input_is_refused_naming_file_and_tensor_without_partial_output(zoo, tmp_path, value, method, weight):
+def test_nan_or_inf_input_is_refused_naming_file_and_tensor_without_partial_output(
+    zoo, tmp_path, value, method, weight
+):
     # The task-arithmetic family checks its outputs, not its inputs: a NaN/Inf input must reach
     # the output even when its model's weight is 0 or its entry is trimmed away.
     root, scratch = zoo
@@ -160,7 +174,10 @@ def test_merge_that_would_not_fit_is_refused_before_starting(zoo, tmp_path, monk
     params = sum(math.prod(t.shape) for t in load_file(root / "base" / "model.safetensors").values())
     assert est.host_bytes >= params * 4  # the live model itself, in float32
     monkeypatch.setattr(executor, "available_memory", lambda device: (10_000, None))
-    with pytest.raises(InsufficientMemoryError, match=r"recipe.yaml: merge refused before starting: it needs about .* GiB .* 0.00 GiB available"):
+    with pytest.raises(
+        InsufficientMemoryError,
+        match=r"recipe.yaml: merge refused before starting: it needs about .* GiB .* 0.00 GiB available",
+    ):
         save_merge(recipe, tmp_path / "out", device="cpu")
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
     with pytest.raises(InsufficientMemoryError):
@@ -224,7 +241,10 @@ def test_tied_embedding_models_merge_into_a_live_model(model_root):
     """The demo zoo ties lm_head to the embedding: the live merge must keep them one tensor."""
     base_path = save_checkpoint(model_root / "base", tie_word_embeddings=True)
     base = transformers.AutoModelForCausalLM.from_pretrained(base_path)
-    experts = [save_checkpoint(model_root / f"e{i}", base=base, delta_scale=0.05, seed=i, tie_word_embeddings=True) for i in (1, 2)]
+    experts = [
+        save_checkpoint(model_root / f"e{i}", base=base, delta_scale=0.05, seed=i, tie_word_embeddings=True)
+        for i in (1, 2)
+    ]
     recipe = loads(
         f"merge_method: task_arithmetic\nbase_model: {base_path}\nmodels:\n"
         + "".join(f"  - model: {e}\n    parameters: {{weight: 0.5}}\n" for e in experts),
@@ -234,7 +254,9 @@ def test_tied_embedding_models_merge_into_a_live_model(model_root):
 
     # Reference: base + 0.5 * sum of task vectors, in float64 from the saved files.
     tensors = [load_file(p / "model.safetensors") for p in (base_path, *experts)]
-    expected = {n: (t.double() + sum(0.5 * (e[n].double() - t.double()) for e in tensors[1:])) for n, t in tensors[0].items()}
+    expected = {
+        n: (t.double() + sum(0.5 * (e[n].double() - t.double()) for e in tensors[1:])) for n, t in tensors[0].items()
+    }
     live = model.state_dict()
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     for name, value in expected.items():

@@ -52,45 +52,113 @@ def _config(family_dir: Path, case: str) -> dict:
     """The recipe of each case (base = `base`, experts e1..e3)."""
     b = str(family_dir / "base")
     c = {
-        "linear": dict(merge_method="linear", models=_models(family_dir, [
-            ("e1", {"weight": 0.5}), ("e2", {"weight": [0.2, 1.0]}), ("base", {"weight": 0.3})])),
-        "linear_filters_unnormalized": dict(merge_method="linear", parameters={"normalize": False}, models=_models(
-            family_dir, [("e1", {"weight": [{"filter": "mlp", "value": 0.7}, {"value": 0.2}]}), ("e2", {"weight": 0.4})])),
-        "task_arithmetic": dict(merge_method="task_arithmetic", base_model=b, parameters={"lambda": 0.8},
-                                models=_models(family_dir, [("e1", {"weight": [0.1, 0.9, 0.4]}), ("e2", {"weight": 0.5}),
-                                                            ("e3", {"weight": -0.3})])),
-        "ties": dict(merge_method="ties", base_model=b, parameters={"int8_mask": True},
-                     models=_models(family_dir, [("e1", {"weight": [0.2, 1.0], "density": 0.5}),
-                                                 ("e2", {"weight": 0.6, "density": 0.3}), ("e3", {"weight": 1.0, "density": 0.8})])),
+        "linear": dict(
+            merge_method="linear",
+            models=_models(
+                family_dir, [("e1", {"weight": 0.5}), ("e2", {"weight": [0.2, 1.0]}), ("base", {"weight": 0.3})]
+            ),
+        ),
+        "linear_filters_unnormalized": dict(
+            merge_method="linear",
+            parameters={"normalize": False},
+            models=_models(
+                family_dir,
+                [("e1", {"weight": [{"filter": "mlp", "value": 0.7}, {"value": 0.2}]}), ("e2", {"weight": 0.4})],
+            ),
+        ),
+        "task_arithmetic": dict(
+            merge_method="task_arithmetic",
+            base_model=b,
+            parameters={"lambda": 0.8},
+            models=_models(
+                family_dir, [("e1", {"weight": [0.1, 0.9, 0.4]}), ("e2", {"weight": 0.5}), ("e3", {"weight": -0.3})]
+            ),
+        ),
+        "ties": dict(
+            merge_method="ties",
+            base_model=b,
+            parameters={"int8_mask": True},
+            models=_models(
+                family_dir,
+                [
+                    ("e1", {"weight": [0.2, 1.0], "density": 0.5}),
+                    ("e2", {"weight": 0.6, "density": 0.3}),
+                    ("e3", {"weight": 1.0, "density": 0.8}),
+                ],
+            ),
+        ),
         "ties_global_filters_rescale": dict(
-            merge_method="ties", base_model=b,
-            parameters={"density": [{"filter": "mlp", "value": 0.3}, {"value": [0.9, 0.4]}], "weight": 0.5,
-                        "normalize": False, "rescale": True},
-            models=_models(family_dir, [("e1", None), ("e2", {"weight": 0.9}), ("e3", None)])),
-        "breadcrumbs": dict(merge_method="breadcrumbs", base_model=b, parameters={"weight": 0.5},
-                            models=_models(family_dir, [("e1", {"density": 0.8, "gamma": 0.05}), ("e2", {"density": 0.6})])),
-        "breadcrumbs_ties": dict(merge_method="breadcrumbs_ties", base_model=b,
-                                 parameters={"weight": 0.4, "density": 0.6, "gamma": 0.02},
-                                 models=_models(family_dir, [("e1", None), ("e2", None), ("e3", None)])),
-        "sce": dict(merge_method="sce", base_model=b, parameters={"select_topk": 0.4},
-                    models=_models(family_dir, [("e1", None), ("e2", None), ("e3", None)])),
-        "slerp_schedule": dict(merge_method="slerp", base_model=b, parameters={"t": [0.0, 0.5, 1.0]},
-                               models=_models(family_dir, [("e1", None)])),
-        "slerp_filters": dict(merge_method="slerp", base_model=b,
-                              parameters={"t": [{"filter": "self_attn", "value": 0.3}, {"value": 0.8}]},
-                              models=_models(family_dir, [("base", None), ("e2", None)])),
-        "model_stock": dict(merge_method="model_stock", base_model=b, models=_models(family_dir, [("e1", None), ("e2", None), ("e3", None)])),
-        "model_stock_filter_wise": dict(merge_method="model_stock", base_model=b, parameters={"filter_wise": True},
-                                        models=_models(family_dir, [("e1", None), ("e2", None)])),
-        "nuslerp_base": dict(merge_method="nuslerp", base_model=b,
-                             models=_models(family_dir, [("e1", {"weight": 0.3}), ("e2", {"weight": 0.7})])),
-        "nuslerp_rows": dict(merge_method="nuslerp", parameters={"nuslerp_row_wise": True, "nuslerp_flatten": False},
-                             models=_models(family_dir, [("e1", {"weight": 1.0}), ("e3", {"weight": 0.5})])),
+            merge_method="ties",
+            base_model=b,
+            parameters={
+                "density": [{"filter": "mlp", "value": 0.3}, {"value": [0.9, 0.4]}],
+                "weight": 0.5,
+                "normalize": False,
+                "rescale": True,
+            },
+            models=_models(family_dir, [("e1", None), ("e2", {"weight": 0.9}), ("e3", None)]),
+        ),
+        "breadcrumbs": dict(
+            merge_method="breadcrumbs",
+            base_model=b,
+            parameters={"weight": 0.5},
+            models=_models(family_dir, [("e1", {"density": 0.8, "gamma": 0.05}), ("e2", {"density": 0.6})]),
+        ),
+        "breadcrumbs_ties": dict(
+            merge_method="breadcrumbs_ties",
+            base_model=b,
+            parameters={"weight": 0.4, "density": 0.6, "gamma": 0.02},
+            models=_models(family_dir, [("e1", None), ("e2", None), ("e3", None)]),
+        ),
+        "sce": dict(
+            merge_method="sce",
+            base_model=b,
+            parameters={"select_topk": 0.4},
+            models=_models(family_dir, [("e1", None), ("e2", None), ("e3", None)]),
+        ),
+        "slerp_schedule": dict(
+            merge_method="slerp",
+            base_model=b,
+            parameters={"t": [0.0, 0.5, 1.0]},
+            models=_models(family_dir, [("e1", None)]),
+        ),
+        "slerp_filters": dict(
+            merge_method="slerp",
+            base_model=b,
+            parameters={"t": [{"filter": "self_attn", "value": 0.3}, {"value": 0.8}]},
+            models=_models(family_dir, [("base", None), ("e2", None)]),
+        ),
+        "model_stock": dict(
+            merge_method="model_stock",
+            base_model=b,
+            models=_models(family_dir, [("e1", None), ("e2", None), ("e3", None)]),
+        ),
+        "model_stock_filter_wise": dict(
+            merge_method="model_stock",
+            base_model=b,
+            parameters={"filter_wise": True},
+            models=_models(family_dir, [("e1", None), ("e2", None)]),
+        ),
+        "nuslerp_base": dict(
+            merge_method="nuslerp",
+            base_model=b,
+            models=_models(family_dir, [("e1", {"weight": 0.3}), ("e2", {"weight": 0.7})]),
+        ),
+        "nuslerp_rows": dict(
+            merge_method="nuslerp",
+            parameters={"nuslerp_row_wise": True, "nuslerp_flatten": False},
+            models=_models(family_dir, [("e1", {"weight": 1.0}), ("e3", {"weight": 0.5})]),
+        ),
     }
     for name in ("dare_linear", "dare_ties", "della", "della_linear"):
-        c[f"{name}_density1"] = dict(merge_method=name, base_model=b, parameters={"density": 1.0},
-                                     models=_models(family_dir, [("e1", {"weight": 0.7}), ("e2", {"weight": 0.4}),
-                                                                 ("e3", {"weight": [0.1, 0.6]})]))
+        c[f"{name}_density1"] = dict(
+            merge_method=name,
+            base_model=b,
+            parameters={"density": 1.0},
+            models=_models(
+                family_dir, [("e1", {"weight": 0.7}), ("e2", {"weight": 0.4}), ("e3", {"weight": [0.1, 0.6]})]
+            ),
+        )
     cfg = c[case]
     cfg["dtype"] = "float32"
     return cfg
@@ -120,10 +188,26 @@ def _rel_errors(ours: dict, theirs: dict) -> dict[str, float]:
     }
 
 
-CASES = ["linear", "linear_filters_unnormalized", "task_arithmetic", "ties", "ties_global_filters_rescale", "breadcrumbs",
-         "breadcrumbs_ties", "sce", "slerp_schedule", "slerp_filters", "model_stock", "model_stock_filter_wise",
-         "nuslerp_base", "nuslerp_rows", "dare_linear_density1", "dare_ties_density1", "della_density1",
-         "della_linear_density1"]
+CASES = [
+    "linear",
+    "linear_filters_unnormalized",
+    "task_arithmetic",
+    "ties",
+    "ties_global_filters_rescale",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "sce",
+    "slerp_schedule",
+    "slerp_filters",
+    "model_stock",
+    "model_stock_filter_wise",
+    "nuslerp_base",
+    "nuslerp_rows",
+    "dare_linear_density1",
+    "dare_ties_density1",
+    "della_density1",
+    "della_linear_density1",
+]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -148,14 +232,24 @@ def _delta_stats(merged: dict, base: dict) -> tuple[float, float]:
     return changed / total, l1 / total
 
 
-@pytest.mark.parametrize("method,density,extra", [
-    ("dare_linear", 0.3, {}), ("dare_ties", 0.5, {}), ("della_linear", 0.5, {"epsilon": 0.2}), ("della", 0.4, {"epsilon": 0.1}),
-])
+@pytest.mark.parametrize(
+    "method,density,extra",
+    [
+        ("dare_linear", 0.3, {}),
+        ("dare_ties", 0.5, {}),
+        ("della_linear", 0.5, {"epsilon": 0.2}),
+        ("della", 0.4, {"epsilon": 0.1}),
+    ],
+)
 def test_random_dropping_matches_mergekit_in_distribution(zoo, tmp_path, method, density, extra):
     family_dir = zoo / "qwen2"
-    cfg = dict(merge_method=method, base_model=str(family_dir / "base"), dtype="float32",
-               parameters={"density": density, "weight": 1.0, **extra},
-               models=_models(family_dir, [("e1", None)] if method.endswith("linear") else [("e1", None), ("e2", None)]))
+    cfg = dict(
+        merge_method=method,
+        base_model=str(family_dir / "base"),
+        dtype="float32",
+        parameters={"density": density, "weight": 1.0, **extra},
+        models=_models(family_dir, [("e1", None)] if method.endswith("linear") else [("e1", None), ("e2", None)]),
+    )
     base = load_file(family_dir / "base" / "model.safetensors")
     theirs = _delta_stats(_mergekit(cfg, tmp_path / "mk"), base)
     ours = _delta_stats(_ours(cfg, seed=1), base)
@@ -176,7 +270,9 @@ def test_our_yaml_runs_in_mergekit_cli_and_our_checkpoint_matches(zoo, tmp_path)
     recipe_file = tmp_path / "recipe.yaml"
     recipe.save(recipe_file)
     cli = Path(sys.executable).with_name("mergekit-yaml")
-    subprocess.run([str(cli), str(recipe_file), str(tmp_path / "mk"), "--quiet"], check=True, capture_output=True, timeout=240)
+    subprocess.run(
+        [str(cli), str(recipe_file), str(tmp_path / "mk"), "--quiet"], check=True, capture_output=True, timeout=240
+    )
     out = save_merge(recipe, tmp_path / "ours", device="cpu")
     theirs = load_file(tmp_path / "mk" / "model.safetensors")
     ours = load_file(out / "model.safetensors")

@@ -43,12 +43,34 @@ def _merge(name, base, models, seed=0, **params):
     return spec.merge(base, models, seed=seed, **values)
 
 
-GTA = ["task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"]
+GTA = [
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+]
 
 
 def test_registry_has_mergekits_names_with_papers():
-    assert set(methods()) == {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs",
-                              "breadcrumbs_ties", "della", "della_linear", "sce", "slerp", "model_stock", "nuslerp"}
+    assert set(methods()) == {
+        "linear",
+        "task_arithmetic",
+        "ties",
+        "dare_linear",
+        "dare_ties",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "della",
+        "della_linear",
+        "sce",
+        "slerp",
+        "model_stock",
+        "nuslerp",
+    }
     for spec in methods().values():
         assert spec.display_name and spec.paper.startswith("https://")
     with pytest.raises(RecipeError, match="unknown merge_method 'tie'.*ties"):

@@ -52,7 +52,9 @@ def test_two_language_neuron_assigned_to_both():
     rates = np.full((3, 10, 3), 0.4)
     rates += np.linspace(0, 0.05, 30).reshape(3, 10, 1)  # distinct, near-uniform background
     rates[1, 7] = [0.95, 0.9, 0.01]
-    result = neurons.select_language_neurons(rates, ("en", "hi", "ta"), neurons.LapeSettings(top_rate=0.04, activation_bar=0.9))
+    result = neurons.select_language_neurons(
+        rates, ("en", "hi", "ta"), neurons.LapeSettings(top_rate=0.04, activation_bar=0.9)
+    )
     assert result.neurons[1]["en"].tolist() == [7] and result.neurons[1]["hi"].tolist() == [7]
     assert result.neurons[1]["ta"].tolist() == []
 
@@ -104,7 +106,9 @@ def test_compare_base_and_finetune():
     # Layer 0: one planted neuron loses its language, one background neuron gains "de".
     (lang, lost_neuron) = next((lang, n) for lang in LANGS for n in sorted(expected[0, lang]))
     tuned_rates[0, lost_neuron] = 0.4
-    gained_neuron = next(n for n in range(100) if all(n not in expected[0, l] for l in LANGS) and rates[0, n].max() <= 0.5)
+    gained_neuron = next(
+        n for n in range(100) if all(n not in expected[0, l] for l in LANGS) and rates[0, n].max() <= 0.5
+    )
     tuned_rates[0, gained_neuron] = [0.01, 0.9, 0.01, 0.01]
     tuned = neurons.select_language_neurons(tuned_rates, LANGS)
     cmp = neurons.compare_selections(base, tuned)

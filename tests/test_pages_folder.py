@@ -42,9 +42,14 @@ def test_apptest_switches_to_a_page_without_the_router(routed_app_with_pages_fol
 
 
 @pytest.mark.browser
-def test_a_fresh_server_opens_page_links_without_the_router_until_the_root_is_opened(routed_app_with_pages_folder, browser, tmp_path):  # noqa: F811
-    server = start_server(tmp_path, tmp_path, tmp_path / "cache", tmp_path / "server.log",
-                          script=str(routed_app_with_pages_folder))
+def test_a_fresh_server_opens_page_links_without_the_router_until_the_root_is_opened(
+    routed_app_with_pages_folder,
+    browser,
+    tmp_path,
+):
+    server = start_server(
+        tmp_path, tmp_path, tmp_path / "cache", tmp_path / "server.log", script=str(routed_app_with_pages_folder)
+    )
     try:
         seen = []
         for path, title in [("/beta", "beta"), ("/beta", "beta"), ("/", "alpha"), ("/beta", "beta")]:

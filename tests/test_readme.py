@@ -76,8 +76,13 @@ RUNNABLE = [c for c in readme_commands() if c.startswith("python -m ") and exerc
 
 @pytest.mark.parametrize("command", RUNNABLE)
 def test_readme_command_runs(command, workdir):
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MERGESCOPE_MODEL_ROOTS": str(ZOO_DIR / "models"),
-           "MERGESCOPE_CACHE_DIR": str(workdir / "cache"), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "MERGESCOPE_MODEL_ROOTS": str(ZOO_DIR / "models"),
+        "MERGESCOPE_CACHE_DIR": str(workdir / "cache"),
+        "OMP_NUM_THREADS": "1",
+    }
     argv = [sys.executable] + shlex.split(command)[1:]
     done = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"

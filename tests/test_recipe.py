@@ -31,8 +31,11 @@ numbers = st.floats(-3, 3, allow_nan=False).map(lambda x: round(x, 4))
 settings_st = st.one_of(
     numbers,
     st.lists(numbers, min_size=1, max_size=5),
-    st.lists(st.fixed_dictionaries({"value": numbers}, optional={"filter": st.sampled_from(["mlp", "self_attn", "*"])}),
-             min_size=1, max_size=3),
+    st.lists(
+        st.fixed_dictionaries({"value": numbers}, optional={"filter": st.sampled_from(["mlp", "self_attn", "*"])}),
+        min_size=1,
+        max_size=3,
+    ),
 )
 
 
@@ -41,9 +44,13 @@ settings_st = st.one_of(
 def test_yaml_round_trips_here_and_through_mergekit(weights, density, lam):
     from mergekit.config import MergeConfiguration
 
-    data = {"merge_method": "dare_ties", "base_model": "/m/base", "parameters": {"density": density, "lambda": lam},
-            "models": [{"model": f"/m/{i}", "parameters": {"weight": w}} for i, w in enumerate(weights)],
-            "dtype": "float32"}
+    data = {
+        "merge_method": "dare_ties",
+        "base_model": "/m/base",
+        "parameters": {"density": density, "lambda": lam},
+        "models": [{"model": f"/m/{i}", "parameters": {"weight": w}} for i, w in enumerate(weights)],
+        "dtype": "float32",
+    }
     recipe = from_dict(data)
     assert loads(recipe.to_yaml()) == recipe
     # mergekit reads our YAML, and what it writes back reads as the same recipe.
@@ -70,7 +77,11 @@ def _edit(text: str, old: str, new: str) -> str:
 
 INVALID = [
     ("unknown method", _edit(BASE, "merge_method: ties", "merge_method: average"), "unknown merge_method 'average'"),
-    ("missing weight", _edit(BASE, "weight: [0.1, 0.5, 1.0], ", ""), r"model /m/a: missing required parameter 'weight'"),
+    (
+        "missing weight",
+        _edit(BASE, "weight: [0.1, 0.5, 1.0], ", ""),
+        r"model /m/a: missing required parameter 'weight'",
+    ),
     ("empty schedule", _edit(BASE, "[0.1, 0.5, 1.0]", "[]"), r"model /m/a: parameter 'weight': empty schedule"),
     ("nested schedule", _edit(BASE, "[0.1, 0.5, 1.0]", "[[0.1], 0.5]"), "flat list"),
     ("text in schedule", _edit(BASE, "[0.1, 0.5, 1.0]", "[0.1, high]"), "expected a number, got 'high'"),
@@ -87,10 +98,17 @@ INVALID = [
     ("no models", "merge_method: linear\nmodels: []\n", "'models' must be a non-empty list"),
     ("not yaml", "merge_method: [ties\n", "not valid YAML"),
     ("not a mapping", "- ties\n", "expected a mapping"),
-    ("slerp with two models", "merge_method: slerp\nbase_model: /m/b\nparameters: {t: 0.5}\nmodels:\n - model: /m/x\n - model: /m/y\n",
-     "'slerp' takes exactly 1 model"),
+    (
+        "slerp with two models",
+        "merge_method: slerp\nbase_model: /m/b\nparameters: {t: 0.5}\nmodels:\n - model: /m/x\n - model: /m/y\n",
+        "'slerp' takes exactly 1 model",
+    ),
     ("slerp without t", "merge_method: slerp\nbase_model: /m/b\nmodels:\n - model: /m/x\n", "needs parameter 't'"),
-    ("nuslerp with one model", "merge_method: nuslerp\nmodels:\n - model: /m/x\n   parameters: {weight: 1}\n", "exactly 2 model"),
+    (
+        "nuslerp with one model",
+        "merge_method: nuslerp\nmodels:\n - model: /m/x\n   parameters: {weight: 1}\n",
+        "exactly 2 model",
+    ),
     ("model twice", _edit(BASE, "/m/b", "/m/a"), "listed twice"),
 ]
 

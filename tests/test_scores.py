@@ -16,10 +16,20 @@ SACREBLEU = Path(sys.executable).parent / "sacrebleu"
 
 CASES = {
     "de": (
-        ["Die Katze sitzt auf der Matte.", "Heute ist der erste Januar.", "Wir haben einundzwanzig Euro.",
-         "Das ist nicht richtig", "zweitausend"],
-        ["Die Katze saß auf der Matte.", "Heute ist der erste Januar.", "Wir haben zwanzig Euro.",
-         "Das ist richtig.", "zweitausendeins"],
+        [
+            "Die Katze sitzt auf der Matte.",
+            "Heute ist der erste Januar.",
+            "Wir haben einundzwanzig Euro.",
+            "Das ist nicht richtig",
+            "zweitausend",
+        ],
+        [
+            "Die Katze saß auf der Matte.",
+            "Heute ist der erste Januar.",
+            "Wir haben zwanzig Euro.",
+            "Das ist richtig.",
+            "zweitausendeins",
+        ],
     ),
     "ru": (
         ["двадцать одна тысяча триста четыре", "первое января", "сто рублей", "пять"],
@@ -32,8 +42,12 @@ CASES = {
 def cli_scores(tmp_path: Path, refs, hyps, *options: str) -> list[dict]:
     (tmp_path / "ref.txt").write_text("\n".join(refs) + "\n", encoding="utf-8")
     (tmp_path / "hyp.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
-    out = subprocess.run([str(SACREBLEU), str(tmp_path / "ref.txt"), "-i", str(tmp_path / "hyp.txt"),
-                          "-f", "json", "-w", "4", *options], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(SACREBLEU), str(tmp_path / "ref.txt"), "-i", str(tmp_path / "hyp.txt"), "-f", "json", "-w", "4", *options],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     parsed = json.loads(out)
     return parsed if isinstance(parsed, list) else [parsed]
 
@@ -57,14 +71,20 @@ def test_sentence_chrf_equals_sacrebleu_cli(tmp_path):
     (tmp_path / "r.txt").write_text("\n".join(refs) + "\n", encoding="utf-8")
     (tmp_path / "h.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
     # Sentence-level mode prints "<signature> = <score>" per line.
-    out = subprocess.run([str(SACREBLEU), str(tmp_path / "r.txt"), "-i", str(tmp_path / "h.txt"), "-m", "chrf",
-                          "-sl", "-w", "4"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(SACREBLEU), str(tmp_path / "r.txt"), "-i", str(tmp_path / "h.txt"), "-m", "chrf", "-sl", "-w", "4"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     expected = [float(line.rsplit("=", 1)[1]) for line in out.splitlines() if "=" in line]
     assert len(expected) == len(hyps)
     assert sentence_chrf(hyps, refs) == pytest.approx(expected, abs=1e-4)
 
 
-@pytest.mark.parametrize("lang, tokenizer", [("en", "13a"), ("hi", "13a"), ("zh", "zh"), ("ja", "char"), ("th", "char")])
+@pytest.mark.parametrize(
+    "lang, tokenizer", [("en", "13a"), ("hi", "13a"), ("zh", "zh"), ("ja", "char"), ("th", "char")]
+)
 def test_tokenizer_choice_is_in_the_signature(lang, tokenizer):
     assert bleu_tokenizer(lang) == tokenizer
     assert f"tok:{tokenizer}" in corpus_scores(["a b"], ["a b"], lang).bleu_signature

@@ -45,8 +45,10 @@ def test_spans_on_the_zoo_tokenizer_code():
     """The zoo's tokenizer recipe (digits split before byte-level BPE), trained here in memory."""
     from engine.zoo.tokenizer import train_tokenizer
 
-    digit_cases = [("en", "de", "21,304 euros on 1 January 1999", "21.304 Euro am 1. Januar 1999"),
-                   ("ru", "en", "1999 год", "the year 1999")]
+    digit_cases = [
+        ("en", "de", "21,304 euros on 1 January 1999", "21.304 Euro am 1. Januar 1999"),
+        ("ru", "en", "1999 год", "the year 1999"),
+    ]
     texts = [t for case in CASES + digit_cases for t in case[2:]] * 4
     tokenizer = train_tokenizer(texts, vocab_size=400)
     for src_lang, tgt_lang, source, target in CASES + digit_cases:

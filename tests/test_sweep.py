@@ -31,8 +31,12 @@ def grid_file(model_root, tmp_path):
     for i, d in enumerate(["en-es", "en-ru"], 1):
         save_checkpoint(model_root / f"expert-{d}", seed=i, base=base, delta_scale=0.02)
     for split, order in (("dev", 1), ("devtest", -1)):  # different data, so devtest is never a dev cache hit
-        save_jsonl(ParallelSet("en", "es", tuple(EN[::order]), tuple(ES[::order])), tmp_path / "data" / split / "en-es.jsonl")
-        save_jsonl(ParallelSet("en", "ru", tuple(EN[::order]), tuple(RU[::order])), tmp_path / "data" / split / "en-ru.jsonl")
+        save_jsonl(
+            ParallelSet("en", "es", tuple(EN[::order]), tuple(ES[::order])), tmp_path / "data" / split / "en-es.jsonl"
+        )
+        save_jsonl(
+            ParallelSet("en", "ru", tuple(EN[::order]), tuple(RU[::order])), tmp_path / "data" / split / "en-ru.jsonl"
+        )
     grid = {
         "base_model": str(model_root / "base"),
         "experts": {d: str(model_root / f"expert-{d}") for d in ("en-es", "en-ru")},
@@ -51,13 +55,16 @@ def test_paper_grids_have_the_papers_sizes():
     assert validate_grid("ties", "paper")["weight"][-1] == 2.5
 
 
-@pytest.mark.parametrize("method, grid, message", [
-    ("tiess", "paper", "tiess"),
-    ("ties", {"densty": [0.5], "weight": [1.0]}, "densty"),
-    ("ties", {"density": [0.5]}, "weight"),
-    ("sce", {"select_topk": ["lots"]}, "select_topk"),
-    ("linear", {"weight": [1.0]}, "base"),
-])
+@pytest.mark.parametrize(
+    "method, grid, message",
+    [
+        ("tiess", "paper", "tiess"),
+        ("ties", {"densty": [0.5], "weight": [1.0]}, "densty"),
+        ("ties", {"density": [0.5]}, "weight"),
+        ("sce", {"select_topk": ["lots"]}, "select_topk"),
+        ("linear", {"weight": [1.0]}, "base"),
+    ],
+)
 def test_bad_grids_are_refused_by_name(method, grid, message):
     with pytest.raises(RecipeError, match=message):
         validate_grid(method, grid)
@@ -88,7 +95,9 @@ def test_stopped_sweep_resumes_without_recomputing(grid_file, monkeypatch, tmp_p
     config = load(grid_file)
     merged = counting_merges(monkeypatch)
     steps = []
-    first = run_sweep(config, progress=lambda done, total, msg: steps.append(done), should_stop=lambda: len(merged) >= 2)
+    first = run_sweep(
+        config, progress=lambda done, total, msg: steps.append(done), should_stop=lambda: len(merged) >= 2
+    )
     assert first.stopped and len(first.points) == 2 and len(merged) == 2
 
     merged.clear()
@@ -175,8 +184,11 @@ def test_progress_record_follows_the_sweep_to_done(grid_file, monkeypatch):
     seen = []
     config = load(grid_file)
     merged = counting_merges(monkeypatch)
-    stopped = run_sweep(config, should_stop=lambda: len(merged) >= 1,
-                        progress=lambda done, total, msg: seen.append((done, total, read())))
+    stopped = run_sweep(
+        config,
+        should_stop=lambda: len(merged) >= 1,
+        progress=lambda done, total, msg: seen.append((done, total, read())),
+    )
     assert read()["state"] == "stopped" and read()["done"] == 1
     seen.clear()
     run_sweep(config, progress=lambda done, total, msg: seen.append((done, total, read())))
@@ -228,8 +240,9 @@ def test_backend_setting(value, message):
         with pytest.raises(SettingsError, match=message):
             load_settings({"MERGESCOPE_BACKEND": value})
     else:
-        assert load_settings({"MERGESCOPE_BACKEND": value, "MERGESCOPE_RAY_ADDRESS": " ray://head:10001 "}).backend \
-            == (value.lower() or "local")
+        assert load_settings({"MERGESCOPE_BACKEND": value, "MERGESCOPE_RAY_ADDRESS": " ray://head:10001 "}).backend == (
+            value.lower() or "local"
+        )
         assert load_settings({"MERGESCOPE_RAY_ADDRESS": " ray://head:10001 "}).ray_address == "ray://head:10001"
 
 

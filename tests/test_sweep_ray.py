@@ -31,8 +31,10 @@ def zoo_config(groups=("en-x", "x-en")):
     grid = zoo_grid(ZOO_DIR, dev_limit=2, max_new_tokens=8)
     grid["groups"] = {g: dict(list(e.items())[:2]) for g, e in grid["groups"].items() if g in groups}
     grid.pop("joint", None)
-    grid["methods"] = {"task_arithmetic": {"weight": [0.3, 1.0]},
-                       "ties": {"density": [0.5], "weight": [1.0], "normalize": [True]}}
+    grid["methods"] = {
+        "task_arithmetic": {"weight": [0.3, 1.0]},
+        "ties": {"density": [0.5], "weight": [1.0], "normalize": [True]},
+    }
     grid["devtest_limit"] = 2
     return from_dict(grid, ZOO_DIR, "zoo test grid")
 
@@ -119,17 +121,21 @@ def test_capture_jobs_on_ray_equal_captures_in_process(local_ray):
     config = zoo_config(groups=("en-x",))
     pairs = config.devtest["en-de"]
     recipe = build_recipe(config, "en-x", config.points()[0][1])
-    jobs = [CaptureJob("base", open_checkpoint(config.base_model).fingerprint, pairs, "cpu",
-                       checkpoint=str(config.base_model)),
-            CaptureJob("merge", content_hash(recipe), pairs, "cpu", recipe=recipe)]
+    jobs = [
+        CaptureJob(
+            "base", open_checkpoint(config.base_model).fingerprint, pairs, "cpu", checkpoint=str(config.base_model)
+        ),
+        CaptureJob("merge", content_hash(recipe), pairs, "cpu", recipe=recipe),
+    ]
     backend = RayBackend()
     keys = capture_many(jobs, backend)
     assert backend.submitted == 2 and all(isinstance(k, str) for k in keys)
     assert capture_many(jobs, backend) == keys and backend.submitted == 2  # cached: nothing sent
 
     store = cache_store()
-    for key, (model, tokenizer) in zip(keys, [load_model(config.base_model, device="cpu"),
-                                              merge_into_model(recipe, device="cpu")]):
+    for key, (model, tokenizer) in zip(
+        keys, [load_model(config.base_model, device="cpu"), merge_into_model(recipe, device="cpu")]
+    ):
         want = capture(model, tokenizer, pairs, device="cpu")
         got = Capture.from_entry(store.get(key))
         for span in want.hidden:
@@ -154,9 +160,10 @@ def test_a_job_whose_worker_keeps_dying_is_retried_a_bounded_number_of_times(loc
     attempts = tmp_path / "attempts"
     outcomes = []
     backend = RayBackend(max_retries=1)
-    stopped = backend.map(crash_worker, [str(attempts)], lambda i, value, error: outcomes.append((i, value, error)),
-                          lambda: False)
+    stopped = backend.map(
+        crash_worker, [str(attempts)], lambda i, value, error: outcomes.append((i, value, error)), lambda: False
+    )
     assert not stopped and len(outcomes) == 1
-    (i, value, error), = outcomes
+    ((i, value, error),) = outcomes
     assert i == 0 and value is None and isinstance(error, WorkerCrashedError)
     assert attempts.read_text().count("attempt") == 2  # the first run and one retry, then reported

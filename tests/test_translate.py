@@ -29,12 +29,24 @@ SOURCES = [
     "veintiún mil trescientos cuatro euros",
     "двадцать одна тысяча",
 ]
-EN = ["the first of January, nineteen ninety-nine", "twenty-one thousand three hundred and four euros",
-      "the cat is sleeping on the warm sofa", "we will arrive at the station tomorrow morning"]
-ES = ["el primero de enero de mil novecientos noventa y nueve", "veintiún mil trescientos cuatro euros",
-      "el gato duerme en el sofá caliente", "llegaremos a la estación mañana por la mañana"]
-RU = ["первое января тысяча девятьсот девяносто девятого года", "двадцать одна тысяча триста четыре евро",
-      "кошка спит на тёплом диване", "мы приедем на вокзал завтра утром"]
+EN = [
+    "the first of January, nineteen ninety-nine",
+    "twenty-one thousand three hundred and four euros",
+    "the cat is sleeping on the warm sofa",
+    "we will arrive at the station tomorrow morning",
+]
+ES = [
+    "el primero de enero de mil novecientos noventa y nueve",
+    "veintiún mil trescientos cuatro euros",
+    "el gato duerme en el sofá caliente",
+    "llegaremos a la estación mañana por la mañana",
+]
+RU = [
+    "первое января тысяча девятьсот девяносто девятого года",
+    "двадцать одна тысяча триста четыре евро",
+    "кошка спит на тёплом диване",
+    "мы приедем на вокзал завтра утром",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +55,7 @@ def tokenizer():
 
 
 # ---- generation -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
 @pytest.mark.parametrize("keep_first_line", [True, False])
@@ -59,7 +72,10 @@ def _early_and_late_rows(tokenizer, **overrides):
     """A random model (found by trying seeds) whose first lines end after 6 to 24 tokens: 6 of these
     8 prompts finish early, 2 run to the 24-token cap."""
     model = make_model("qwen2", seed=1, vocab_size=len(tokenizer), **overrides)
-    prompts = [render_generation_prompt(tokenizer, "en", "de", s) for s in SOURCES + EN[2:] + ["seven hundred euros and fifty cents"]]
+    prompts = [
+        render_generation_prompt(tokenizer, "en", "de", s)
+        for s in SOURCES + EN[2:] + ["seven hundred euros and fifty cents"]
+    ]
     return model, prompts
 
 
@@ -69,8 +85,9 @@ def test_finished_rows_leave_the_batch_and_the_rest_keep_their_cache(tokenizer):
     rows, tokens_read = [], []
     generate = model.generate
     model.generate = lambda **kw: rows.append(len(kw["input_ids"])) or generate(**kw)
-    hook = model.register_forward_pre_hook(lambda m, args, kw: tokens_read.append(kw["input_ids"].shape[1]),
-                                           with_kwargs=True)
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kw: tokens_read.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
     batched = generate_token_ids(model, tokenizer, prompts, together)
     hook.remove()
     model.generate = generate
@@ -94,16 +111,24 @@ def test_token_ids_stop_before_end_of_turn_and_respect_the_cap(tokenizer):
     model = make_model("qwen2", seed=1, vocab_size=len(tokenizer))
     stops = set(stop_token_ids(tokenizer, model))
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in stops
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": s}], tokenize=False, add_generation_prompt=True)
-               for s in SOURCES]
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": s}], tokenize=False, add_generation_prompt=True)
+        for s in SOURCES
+    ]
     ids = generate_token_ids(model, tokenizer, prompts, DecodingSettings(max_new_tokens=7, first_line=False))
     assert len(ids) == len(SOURCES)
     assert all(len(row) <= 7 and not stops & set(row) for row in ids)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("hola\nmundo", "hola"), ("\n\n  hola mundo  \nx", "hola mundo"), ("", ""), ("solo", "solo"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("hola\nmundo", "hola"),
+        ("\n\n  hola mundo  \nx", "hola mundo"),
+        ("", ""),
+        ("solo", "solo"),
+    ],
+)
 def test_first_line(text, expected):
     assert first_line(text) == expected
 
@@ -127,6 +152,7 @@ def test_unknown_language_code_fails_before_generation(tokenizer):
 
 
 # ---- the scoring path, through stubs --------------------------------------------------------------
+
 
 class CopyStub:
     """Echoes each source: the worst possible 'translator', always in the source language."""
@@ -158,8 +184,11 @@ class ReferenceStub(CopyStub):
         return [self.table[(f"{src_lang}-{tgt_lang}", s)] for s in sources]
 
 
-SETS = [ParallelSet("en", "ru", tuple(EN), tuple(RU), "en-ru"), ParallelSet("en", "es", tuple(EN), tuple(ES), "en-es"),
-        ParallelSet("ru", "en", tuple(RU), tuple(EN), "ru-en")]
+SETS = [
+    ParallelSet("en", "ru", tuple(EN), tuple(RU), "en-ru"),
+    ParallelSet("en", "es", tuple(EN), tuple(ES), "en-es"),
+    ParallelSet("ru", "en", tuple(RU), tuple(EN), "ru-en"),
+]
 
 
 def test_copying_model_scores_near_zero_and_is_always_off_target():
@@ -203,8 +232,9 @@ def test_validation_happens_before_any_work():
 
 def test_in_memory_model_end_to_end(tokenizer):
     model = make_model("qwen2", seed=2, vocab_size=len(tokenizer))
-    translator = ModelTranslator(model, tokenizer, identity="tiny-random-2",
-                                 settings=DecodingSettings(max_new_tokens=8, batch_size=4))
+    translator = ModelTranslator(
+        model, tokenizer, identity="tiny-random-2", settings=DecodingSettings(max_new_tokens=8, batch_size=4)
+    )
     result = evaluate(translator, SETS[:2], languages=["en", "es", "ru"], use_cache=True)
     assert len(result.directions) == 2 and all(len(d.samples) == 4 for d in result.directions)
     assert 0 <= result.metric("chrf") <= 100

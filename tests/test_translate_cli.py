@@ -45,13 +45,22 @@ def write_lines(path, lines):
     path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
 
 
-@pytest.mark.parametrize("problem, rows, message", [
-    ("empty", [], "no sentence pairs"),
-    ("unknown language", [{"src_lang": "en", "tgt_lang": "xx", "source": "a", "target": "b"}], "xx"),
-    ("empty target", [{"src_lang": "en", "tgt_lang": "es", "source": "a", "target": " "}], "empty target"),
-    ("mixed directions", [{"src_lang": "en", "tgt_lang": "es", "source": "a", "target": "b"},
-                          {"src_lang": "en", "tgt_lang": "pt", "source": "a", "target": "b"}], "differs"),
-])
+@pytest.mark.parametrize(
+    "problem, rows, message",
+    [
+        ("empty", [], "no sentence pairs"),
+        ("unknown language", [{"src_lang": "en", "tgt_lang": "xx", "source": "a", "target": "b"}], "xx"),
+        ("empty target", [{"src_lang": "en", "tgt_lang": "es", "source": "a", "target": " "}], "empty target"),
+        (
+            "mixed directions",
+            [
+                {"src_lang": "en", "tgt_lang": "es", "source": "a", "target": "b"},
+                {"src_lang": "en", "tgt_lang": "pt", "source": "a", "target": "b"},
+            ],
+            "differs",
+        ),
+    ],
+)
 def test_bad_data_is_refused_by_name(setup, tmp_path, capsys, problem, rows, message):
     model, _ = setup
     bad = tmp_path / "bad.jsonl"
@@ -77,7 +86,10 @@ def test_a_model_named_on_the_command_line_may_lie_outside_the_roots(setup, tmp_
     _, data = setup
     outside = save_checkpoint(tmp_path / "elsewhere", seed=2)
     out = tmp_path / "r.csv"
-    assert main(["evaluate", "--model", str(outside), "--data", str(data), "--max-new-tokens", "2", "--out", str(out)]) == 0
+    assert (
+        main(["evaluate", "--model", str(outside), "--data", str(data), "--max-new-tokens", "2", "--out", str(out)])
+        == 0
+    )
     assert {r["system"] for r in csv.DictReader(out.open())} == {"elsewhere"}
     with pytest.raises(PathNotAllowedError, match="outside the configured model roots"):
         resolve_model_path(outside)  # the command's trust ends with it
@@ -87,8 +99,20 @@ def test_second_run_is_served_from_the_cache_without_loading(setup, tmp_path, mo
     import engine.checkpoints
 
     model, data = setup
-    argv = ["evaluate", "--model", str(model), "--data", str(data), "--max-new-tokens", "4", "--out", str(tmp_path / "a.csv")]
+    argv = [
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(tmp_path / "a.csv"),
+    ]
     assert main(argv) == 0
-    monkeypatch.setattr(engine.checkpoints, "load_model", lambda *a, **k: pytest.fail("model loaded for cached results"))
+    monkeypatch.setattr(
+        engine.checkpoints, "load_model", lambda *a, **k: pytest.fail("model loaded for cached results")
+    )
     assert main(argv[:-1] + [str(tmp_path / "b.csv")]) == 0
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()

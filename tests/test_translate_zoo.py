@@ -39,8 +39,9 @@ def test_each_expert_beats_the_base_on_its_own_direction(base):
     base_result = evaluate(ModelTranslator(*base, "zoo-base", settings), sets, languages=languages, use_cache=False)
     for pairs, base_direction in zip(sets, base_result.directions):
         model, tokenizer = load(f"expert-{pairs.direction}")
-        expert = evaluate(ModelTranslator(model, tokenizer, pairs.direction, settings), [pairs],
-                          languages=languages, use_cache=False).directions[0]
+        expert = evaluate(
+            ModelTranslator(model, tokenizer, pairs.direction, settings), [pairs], languages=languages, use_cache=False
+        ).directions[0]
         assert expert.scores.chrf > base_direction.scores.chrf, pairs.direction
         assert expert.scores.bleu >= base_direction.scores.bleu, pairs.direction
 
@@ -49,8 +50,18 @@ def test_batched_equals_one_by_one_on_the_zoo(base):
     model, tokenizer = base
     d = directions()[0]
     pairs = load_jsonl(DEVTEST / f"{d}.jsonl").head(12)
-    together = generate_translations(model, tokenizer, pairs.sources, pairs.src_lang, pairs.tgt_lang,
-                                     DecodingSettings(max_new_tokens=48, batch_size=12))
-    alone = [generate_translations(model, tokenizer, [s], pairs.src_lang, pairs.tgt_lang,
-                                   DecodingSettings(max_new_tokens=48, batch_size=1))[0] for s in pairs.sources]
+    together = generate_translations(
+        model,
+        tokenizer,
+        pairs.sources,
+        pairs.src_lang,
+        pairs.tgt_lang,
+        DecodingSettings(max_new_tokens=48, batch_size=12),
+    )
+    alone = [
+        generate_translations(
+            model, tokenizer, [s], pairs.src_lang, pairs.tgt_lang, DecodingSettings(max_new_tokens=48, batch_size=1)
+        )[0]
+        for s in pairs.sources
+    ]
     assert together == alone

@@ -114,7 +114,9 @@ def _fine_tune_by_hand(start, direction, seed, corpus, tokenizer, out):
 
     model = load_half(start)
     torch.manual_seed(seed)
-    train(model, example_sampler(tokenizer, corpus, [direction], 1.0, seed), MICRO.expert, tokenizer.pad_token_id, "ref")
+    train(
+        model, example_sampler(tokenizer, corpus, [direction], 1.0, seed), MICRO.expert, tokenizer.pad_token_id, "ref"
+    )
     save_half(model, tokenizer, out)
     return out
 
@@ -161,8 +163,13 @@ def test_two_workers_and_a_two_thread_base_give_the_same_zoo(micro_zoo, tmp_path
     zoo, manifest = micro_zoo
     # Through the CLI in its own process, as a user runs it: the pool's spawned workers re-import
     # the parent's __main__, which in a test process may be a script an earlier test ran.
-    subprocess.run([sys.executable, "-m", "engine.zoo", "build", "--preset", "micro", "--workers", "2",
-                    "--out", str(tmp_path)], cwd=REPO_ROOT, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "engine.zoo", "build", "--preset", "micro", "--workers", "2", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     again = json.loads((tmp_path / "manifest.json").read_text())
     assert again["timings_s"]["workers"] == 2
     for name in model_names(MICRO):

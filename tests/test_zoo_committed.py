@@ -42,7 +42,9 @@ def test_manifest_records_what_rebuilds_the_zoo(manifest):
     assert total <= 40 * 1024**2
 
 
-@pytest.mark.parametrize("name", sorted(read_manifest(ZOO_DIR)["models"]) if (ZOO_DIR / "manifest.json").is_file() else [])
+@pytest.mark.parametrize(
+    "name", sorted(read_manifest(ZOO_DIR)["models"]) if (ZOO_DIR / "manifest.json").is_file() else []
+)
 def test_checkpoint_loads_and_translates_into_the_target_language(name, manifest):
     folder = ZOO_DIR / "models" / name
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=torch.float32).eval()
@@ -55,8 +57,15 @@ def test_checkpoint_loads_and_translates_into_the_target_language(name, manifest
         directions = ["en-ru", "bn-en"]
     for direction in directions:
         pairs = load_jsonl(ZOO_DIR / "data" / "devtest" / f"{direction}.jsonl").head(SAMPLE)
-        outputs = generate_translations(model, tokenizer, pairs.sources, pairs.src_lang, pairs.tgt_lang,
-                                        DecodingSettings(max_new_tokens=48, batch_size=SAMPLE), device="cpu")
+        outputs = generate_translations(
+            model,
+            tokenizer,
+            pairs.sources,
+            pairs.src_lang,
+            pairs.tgt_lang,
+            DecodingSettings(max_new_tokens=48, batch_size=SAMPLE),
+            device="cpu",
+        )
         found = detect(outputs, languages)
         expected = detect(pairs.targets, languages)
         agree = sum(f == e for f, e in zip(found, expected)) / len(outputs)
@@ -95,13 +104,22 @@ def test_merge_table_row_is_reproduced_from_the_committed_models(merge_table, ma
     get_settings.cache_clear()
     row = next(r for r in merge_table["rows"] if r["group"] == "x-en" and r["system"] == "task_arithmetic")
     models = ZOO_DIR / "models"
-    recipe = from_dict({"merge_method": "task_arithmetic", "base_model": str(models / "base"),
-                        "models": [{"model": str(models / f"expert-{d}"), "parameters": dict(row["setting"])}
-                                   for d in sorted(row["scores"])]}, source="test")
+    recipe = from_dict(
+        {
+            "merge_method": "task_arithmetic",
+            "base_model": str(models / "base"),
+            "models": [
+                {"model": str(models / f"expert-{d}"), "parameters": dict(row["setting"])}
+                for d in sorted(row["scores"])
+            ],
+        },
+        source="test",
+    )
     model, tokenizer = merge_into_model(recipe, device="cpu")
     pairs = load_jsonl(ZOO_DIR / "data" / "devtest" / "de-en.jsonl")
-    outputs = generate_translations(model, tokenizer, pairs.sources, "de", "en",
-                                    DecodingSettings(max_new_tokens=48, batch_size=100), device="cpu")
+    outputs = generate_translations(
+        model, tokenizer, pairs.sources, "de", "en", DecodingSettings(max_new_tokens=48, batch_size=100), device="cpu"
+    )
     scores = score_outputs(pairs, outputs, manifest["data"]["languages"]).scores
     assert scores.chrf == pytest.approx(row["scores"]["de-en"]["chrf"], abs=0.011)
     assert scores.bleu == pytest.approx(row["scores"]["de-en"]["bleu"], abs=0.011)

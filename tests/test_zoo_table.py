@@ -9,14 +9,29 @@ import pytest
 from engine.errors import DataError
 from engine.zoo.merge_table import README_MARKERS, to_markdown, write_table
 
-PAYLOAD = {"sweep": {}, "rows": [
-    {"group": "en-x", "system": "base", "setting": {}, "scores": {
-        "en-es": {"bleu": 2.0, "chrf": 20.0, "off_target": 0.1, "off_target_ref": 0.0},
-        "en-bn": {"bleu": 4.0, "chrf": 31.0, "off_target": 0.0, "off_target_ref": 0.0}}},
-    {"group": "en-x", "system": "ties", "setting": {"density": 0.5, "weight": 1.0}, "scores": {
-        "en-es": {"bleu": 1.0, "chrf": 10.25, "off_target": 0.5, "off_target_ref": 0.4},
-        "en-bn": {"bleu": 0.5, "chrf": 12.5, "off_target": 0.25, "off_target_ref": 0.25}}},
-]}
+PAYLOAD = {
+    "sweep": {},
+    "rows": [
+        {
+            "group": "en-x",
+            "system": "base",
+            "setting": {},
+            "scores": {
+                "en-es": {"bleu": 2.0, "chrf": 20.0, "off_target": 0.1, "off_target_ref": 0.0},
+                "en-bn": {"bleu": 4.0, "chrf": 31.0, "off_target": 0.0, "off_target_ref": 0.0},
+            },
+        },
+        {
+            "group": "en-x",
+            "system": "ties",
+            "setting": {"density": 0.5, "weight": 1.0},
+            "scores": {
+                "en-es": {"bleu": 1.0, "chrf": 10.25, "off_target": 0.5, "off_target_ref": 0.4},
+                "en-bn": {"bleu": 0.5, "chrf": 12.5, "off_target": 0.25, "off_target_ref": 0.25},
+            },
+        },
+    ],
+}
 
 
 def test_markdown_has_a_cell_per_direction_and_the_plain_average():
@@ -29,8 +44,9 @@ def test_markdown_has_a_cell_per_direction_and_the_plain_average():
 
 
 def test_write_table_replaces_only_the_marked_block(tmp_path):
-    (tmp_path / "README.md").write_text(f"intro\n\n{README_MARKERS[0]}\nstale table\n{README_MARKERS[1]}\n\nafter\n",
-                                        encoding="utf-8")
+    (tmp_path / "README.md").write_text(
+        f"intro\n\n{README_MARKERS[0]}\nstale table\n{README_MARKERS[1]}\n\nafter\n", encoding="utf-8"
+    )
     write_table(tmp_path, PAYLOAD)
     text = (tmp_path / "README.md").read_text(encoding="utf-8")
     assert text.startswith("intro\n\n") and text.endswith(f"{README_MARKERS[1]}\n\nafter\n")

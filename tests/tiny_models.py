@@ -59,7 +59,9 @@ def make_config(family: str = "qwen2", vocab_size: int = 400, **overrides) -> tr
     return FAMILIES[family](**fields)
 
 
-def make_model(family: str = "qwen2", seed: int = 0, vocab_size: int = 400, **overrides) -> transformers.PreTrainedModel:
+def make_model(
+    family: str = "qwen2", seed: int = 0, vocab_size: int = 400, **overrides
+) -> transformers.PreTrainedModel:
     """A randomly initialised tiny model, deterministic in `seed`."""
     config = make_config(family, vocab_size=vocab_size, **overrides)
     torch.manual_seed(seed)

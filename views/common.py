@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -76,6 +76,7 @@ def warm_up() -> threading.Thread:
     """Import the modelling stack and read the language-ID model in the background once per server:
     the first Merge click would otherwise spend seconds importing transformers, and the first
     scores ~0.8 CPU-s reading py3langid's model, while the user waits."""
+
     def imports():
         import transformers.modeling_utils  # noqa: F401
 
@@ -117,14 +118,22 @@ def draw_shared_pickers() -> None:
         state.default("n", DEFAULT_SENTENCES)
         if st.session_state["n"] not in SENTENCE_COUNTS:
             st.session_state["n"] = DEFAULT_SENTENCES
-        st.select_slider("Sentences per direction", SENTENCE_COUNTS, key="n",
-                         help="more sentences: steadier scores, slower first view (results are cached)")
+        st.select_slider(
+            "Sentences per direction",
+            SENTENCE_COUNTS,
+            key="n",
+            help="more sentences: steadier scores, slower first view (results are cached)",
+        )
         available = available_directions(st.session_state["split"])
         state.default("directions", [])
         st.session_state["directions"] = [d for d in st.session_state["directions"] if d in available]
-        st.multiselect("Directions", available, key="directions",
-                       placeholder="the experts' own directions",
-                       help="empty: the directions the chosen experts were trained for")
+        st.multiselect(
+            "Directions",
+            available,
+            key="directions",
+            placeholder="the experts' own directions",
+            help="empty: the directions the chosen experts were trained for",
+        )
 
 
 def directions() -> list[str]:
@@ -163,8 +172,13 @@ def parse_schedule(text: str, name: str) -> list[float]:
 
 # Slider ranges per parameter name: the paper's grids fit inside (TIES weight up to 2.5).
 RANGES = {
-    "weight": (0.0, 2.5, 0.05), "density": (0.01, 1.0, 0.01), "select_topk": (0.01, 1.0, 0.01),
-    "t": (0.0, 1.0, 0.05), "lambda": (0.0, 2.0, 0.05), "gamma": (0.0, 0.2, 0.005), "epsilon": (0.0, 0.5, 0.01),
+    "weight": (0.0, 2.5, 0.05),
+    "density": (0.01, 1.0, 0.01),
+    "select_topk": (0.01, 1.0, 0.01),
+    "t": (0.0, 1.0, 0.05),
+    "lambda": (0.0, 2.0, 0.05),
+    "gamma": (0.0, 0.2, 0.005),
+    "epsilon": (0.0, 0.5, 0.01),
 }
 FALLBACK_RANGE = (0.0, 2.0, 0.01)
 REQUIRED_DEFAULTS = {"weight": 0.5, "t": 0.5}
@@ -183,7 +197,11 @@ def param_default(p):
 
 def recipe_parts() -> tuple[str, list[str], str, dict, dict] | None:
     """(base, experts, method, parameters, schedules) from the view state; None while incomplete."""
-    base, experts, method = st.session_state.get("base"), st.session_state.get("experts") or [], st.session_state.get("method")
+    base, experts, method = (
+        st.session_state.get("base"),
+        st.session_state.get("experts") or [],
+        st.session_state.get("method"),
+    )
     if not base or not experts or not method:
         return None
     specs = method_specs()
@@ -242,7 +260,11 @@ def merged_system():
 def systems(include_merge: bool = True) -> list[System]:
     """Base, experts, other chosen models and the merge, in the paper table's order."""
     by_label = checkpoints()
-    names = [st.session_state.get("base"), *st.session_state.get("experts", []), *st.session_state.get("extra_systems", [])]
+    names = [
+        st.session_state.get("base"),
+        *st.session_state.get("experts", []),
+        *st.session_state.get("extra_systems", []),
+    ]
     out, seen = [], set()
     for name in names:
         if name and name in by_label and name not in seen:
@@ -328,15 +350,27 @@ def show_figure(fig, name: str, key: str) -> None:
     config = {**PLOT_CONFIG, "toImageButtonOptions": {**PLOT_CONFIG["toImageButtonOptions"], "filename": slug(name)}}
     st.plotly_chart(fig, key=key, config=config, width="stretch")
     # Built on click only: a self-contained page embeds plotly.js (megabytes), and must open offline.
-    st.download_button("HTML", lambda: fig.to_html(include_plotlyjs=True, full_html=True), file_name=f"{slug(name)}.html",
-                       mime="text/html", key=f"{key}_html", on_click="ignore",
-                       help="interactive figure, works offline; PNG: the camera button on the figure")
+    st.download_button(
+        "HTML",
+        lambda: fig.to_html(include_plotlyjs=True, full_html=True),
+        file_name=f"{slug(name)}.html",
+        mime="text/html",
+        key=f"{key}_html",
+        on_click="ignore",
+        help="interactive figure, works offline; PNG: the camera button on the figure",
+    )
 
 
 def download_csv(frame: pd.DataFrame, name: str, key: str) -> None:
     # Built on click only, as the figures' HTML: every run of a page would format tables nobody downloads.
-    st.download_button("CSV", lambda: frame.to_csv(index=False), file_name=f"{slug(name)}.csv", mime="text/csv",
-                       key=key, on_click="ignore")
+    st.download_button(
+        "CSV",
+        lambda: frame.to_csv(index=False),
+        file_name=f"{slug(name)}.csv",
+        mime="text/csv",
+        key=key,
+        on_click="ignore",
+    )
 
 
 def show_error(err: MergeScopeError) -> None:

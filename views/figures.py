@@ -7,7 +7,7 @@ sacreBLEU idea), so a downloaded PNG still says what it shows.
 from __future__ import annotations
 
 import html
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,8 +16,13 @@ from plotly.subplots import make_subplots
 
 CKA_SCALE = "Viridis"
 DIFF_SCALE = "RdBu"
-SCORE_COLUMNS = {"bleu": "BLEU", "chrf": "chrF", "chrfpp": "chrF++", "off_target": "off-target",
-                 "off_target_ref": "off-target vs ref. language"}
+SCORE_COLUMNS = {
+    "bleu": "BLEU",
+    "chrf": "chrF",
+    "chrfpp": "chrF++",
+    "off_target": "off-target",
+    "off_target_ref": "off-target vs ref. language",
+}
 
 
 def _title(text: str, signature: str = "") -> dict:
@@ -45,7 +50,9 @@ def scores_wide(rows: Sequence[dict], metric: str) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     order = list(dict.fromkeys(frame["system"]))
     wide = frame.pivot(index="system", columns="direction", values=metric).reindex(order)
-    wide = wide[[c for c in wide.columns if c != "avg"] + (["avg"] if "avg" in wide.columns else [])]  # as the paper: avg last
+    wide = wide[
+        [c for c in wide.columns if c != "avg"] + (["avg"] if "avg" in wide.columns else [])
+    ]  # as the paper: avg last
     scale = 100 if metric.startswith("off_target") else 1
     return (wide * scale).round(2)
 
@@ -56,13 +63,24 @@ def scores_bars(rows: Sequence[dict], metric: str) -> go.Figure:
     scale = 100 if metric.startswith("off_target") else 1
     fig = go.Figure()
     for system, part in frame.groupby("system", sort=False):
-        fig.add_bar(name=system, x=part["direction"], y=part[metric] * scale,
-                    hovertemplate=f"{system}<br>%{{x}}: %{{y:.2f}}<extra></extra>")
+        fig.add_bar(
+            name=system,
+            x=part["direction"],
+            y=part[metric] * scale,
+            hovertemplate=f"{system}<br>%{{x}}: %{{y:.2f}}<extra></extra>",
+        )
     unit = " (%)" if scale == 100 else ""
     signatures = sorted({s for s in frame.get("bleu_signature", []) if isinstance(s, str) and s})
-    fig.update_layout(barmode="group", title=_title(f"{SCORE_COLUMNS.get(metric, metric)}{unit} per direction",
-                                                    signatures[0] if signatures and metric == "bleu" else ""),
-                      yaxis_title=SCORE_COLUMNS.get(metric, metric) + unit, legend_title="system", height=420)
+    fig.update_layout(
+        barmode="group",
+        title=_title(
+            f"{SCORE_COLUMNS.get(metric, metric)}{unit} per direction",
+            signatures[0] if signatures and metric == "bleu" else "",
+        ),
+        yaxis_title=SCORE_COLUMNS.get(metric, metric) + unit,
+        legend_title="system",
+        height=420,
+    )
     return fig
 
 
@@ -73,30 +91,48 @@ def sweep_figure(rows: Sequence[dict], metric: str) -> go.Figure:
     param, method = frame["param"].iloc[0], frame["method"].iloc[0]
     fig = go.Figure()
     for direction, part in frame.groupby("direction", sort=False):
-        fig.add_scatter(x=part["value"], y=part[metric] * scale, mode="lines+markers", name=direction,
-                        line={"width": 4 if direction == "avg" else 1.5},
-                        hovertemplate=f"{direction}<br>{param}=%{{x}}: %{{y:.2f}}<extra></extra>")
+        fig.add_scatter(
+            x=part["value"],
+            y=part[metric] * scale,
+            mode="lines+markers",
+            name=direction,
+            line={"width": 4 if direction == "avg" else 1.5},
+            hovertemplate=f"{direction}<br>{param}=%{{x}}: %{{y:.2f}}<extra></extra>",
+        )
     unit = " (%)" if scale == 100 else ""
-    fig.update_layout(title=_title(f"{method}: {SCORE_COLUMNS.get(metric, metric)}{unit} against {param}"),
-                      xaxis_title=param, yaxis_title=SCORE_COLUMNS.get(metric, metric) + unit, height=400)
+    fig.update_layout(
+        title=_title(f"{method}: {SCORE_COLUMNS.get(metric, metric)}{unit} against {param}"),
+        xaxis_title=param,
+        yaxis_title=SCORE_COLUMNS.get(metric, metric) + unit,
+        height=400,
+    )
     return fig
 
 
 # ----------------------------------------------------------------- layers
 
 
-def _add_cka_map(fig: go.Figure, values: np.ndarray, row_label: str, col_label: str, coloraxis: str,
-                 row: int, col: int, x_axis: str) -> None:
+def _add_cka_map(
+    fig: go.Figure, values: np.ndarray, row_label: str, col_label: str, coloraxis: str, row: int, col: int, x_axis: str
+) -> None:
     """An L × L CKA matrix into one panel, square cells, layer 0 (the embedding output) at the top
     left; layer l is the output of block l. `x_axis` names the panel's x axis for the aspect lock."""
     rows, cols = values.shape
-    fig.add_trace(go.Heatmap(
-        z=values, x=list(range(cols)), y=list(range(rows)), coloraxis=coloraxis,
-        hovertemplate=f"{row_label} layer %{{y}}<br>{col_label} layer %{{x}}<br>value %{{z:.4f}}<extra></extra>",
-    ), row=row, col=col)
+    fig.add_trace(
+        go.Heatmap(
+            z=values,
+            x=list(range(cols)),
+            y=list(range(rows)),
+            coloraxis=coloraxis,
+            hovertemplate=f"{row_label} layer %{{y}}<br>{col_label} layer %{{x}}<br>value %{{z:.4f}}<extra></extra>",
+        ),
+        row=row,
+        col=col,
+    )
     fig.update_xaxes(title=f"{col_label} layer", dtick=max(1, cols // 12), constrain="domain", row=row, col=col)
-    fig.update_yaxes(title=f"{row_label} layer", dtick=max(1, rows // 12), autorange="reversed", scaleanchor=x_axis,
-                     row=row, col=col)
+    fig.update_yaxes(
+        title=f"{row_label} layer", dtick=max(1, rows // 12), autorange="reversed", scaleanchor=x_axis, row=row, col=col
+    )
 
 
 def cka_comparison(left, right) -> go.Figure:
@@ -108,9 +144,17 @@ def cka_comparison(left, right) -> go.Figure:
     """
     pairs = [f"{m.labels[0]} vs {m.labels[1]}" for m in (left, right)]
     same_shape = left.values.shape == right.values.shape
-    fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.16, vertical_spacing=0.14, subplot_titles=[
-        *pairs, "Difference (left − right)" if same_shape else "No difference map: the pairs differ in depth",
-        "CKA per layer (0 = embeddings)"])
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        horizontal_spacing=0.16,
+        vertical_spacing=0.14,
+        subplot_titles=[
+            *pairs,
+            "Difference (left − right)" if same_shape else "No difference map: the pairs differ in depth",
+            "CKA per layer (0 = embeddings)",
+        ],
+    )
     finite = np.concatenate([left.values[np.isfinite(left.values)], right.values[np.isfinite(right.values)]])
     # One scale for both maps, from the lower of their minima (to 0.05) up to 1: trained models sit
     # mostly above 0.8, and a 0..1 scale would hide the differences the comparison is about.
@@ -118,20 +162,39 @@ def cka_comparison(left, right) -> go.Figure:
     for col, m in ((1, left), (2, right)):
         _add_cka_map(fig, m.values, *m.labels, "coloraxis", row=1, col=col, x_axis=f"x{col}")
     colorbar = {"len": 0.42, "y": 0.79, "thickness": 14}
-    fig.update_layout(coloraxis={"colorscale": CKA_SCALE, "cmin": zmin, "cmax": 1.0,
-                                 "colorbar": {**colorbar, "title": "CKA", "x": 1.0}})
+    fig.update_layout(
+        coloraxis={
+            "colorscale": CKA_SCALE,
+            "cmin": zmin,
+            "cmax": 1.0,
+            "colorbar": {**colorbar, "title": "CKA", "x": 1.0},
+        }
+    )
     if same_shape:
         diff = left.values - right.values
         bound = float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 1.0
         bound = bound or 1e-6
         _add_cka_map(fig, diff, "row", "column", "coloraxis2", row=2, col=1, x_axis="x3")
-        fig.update_layout(coloraxis2={"colorscale": DIFF_SCALE, "cmin": -bound, "cmax": bound,
-                                      "colorbar": {**colorbar, "title": "Δ", "x": 0.43, "y": 0.21}})
+        fig.update_layout(
+            coloraxis2={
+                "colorscale": DIFF_SCALE,
+                "cmin": -bound,
+                "cmax": bound,
+                "colorbar": {**colorbar, "title": "Δ", "x": 0.43, "y": 0.21},
+            }
+        )
     for m, name in zip((left, right), pairs):
         if m.values.shape[0] == m.values.shape[1]:
             diagonal = np.diag(m.values)
-            fig.add_scatter(x=list(range(len(diagonal))), y=diagonal, mode="lines+markers", name=name, row=2, col=2,
-                            hovertemplate=f"{name}<br>layer %{{x}}: CKA %{{y:.4f}}<extra></extra>")
+            fig.add_scatter(
+                x=list(range(len(diagonal))),
+                y=diagonal,
+                mode="lines+markers",
+                name=name,
+                row=2,
+                col=2,
+                hovertemplate=f"{name}<br>layer %{{x}}: CKA %{{y:.4f}}<extra></extra>",
+            )
     fig.update_xaxes(title="layer", row=2, col=2)
     fig.update_yaxes(title="CKA", range=[0, 1.02], row=2, col=2)
     # Fixed margins that hold the colour bars and axis titles: with automatic ones Plotly draws the
@@ -139,9 +202,12 @@ def cka_comparison(left, right) -> go.Figure:
     # this figure, bench/bench_figures.py).
     fig.update_xaxes(automargin=False)
     fig.update_yaxes(automargin=False)
-    fig.update_layout(title=_title("CKA", left.signature), height=920,
-                      margin={"l": 60, "r": 80, "t": 90, "b": 50, "autoexpand": False},
-                      legend={"x": 0.6, "y": 0.0, "yanchor": "bottom", "bgcolor": "rgba(255,255,255,0.7)"})
+    fig.update_layout(
+        title=_title("CKA", left.signature),
+        height=920,
+        margin={"l": 60, "r": 80, "t": 90, "b": 50, "autoexpand": False},
+        legend={"x": 0.6, "y": 0.0, "yanchor": "bottom", "bgcolor": "rgba(255,255,255,0.7)"},
+    )
     return fig
 
 
@@ -151,26 +217,39 @@ def cka_comparison(left, right) -> go.Figure:
 def count_heatmap(counts: np.ndarray, languages: Sequence[str], title: str, signature: str = "") -> go.Figure:
     """Layers × languages count matrix, each cell annotated with its count."""
     counts = np.asarray(counts)
-    fig = go.Figure(go.Heatmap(
-        z=counts, x=list(languages), y=[f"{l + 1}" for l in range(counts.shape[0])], colorscale="Blues",
-        text=counts, texttemplate="%{text}", colorbar={"title": "neurons"},
-        hovertemplate="block %{y}, %{x}: %{z} neurons<extra></extra>",
-    ))
-    fig.update_layout(title=_title(title, signature), height=max(320, 28 * counts.shape[0] + 160),
-                      margin={"t": 110})
+    fig = go.Figure(
+        go.Heatmap(
+            z=counts,
+            x=list(languages),
+            y=[f"{l + 1}" for l in range(counts.shape[0])],
+            colorscale="Blues",
+            text=counts,
+            texttemplate="%{text}",
+            colorbar={"title": "neurons"},
+            hovertemplate="block %{y}, %{x}: %{z} neurons<extra></extra>",
+        )
+    )
+    fig.update_layout(title=_title(title, signature), height=max(320, 28 * counts.shape[0] + 160), margin={"t": 110})
     fig.update_xaxes(side="top")  # language codes label themselves; an axis title would hit the figure title
     fig.update_yaxes(title="block", autorange="reversed", dtick=1)
     return fig
 
 
-def layer_histograms(edges: np.ndarray, counts: Sequence[np.ndarray], names: Sequence[str], title: str,
-                     x_title: str) -> go.Figure:
+def layer_histograms(
+    edges: np.ndarray, counts: Sequence[np.ndarray], names: Sequence[str], title: str, x_title: str
+) -> go.Figure:
     """Overlaid histograms (one per model) of one layer from precomputed bin counts."""
     centres = (edges[:-1] + edges[1:]) / 2
     fig = go.Figure()
     for name, c in zip(names, counts):
-        fig.add_bar(x=centres, y=c, name=name, width=float(edges[1] - edges[0]), opacity=0.6,
-                    hovertemplate=f"{name}<br>{x_title} %{{x:.3f}}: %{{y}} neurons<extra></extra>")
+        fig.add_bar(
+            x=centres,
+            y=c,
+            name=name,
+            width=float(edges[1] - edges[0]),
+            opacity=0.6,
+            hovertemplate=f"{name}<br>{x_title} %{{x:.3f}}: %{{y}} neurons<extra></extra>",
+        )
     fig.update_layout(barmode="overlay", title=_title(title), xaxis_title=x_title, yaxis_title="neurons", height=340)
     return fig
 
@@ -180,12 +259,23 @@ def selection_comparison(comparison, title: str) -> go.Figure:
     blocks = list(range(1, len(comparison.base) + 1))
     fig = go.Figure()
     fig.add_bar(x=blocks, y=comparison.gained, name="gained", marker_color="#2ca02c")
-    fig.add_bar(x=blocks, y=-np.asarray(comparison.lost), name="lost", marker_color="#d62728",
-                customdata=comparison.lost, hovertemplate="block %{x}: lost %{customdata}<extra></extra>")
+    fig.add_bar(
+        x=blocks,
+        y=-np.asarray(comparison.lost),
+        name="lost",
+        marker_color="#d62728",
+        customdata=comparison.lost,
+        hovertemplate="block %{x}: lost %{customdata}<extra></extra>",
+    )
     fig.add_scatter(x=blocks, y=comparison.jaccard, name="Jaccard", yaxis="y2", mode="lines+markers")
-    fig.update_layout(barmode="relative", title=_title(title, comparison.signature), xaxis_title="block",
-                      yaxis_title="neurons (lost below 0)", height=380,
-                      yaxis2={"title": "Jaccard", "overlaying": "y", "side": "right", "range": [0, 1]})
+    fig.update_layout(
+        barmode="relative",
+        title=_title(title, comparison.signature),
+        xaxis_title="block",
+        yaxis_title="neurons (lost below 0)",
+        height=380,
+        yaxis2={"title": "Jaccard", "overlaying": "y", "side": "right", "range": [0, 1]},
+    )
     return fig
 
 
@@ -195,11 +285,21 @@ def nua_figure(nua, title: str) -> go.Figure:
     fig = go.Figure()
     fig.add_bar(x=blocks, y=nua.per_layer, name="per block", hovertemplate="block %{x}: NUA %{y:.4f}<extra></extra>")
     for (start, end), value, name in zip(nua.thirds, (nua.lower, nua.middle, nua.upper), ("lower", "middle", "upper")):
-        fig.add_scatter(x=[start + 0.5, end + 0.5], y=[value, value], mode="lines", name=f"{name} third {value:.3f}",
-                        line={"width": 3})
+        fig.add_scatter(
+            x=[start + 0.5, end + 0.5],
+            y=[value, value],
+            mode="lines",
+            name=f"{name} third {value:.3f}",
+            line={"width": 3},
+        )
     low = float(np.nanmin(nua.per_layer)) if np.isfinite(nua.per_layer).any() else 0.0
-    fig.update_layout(title=_title(title, nua.signature), xaxis_title="block", yaxis_title="NUA (cosine)",
-                      yaxis_range=[min(0.9, low - 0.02), 1.0], height=360)
+    fig.update_layout(
+        title=_title(title, nua.signature),
+        xaxis_title="block",
+        yaxis_title="NUA (cosine)",
+        yaxis_range=[min(0.9, low - 0.02), 1.0],
+        height=360,
+    )
     return fig
 
 
@@ -211,8 +311,13 @@ def samples_table(rows: Sequence[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    wide = frame.pivot_table(index=["direction", "item", "source", "reference", "target"], columns="system",
-                             values=["output", "chrF", "detected"], aggfunc="first", sort=False)
+    wide = frame.pivot_table(
+        index=["direction", "item", "source", "reference", "target"],
+        columns="system",
+        values=["output", "chrF", "detected"],
+        aggfunc="first",
+        sort=False,
+    )
     systems = list(dict.fromkeys(frame["system"]))
     wide.columns = [f"{system} · {field}" for field, system in wide.columns]
     ordered = [f"{s} · {f}" for s in systems for f in ("output", "chrF", "detected") if f"{s} · {f}" in wide.columns]
@@ -262,5 +367,7 @@ def samples_html(frame: pd.DataFrame) -> str:
             attr = f' class="{" ".join(classes)}"' if classes else ""
             cells.append(f"<td{attr}>{html.escape('' if pd.isna(value) else str(value))}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
-    return (f'{_TABLE_CSS}<div class="samples-scroll"><table class="samples-table"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+    return (
+        f'{_TABLE_CSS}<div class="samples-scroll"><table class="samples-table"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )

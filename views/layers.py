@@ -11,8 +11,10 @@ from views import common, figures, state
 ALL = "all chosen directions"
 
 st.title("Layers")
-common.need(bool(st.session_state.get("base")) and bool(st.session_state.get("experts")),
-            "Pick a base model and experts on **Models & merge** first.")
+common.need(
+    bool(st.session_state.get("base")) and bool(st.session_state.get("experts")),
+    "Pick a base model and experts on **Models & merge** first.",
+)
 systems = {s.name: s for s in common.systems()}
 names = list(systems)
 sets = common.data_sets()
@@ -23,8 +25,10 @@ experts = [n for n in st.session_state["experts"] if n in systems]
 merge = MERGE if MERGE in systems else None
 base = st.session_state["base"]
 defaults = {
-    "a_row": experts[0], "a_col": experts[1] if len(experts) > 1 else base,
-    "b_row": merge or base, "b_col": experts[0],
+    "a_row": experts[0],
+    "a_col": experts[1] if len(experts) > 1 else base,
+    "b_row": merge or base,
+    "b_col": experts[0],
 }
 for key, value in defaults.items():
     state.default(key, value)
@@ -33,18 +37,30 @@ for key, value in defaults.items():
 
 controls = st.columns(3)
 state.default("span", "source")
-controls[0].segmented_control("Span", list(SPANS), key="span",
-                              help="mean-pool each sentence's hidden states over its source or its reference tokens")
+controls[0].segmented_control(
+    "Span",
+    list(SPANS),
+    key="span",
+    help="mean-pool each sentence's hidden states over its source or its reference tokens",
+)
 direction_names = [ALL, *[s.direction for s in sets]]
 state.default("cka_direction", ALL)
 if st.session_state["cka_direction"] not in direction_names:
     st.session_state["cka_direction"] = ALL
 controls[1].selectbox("Sentences from", direction_names, key="cka_direction")
 state.default("cka_kind", "linear")
-controls[2].segmented_control("CKA", ["linear", "debiased"], key="cka_kind",
-                              help="debiased CKA (Nguyen et al. 2021) corrects the upward bias at small n")
+controls[2].segmented_control(
+    "CKA",
+    ["linear", "debiased"],
+    key="cka_kind",
+    help="debiased CKA (Nguyen et al. 2021) corrects the upward bias at small n",
+)
 span = st.session_state.get("span") or "source"
-chosen_sets = sets if st.session_state["cka_direction"] == ALL else [s for s in sets if s.direction == st.session_state["cka_direction"]]
+chosen_sets = (
+    sets
+    if st.session_state["cka_direction"] == ALL
+    else [s for s in sets if s.direction == st.session_state["cka_direction"]]
+)
 debiased = st.session_state.get("cka_kind") == "debiased"
 if not merge:
     st.info("No merge yet: press **Merge** on Models & merge to compare the merge with the experts.")
@@ -63,21 +79,40 @@ with right:
 
 reporter = common.ProgressReporter("Capturing representations (cached captures come back at once)")
 models = common.model_cache()
-pair_a = cka_pair(systems[st.session_state["a_row"]], systems[st.session_state["a_col"]], chosen_sets, span,
-                           models, debiased, reporter)
-pair_b = cka_pair(systems[st.session_state["b_row"]], systems[st.session_state["b_col"]], chosen_sets, span,
-                           models, debiased, reporter)
+pair_a = cka_pair(
+    systems[st.session_state["a_row"]],
+    systems[st.session_state["a_col"]],
+    chosen_sets,
+    span,
+    models,
+    debiased,
+    reporter,
+)
+pair_b = cka_pair(
+    systems[st.session_state["b_row"]],
+    systems[st.session_state["b_col"]],
+    chosen_sets,
+    span,
+    models,
+    debiased,
+    reporter,
+)
 reporter.finish(f"CKA on {pair_a.n} sentences, {span} span")
 
 content = tuple((m.values.tobytes(), m.labels, m.signature) for m in (pair_a, pair_b))
 comparison = common.cached_figures(("cka", content), lambda: figures.cka_comparison(pair_a, pair_b))
-common.show_figure(comparison, f"cka_{pair_a.labels[0]}_vs_{pair_a.labels[1]}__{pair_b.labels[0]}_vs_{pair_b.labels[1]}",
-                   key="cka")
+common.show_figure(
+    comparison, f"cka_{pair_a.labels[0]}_vs_{pair_a.labels[1]}__{pair_b.labels[0]}_vs_{pair_b.labels[1]}", key="cka"
+)
 
 frames = []
 for side, m in (("left", pair_a), ("right", pair_b)):
-    f = pd.DataFrame(m.values).rename_axis("row_layer").reset_index().melt(id_vars="row_layer", var_name="col_layer",
-                                                                         value_name="cka")
+    f = (
+        pd.DataFrame(m.values)
+        .rename_axis("row_layer")
+        .reset_index()
+        .melt(id_vars="row_layer", var_name="col_layer", value_name="cka")
+    )
     frames.append(f.assign(side=side, rows=m.labels[0], columns=m.labels[1], signature=m.signature))
 common.download_csv(pd.concat(frames), "cka_matrices", key="cka_csv")
 st.caption(f"Layer 0 is the embedding output; layer l the output of block l. {pair_a.signature}")

@@ -49,9 +49,11 @@ def request_merge() -> None:
 
 def draw_checkpoints(discovery) -> None:
     st.subheader("Checkpoints")
-    common.need(bool(discovery.checkpoints) or bool(discovery.refused),
-                "No checkpoints found under the model roots. Set MERGESCOPE_MODEL_ROOTS to folders holding "
-                "Hugging Face checkpoints (config.json + safetensors), or build the demo zoo.")
+    common.need(
+        bool(discovery.checkpoints) or bool(discovery.refused),
+        "No checkpoints found under the model roots. Set MERGESCOPE_MODEL_ROOTS to folders holding "
+        "Hugging Face checkpoints (config.json + safetensors), or build the demo zoo.",
+    )
     if discovery.checkpoints:
         st.dataframe(summary_rows(discovery), hide_index=True, width="stretch")
     if discovery.refused:
@@ -99,8 +101,13 @@ with left:
     st.multiselect("Experts", others, key="experts", placeholder="fine-tunes to merge")
     state.default("extra_systems", [l for l in others if "joint" in l.lower()])  # the paper's table has the joint model
     st.session_state["extra_systems"] = [e for e in st.session_state["extra_systems"] if e in others]
-    st.multiselect("Also compare", others, key="extra_systems", placeholder="e.g. the jointly trained model",
-                   help="shown next to the merge on Scores, Layers and Samples; not merged")
+    st.multiselect(
+        "Also compare",
+        others,
+        key="extra_systems",
+        placeholder="e.g. the jointly trained model",
+        help="shown next to the merge on Scores, Layers and Samples; not merged",
+    )
 
     specs = method_specs()
     state.default("method", DEFAULT_METHOD if DEFAULT_METHOD in specs else next(iter(specs)))
@@ -110,13 +117,19 @@ with left:
     for p in spec.params:
         draw_param(spec.name, p)
     state.default("schedule_on", False)
-    st.toggle("Per-layer schedule", key="schedule_on",
-              help="a list of values from the first layer to the last, interpolated over the layers (mergekit gradients)")
+    st.toggle(
+        "Per-layer schedule",
+        key="schedule_on",
+        help="a list of values from the first layer to the last, interpolated over the layers (mergekit gradients)",
+    )
     if st.session_state["schedule_on"]:
         for p in spec.params:
             if p.kind is float:
-                st.text_input(f"{p.name} over the layers", key=state.schedule_key(spec.name, p.name),
-                              placeholder="e.g. 0.2, 0.5, 1.0 (empty: the slider's value everywhere)")
+                st.text_input(
+                    f"{p.name} over the layers",
+                    key=state.schedule_key(spec.name, p.name),
+                    placeholder="e.g. 0.2, 0.5, 1.0 (empty: the slider's value everywhere)",
+                )
 
 chosen = [st.session_state["base"], *st.session_state["experts"], *st.session_state["extra_systems"]]
 by_label = common.checkpoints()
@@ -139,14 +152,21 @@ with right:
         # While the user looks at the recipe, score and capture the checkpoints in the background:
         # after the Merge click only the merge itself is left to compute.
         try:
-            prefetch_checkpoints(common.prefetcher(), common.systems(include_merge=False), common.data_sets(),
-                                          common.model_cache())
+            prefetch_checkpoints(
+                common.prefetcher(), common.systems(include_merge=False), common.data_sets(), common.model_cache()
+            )
         except MergeScopeError:
             pass  # e.g. no data for these directions: the pages that need it will say so
         text = recipe_yaml(recipe)
         st.code(text, language="yaml")
-        st.download_button("Download YAML", text, file_name="recipe.yaml", mime="application/x-yaml",
-                           key="recipe_download", on_click="ignore")
+        st.download_button(
+            "Download YAML",
+            text,
+            file_name="recipe.yaml",
+            mime="application/x-yaml",
+            key="recipe_download",
+            on_click="ignore",
+        )
     with st.expander("Load a recipe (paste or upload mergekit YAML)"):
         st.text_area("Recipe YAML", key="recipe_text", height=160)
         st.button("Load pasted recipe", key="recipe_load", on_click=load_pasted)
@@ -160,17 +180,31 @@ if recipe is not None:
     if merged_now:
         system = common.merged_system()
         if system.identity not in common.model_cache():  # a merge to run, not one already in memory
-            reporter = common.ProgressReporter(f"Merging {len(st.session_state['experts'])} expert(s) with {spec.display_name}")
+            reporter = common.ProgressReporter(
+                f"Merging {len(st.session_state['experts'])} expert(s) with {spec.display_name}"
+            )
             reporter(0, 1, "merging in memory")
             common.model_cache().get(system)
             reporter.finish(f"Merged in memory · recipe {identity[:12]}")
         st.success(f"Merge ready (recipe {identity[:12]}). See it on the other pages:")
         cols = st.columns(4)
-        for col, (target, title) in zip(cols, [("views/scores.py", "Scores"), ("views/layers.py", "Layers"),
-                                               ("views/neurons.py", "Neurons"), ("views/samples.py", "Samples")]):
+        for col, (target, title) in zip(
+            cols,
+            [
+                ("views/scores.py", "Scores"),
+                ("views/layers.py", "Layers"),
+                ("views/neurons.py", "Neurons"),
+                ("views/samples.py", "Samples"),
+            ],
+        ):
             col.page_link(target, label=title, query_params=state.url_params())
     elif st.session_state.get("merged"):
         st.info("The recipe changed since the last merge; press Merge to merge it.")
 else:
-    st.button("Merge", key="merge", type="primary", disabled=True,
-              help="pick compatible base and experts first" if not recipe_error else recipe_error)
+    st.button(
+        "Merge",
+        key="merge",
+        type="primary",
+        disabled=True,
+        help="pick compatible base and experts first" if not recipe_error else recipe_error,
+    )

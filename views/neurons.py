@@ -7,8 +7,11 @@ from engine.pipeline.analyses import SPANS, neuron_report
 from engine.pipeline.systems import MERGE
 from views import common, figures, state
 
-PRESET_NAMES = {"paper": "Paper's code (0.10 / 0.80 / no filter)", "lape": "Original LAPE (0.05 / 0.95 / 0.95)",
-                "custom": "Custom"}
+PRESET_NAMES = {
+    "paper": "Paper's code (0.10 / 0.80 / no filter)",
+    "lape": "Original LAPE (0.05 / 0.95 / 0.95)",
+    "custom": "Custom",
+}
 
 
 def apply_preset() -> None:
@@ -17,8 +20,12 @@ def apply_preset() -> None:
 
     preset = PRESETS.get(st.session_state.get("preset"))
     if preset is not None:
-        st.session_state.update(top_rate=preset.top_rate, activation_bar=preset.activation_bar,
-                                filter_on=preset.filter is not None, filter_q=preset.filter or 0.95)
+        st.session_state.update(
+            top_rate=preset.top_rate,
+            activation_bar=preset.activation_bar,
+            filter_on=preset.filter is not None,
+            filter_q=preset.filter or 0.95,
+        )
 
 
 def mark_custom() -> None:
@@ -26,8 +33,10 @@ def mark_custom() -> None:
 
 
 st.title("Neurons")
-common.need(bool(st.session_state.get("base")) and bool(st.session_state.get("experts")),
-            "Pick a base model and experts on **Models & merge** first.")
+common.need(
+    bool(st.session_state.get("base")) and bool(st.session_state.get("experts")),
+    "Pick a base model and experts on **Models & merge** first.",
+)
 from engine.neurons import LapeSettings  # noqa: E402  (after the check that says what is missing)
 
 systems = {s.name: s for s in common.systems()}
@@ -42,23 +51,48 @@ if st.session_state["neuron_model"] not in others:
     st.session_state["neuron_model"] = others[0]
 controls[0].selectbox("Fine-tune (against the base)", others, key="neuron_model")
 state.default("neuron_span", "target")  # En→X data: target spans carry the different languages
-controls[1].segmented_control("Span", list(SPANS), key="neuron_span",
-                              help="which tokens count: the source sentence or the reference translation")
+controls[1].segmented_control(
+    "Span", list(SPANS), key="neuron_span", help="which tokens count: the source sentence or the reference translation"
+)
 state.default("preset", "paper")
 controls[2].selectbox("Preset", list(PRESET_NAMES), key="preset", format_func=PRESET_NAMES.get, on_change=apply_preset)
 for key, value in (("top_rate", 0.10), ("activation_bar", 0.80), ("filter_on", False), ("filter_q", 0.95)):
     state.default(key, value)
 sliders = st.columns(3)
-sliders[0].slider("top_rate", 0.01, 0.5, step=0.01, key="top_rate", on_change=mark_custom,
-                  help="share of all neurons kept, lowest entropy first")
-sliders[1].slider("activation_bar", 0.5, 0.99, step=0.01, key="activation_bar", on_change=mark_custom,
-                  help="a kept neuron belongs to every language whose p exceeds this quantile of all p")
+sliders[0].slider(
+    "top_rate",
+    0.01,
+    0.5,
+    step=0.01,
+    key="top_rate",
+    on_change=mark_custom,
+    help="share of all neurons kept, lowest entropy first",
+)
+sliders[1].slider(
+    "activation_bar",
+    0.5,
+    0.99,
+    step=0.01,
+    key="activation_bar",
+    on_change=mark_custom,
+    help="a kept neuron belongs to every language whose p exceeds this quantile of all p",
+)
 with sliders[2]:
     st.toggle("filter", key="filter_on", on_change=mark_custom, help="drop neurons whose highest p is under a quantile")
-    st.slider("filter quantile", 0.5, 0.99, step=0.01, key="filter_q", on_change=mark_custom,
-              disabled=not st.session_state["filter_on"])
-settings = LapeSettings(st.session_state["top_rate"], st.session_state["activation_bar"],
-                        st.session_state["filter_q"] if st.session_state["filter_on"] else None)
+    st.slider(
+        "filter quantile",
+        0.5,
+        0.99,
+        step=0.01,
+        key="filter_q",
+        on_change=mark_custom,
+        disabled=not st.session_state["filter_on"],
+    )
+settings = LapeSettings(
+    st.session_state["top_rate"],
+    st.session_state["activation_bar"],
+    st.session_state["filter_q"] if st.session_state["filter_on"] else None,
+)
 span = st.session_state.get("neuron_span") or "target"
 finetune = systems[st.session_state["neuron_model"]]
 
@@ -68,24 +102,39 @@ reporter.finish(f"LAPE over {', '.join(report.languages)} ({span} spans)")
 
 left, right = st.columns(2)
 with left:
-    common.show_figure(figures.count_heatmap(report.base.counts, report.languages, f"{base.name}: neurons per block",
-                                             report.base.signature), "neurons_base", key="counts_base")
+    common.show_figure(
+        figures.count_heatmap(
+            report.base.counts, report.languages, f"{base.name}: neurons per block", report.base.signature
+        ),
+        "neurons_base",
+        key="counts_base",
+    )
 with right:
-    common.show_figure(figures.count_heatmap(report.finetune.counts, report.languages,
-                                             f"{finetune.name}: neurons per block", report.finetune.signature),
-                       "neurons_finetune", key="counts_finetune")
+    common.show_figure(
+        figures.count_heatmap(
+            report.finetune.counts, report.languages, f"{finetune.name}: neurons per block", report.finetune.signature
+        ),
+        "neurons_finetune",
+        key="counts_finetune",
+    )
 counts = pd.DataFrame(report.finetune.counts, columns=list(report.languages)).rename_axis("block_index").reset_index()
 common.download_csv(counts.assign(model=finetune.name), "neuron_counts", key="counts_csv")
 
 left, right = st.columns(2)
 with left:
-    common.show_figure(figures.selection_comparison(report.comparison, f"{base.name} → {finetune.name}: gained / lost"),
-                       "neurons_gained_lost", key="gained_lost")
+    common.show_figure(
+        figures.selection_comparison(report.comparison, f"{base.name} → {finetune.name}: gained / lost"),
+        "neurons_gained_lost",
+        key="gained_lost",
+    )
 with right:
-    common.show_figure(figures.nua_figure(report.nua, f"Neuron usage alignment, {base.name} vs {finetune.name}"),
-                       "nua", key="nua")
+    common.show_figure(
+        figures.nua_figure(report.nua, f"Neuron usage alignment, {base.name} vs {finetune.name}"), "nua", key="nua"
+    )
     thirds = st.columns(3)
-    for col, name, value in zip(thirds, ("lower", "middle", "upper"), (report.nua.lower, report.nua.middle, report.nua.upper)):
+    for col, name, value in zip(
+        thirds, ("lower", "middle", "upper"), (report.nua.lower, report.nua.middle, report.nua.upper)
+    ):
         col.metric(f"NUA {name} third", f"{value:.3f}")
 
 layers = len(report.histograms.entropy_counts)
@@ -95,12 +144,26 @@ st.slider("Block for the histograms", 1, layers, key="neuron_layer")
 layer = st.session_state["neuron_layer"] - 1
 left, right = st.columns(2)
 with left:
-    common.show_figure(figures.layer_histograms(report.histograms.entropy_edges,
-                                                [report.base_histograms.entropy_counts[layer], report.histograms.entropy_counts[layer]],
-                                                [base.name, finetune.name], f"Entropy over languages, block {layer + 1}",
-                                                "entropy"), "entropy_histogram", key="entropy_hist")
+    common.show_figure(
+        figures.layer_histograms(
+            report.histograms.entropy_edges,
+            [report.base_histograms.entropy_counts[layer], report.histograms.entropy_counts[layer]],
+            [base.name, finetune.name],
+            f"Entropy over languages, block {layer + 1}",
+            "entropy",
+        ),
+        "entropy_histogram",
+        key="entropy_hist",
+    )
 with right:
-    common.show_figure(figures.layer_histograms(report.histograms.selectivity_edges,
-                                                [report.base_histograms.selectivity_counts[layer], report.histograms.selectivity_counts[layer]],
-                                                [base.name, finetune.name], f"Selectivity (largest normalised p), block {layer + 1}",
-                                                "selectivity"), "selectivity_histogram", key="selectivity_hist")
+    common.show_figure(
+        figures.layer_histograms(
+            report.histograms.selectivity_edges,
+            [report.base_histograms.selectivity_counts[layer], report.histograms.selectivity_counts[layer]],
+            [base.name, finetune.name],
+            f"Selectivity (largest normalised p), block {layer + 1}",
+            "selectivity",
+        ),
+        "selectivity_histogram",
+        key="selectivity_hist",
+    )

@@ -6,8 +6,10 @@ from engine.pipeline.scores import evaluate_systems, sample_rows
 from views import common, figures, state
 
 st.title("Samples")
-common.need(bool(st.session_state.get("base")) and bool(st.session_state.get("experts")),
-            "Pick a base model and experts on **Models & merge** first.")
+common.need(
+    bool(st.session_state.get("base")) and bool(st.session_state.get("experts")),
+    "Pick a base model and experts on **Models & merge** first.",
+)
 all_systems = common.systems()
 sets = common.data_sets()
 common.need(bool(sets), "No parallel data for the chosen directions; pick directions in the sidebar.")
@@ -35,8 +37,10 @@ if st.session_state["off_target_only"]:
     detected = [c for c in table.columns if c.endswith(" · detected")]
     table = table[(table[detected].ne(table["target"], axis=0)).any(axis=1)]
 table = table.drop(columns=["direction"])  # one direction at a time; its target is the 'target' column
-st.caption(f"{len(table)} sentence(s). Red: the output's detected language is not the target "
-           f"({st.session_state['sample_direction'].split('-')[1]}).")
+st.caption(
+    f"{len(table)} sentence(s). Red: the output's detected language is not the target "
+    f"({st.session_state['sample_direction'].split('-')[1]})."
+)
 # An HTML table keeps every sentence and highlight visible without scrolling inside a grid.
 st.html(figures.samples_html(table))
 common.download_csv(table, f"samples_{st.session_state['sample_direction']}", key="samples_csv")

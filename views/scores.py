@@ -13,8 +13,10 @@ from views.sweep_progress import draw_sweep_progress
 st.title("Scores")
 draw_sweep_progress()
 systems = common.systems()
-common.need(bool(st.session_state.get("base")) and bool(st.session_state.get("experts")),
-            "Pick a base model and experts on **Models & merge** first.")
+common.need(
+    bool(st.session_state.get("base")) and bool(st.session_state.get("experts")),
+    "Pick a base model and experts on **Models & merge** first.",
+)
 if common.merged_system() is None:
     st.info("No merge yet: press **Merge** on Models & merge to add the merge's row. Showing the checkpoints.")
 sets = common.data_sets()
@@ -39,7 +41,6 @@ bars = common.cached_figures(("bars", repr(rows), metric), lambda: figures.score
 common.show_figure(bars, f"scores_{metric}", key="scores_bars")
 
 
-
 def start_sweep() -> None:
     st.session_state["sweep_param"] = st.session_state.get("sweep_choice") or ""
 
@@ -55,27 +56,51 @@ else:
     if not numeric:
         st.info(f"{spec.display_name} has no numeric parameter to sweep.")
     else:
-        state.default("sweep_choice", st.session_state.get("sweep_param") if st.session_state.get("sweep_param") in numeric else numeric[0])
+        state.default(
+            "sweep_choice",
+            st.session_state.get("sweep_param") if st.session_state.get("sweep_param") in numeric else numeric[0],
+        )
         cols = st.columns([2, 1])
-        cols[0].selectbox("Parameter", numeric, key="sweep_choice",
-                          help="the paper's grid for this method and parameter; the others stay at the recipe's values")
+        cols[0].selectbox(
+            "Parameter",
+            numeric,
+            key="sweep_choice",
+            help="the paper's grid for this method and parameter; the others stay at the recipe's values",
+        )
         values = sweep_values(method, st.session_state["sweep_choice"])
-        cols[1].button("Run sweep", key="sweep_run", on_click=start_sweep,
-                       help=f"{len(values)} merges scored on {st.session_state.get('split')}; cached points are not recomputed")
+        cols[1].button(
+            "Run sweep",
+            key="sweep_run",
+            on_click=start_sweep,
+            help=f"{len(values)} merges scored on {st.session_state.get('split')}; cached points are not recomputed",
+        )
         st.caption(f"{st.session_state['sweep_choice']} ∈ {{{', '.join(f'{v:g}' for v in values)}}}")
         param = st.session_state.get("sweep_param")
         if param in numeric:
             reporter = common.ProgressReporter(f"Sweeping {param} ({len(sweep_values(method, param))} merges)")
-            sweep = sweep_curve(base, experts, method, params, param, sweep_values(method, param), sets,
-                                         common.model_cache(), progress=reporter)
+            sweep = sweep_curve(
+                base,
+                experts,
+                method,
+                params,
+                param,
+                sweep_values(method, param),
+                sets,
+                common.model_cache(),
+                progress=reporter,
+            )
             reporter.finish(f"Sweep of {param}: done")
             common.show_figure(figures.sweep_figure(sweep, metric), f"sweep_{method}_{param}_{metric}", key="sweep_fig")
-            common.download_csv(pd.DataFrame(sweep).drop(columns=["identity"]), f"sweep_{method}_{param}", key="sweep_csv")
+            common.download_csv(
+                pd.DataFrame(sweep).drop(columns=["identity"]), f"sweep_{method}_{param}", key="sweep_csv"
+            )
 
 with st.expander("All metrics, long form, with sacreBLEU signatures"):
     st.dataframe(table, hide_index=True, width="stretch")
     signatures = pd.DataFrame(rows)[["system", "direction", "bleu_signature", "chrf_signature"]]
     st.dataframe(signatures, hide_index=True, width="stretch")
-st.caption(f"Off-target: share of outputs whose language (py3langid, answering among the data's languages: "
-           f"{', '.join(data_languages())}) is not the requested target; 'vs ref. language' compares with "
-           "the language detected on each reference instead.")
+st.caption(
+    f"Off-target: share of outputs whose language (py3langid, answering among the data's languages: "
+    f"{', '.join(data_languages())}) is not the requested target; 'vs ref. language' compares with "
+    "the language detected on each reference instead."
+)

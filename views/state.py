@@ -15,8 +15,9 @@ truth and lets a restored link win over the built-in default.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import streamlit as st
 
@@ -121,7 +122,7 @@ def _persisted_keys() -> list[str]:
 def _current_method_only(key: str) -> bool:
     # Parameters of methods the user looked at but did not pick stay in the session, not in the link.
     if key.startswith((PARAM_PREFIX, SCHEDULE_PREFIX)):
-        return key.split("__")[0][len(PARAM_PREFIX):] == st.session_state.get("method")
+        return key.split("__")[0][len(PARAM_PREFIX) :] == st.session_state.get("method")
     return True
 
 

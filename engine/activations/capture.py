@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -82,10 +82,12 @@ class Capture:
         return cache.Entry(tensors=tensors, meta={"languages": self.languages, **self.meta})
 
     @classmethod
-    def from_entry(cls, entry: cache.Entry) -> "Capture":
+    def from_entry(cls, entry: cache.Entry) -> Capture:
         meta = dict(entry.meta)
         languages = meta.pop("languages")
-        hidden, active, tokens = ({s: entry.tensors[f"{prefix}.{s}"] for s in languages} for prefix in ("hidden", "active", "tokens"))
+        hidden, active, tokens = (
+            {s: entry.tensors[f"{prefix}.{s}"] for s in languages} for prefix in ("hidden", "active", "tokens")
+        )
         return cls(hidden, active, tokens, languages, meta)
 
 
@@ -209,7 +211,9 @@ def _pad_id(tokenizer) -> int:
 def _resolve_device(model: nn.Module, device) -> torch.device:
     from engine.device import default_device, resolve_device
 
-    device = default_device() if device is None else (device if isinstance(device, torch.device) else resolve_device(device))
+    device = (
+        default_device() if device is None else (device if isinstance(device, torch.device) else resolve_device(device))
+    )
     current = next(model.parameters()).device
     if current != device:
         log.info("moving %s from %s to %s for capture", type(model).__name__, current, device)
@@ -217,7 +221,9 @@ def _resolve_device(model: nn.Module, device) -> torch.device:
     return device
 
 
-def make_batch(encoded: list[EncodedPair], spans: tuple[str, ...], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_batch(
+    encoded: list[EncodedPair], spans: tuple[str, ...], pad_id: int, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded (input_ids, attention_mask, span masks (spans, batch, seq)) for a list of pairs."""
     longest = max(len(e) for e in encoded)
     ids = torch.full((len(encoded), longest), pad_id, dtype=torch.long)
@@ -286,8 +292,14 @@ def capture(
         active={s: active[i] for i, s in enumerate(spans)},
         tokens={s: tokens[i] for i, s in enumerate(spans)},
         languages={s: languages[s] for s in spans},
-        meta={"n": n, "layers": n_layers, "d_model": blocks.d_model, "d_mlp": blocks.d_mlp,
-              "direction": pairs.direction, "settings": asdict(settings)},
+        meta={
+            "n": n,
+            "layers": n_layers,
+            "d_model": blocks.d_model,
+            "d_mlp": blocks.d_mlp,
+            "direction": pairs.direction,
+            "settings": asdict(settings),
+        },
     )
 
 
@@ -343,8 +355,13 @@ def capture_key(model_id: str, tokenizer, pairs: ParallelSet, settings: CaptureS
     # instruction wording (engine.prompts) and the chat template as this tokenizer applies it.
     sample = render_teacher_forced(tokenizer, pairs.src_lang, pairs.tgt_lang, "<source>", "<target>").text
     return cache.make_key(
-        "capture", model=model_id, tokenizer=tokenizer_digest(tokenizer), data=pairs.content_hash(),
-        prompt=hashlib.sha256(sample.encode()).hexdigest(), settings=settings.key_parts(), device=_device_kind(device),
+        "capture",
+        model=model_id,
+        tokenizer=tokenizer_digest(tokenizer),
+        data=pairs.content_hash(),
+        prompt=hashlib.sha256(sample.encode()).hexdigest(),
+        settings=settings.key_parts(),
+        device=_device_kind(device),
     )
 
 
@@ -362,5 +379,7 @@ def capture_cached(
     store = store or cache_store()
     key = capture_key(model_id, tokenizer, pairs, settings, device)
     description = f"capture {model_id[:12]} {pairs.direction} n={len(pairs)}"
-    entry = store.get_or_compute(key, lambda: capture(model, tokenizer, pairs, settings, device, progress).to_entry(), description)
+    entry = store.get_or_compute(
+        key, lambda: capture(model, tokenizer, pairs, settings, device, progress).to_entry(), description
+    )
     return Capture.from_entry(entry)

@@ -13,6 +13,16 @@ def fingerprint(path) -> str:
 
 
 __all__ = [
-    "Checkpoint", "Summary", "Discovery", "check_compatible", "check_finite", "compatibility_problems",
-    "discover_checkpoints", "fingerprint", "load_model", "load_tokenizer", "open_checkpoint", "resolve_model_path",
+    "Checkpoint",
+    "Summary",
+    "Discovery",
+    "check_compatible",
+    "check_finite",
+    "compatibility_problems",
+    "discover_checkpoints",
+    "fingerprint",
+    "load_model",
+    "load_tokenizer",
+    "open_checkpoint",
+    "resolve_model_path",
 ]

@@ -10,7 +10,6 @@ import torch
 from engine.checkpoints.checkpoint import Checkpoint, open_checkpoint
 from engine.device import resolve_device
 
-
 # transformers builds a model under process-wide patches: while from_pretrained runs,
 # PreTrainedModel.tie_weights and torch's init functions are no-ops for every thread, and
 # no_init_weights swaps them the same way. Two threads building at once (two dashboard sessions,

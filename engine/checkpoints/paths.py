@@ -8,9 +8,9 @@ in the YAML files it names (safetensors-only and no remote code still hold every
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from engine.errors import PathNotAllowedError
 from engine.settings import model_roots

@@ -34,7 +34,9 @@ def read_header(file: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
             raise CheckpointError(f"{file}: truncated safetensors file ({size} bytes, no header)")
         (header_len,) = struct.unpack("<Q", prefix)
         if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
-            raise CheckpointError(f"{file}: corrupt or truncated safetensors header (claims {header_len} bytes, file has {size})")
+            raise CheckpointError(
+                f"{file}: corrupt or truncated safetensors header (claims {header_len} bytes, file has {size})"
+            )
         raw = f.read(header_len)
     try:
         header = json.loads(raw)
@@ -48,7 +50,9 @@ def read_header(file: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
     for name, info in header.items():
         try:
             begin, end = info["data_offsets"]
-            entry = TensorEntry(info["dtype"], tuple(int(d) for d in info["shape"]), data_start + begin, data_start + end)
+            entry = TensorEntry(
+                info["dtype"], tuple(int(d) for d in info["shape"]), data_start + begin, data_start + end
+            )
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{file}: corrupt safetensors header entry for tensor {name!r}") from None
         if entry.end > size:

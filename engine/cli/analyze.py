@@ -28,7 +28,9 @@ SPAN_NAMES = {"src": "source", "tgt": "target"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", required=True, help="checkpoint folders; the first is the base for comparisons")
+    parser.add_argument(
+        "--models", nargs="+", required=True, help="checkpoint folders; the first is the base for comparisons"
+    )
     parser.add_argument("--data", nargs="+", required=True, help="parallel JSONL files, one direction each")
     parser.add_argument("--span", choices=sorted(SPAN_NAMES), default="src", help="pool over source or target tokens")
     parser.add_argument("--out", required=True, help="report JSON path")
@@ -85,16 +87,27 @@ def run(args: argparse.Namespace) -> int:
         per_data = []
         for d in datasets:
             log.info("capturing %s on %s (%d pairs, %s span)", ckpt.name, d.name, len(d), span)
-            per_data.append(capture_cached(model, tokenizer, d, ckpt.fingerprint, settings, device=args.device,
-                                           progress=_progress(f"{ckpt.name} {d.direction}")))
+            per_data.append(
+                capture_cached(
+                    model,
+                    tokenizer,
+                    d,
+                    ckpt.fingerprint,
+                    settings,
+                    device=args.device,
+                    progress=_progress(f"{ckpt.name} {d.direction}"),
+                )
+            )
         captures.append(per_data)
         del model
     names = [c.name for c in checkpoints]
 
     report = {
         "span": span,
-        "models": [{"name": c.name, "path": str(c.path), "fingerprint": c.fingerprint, "layers": caps[0].num_layers}
-                   for c, caps in zip(checkpoints, captures)],
+        "models": [
+            {"name": c.name, "path": str(c.path), "fingerprint": c.fingerprint, "layers": caps[0].num_layers}
+            for c, caps in zip(checkpoints, captures)
+        ],
         "data": [{"path": d.name, "direction": d.direction, "n": len(d), "hash": d.content_hash()} for d in datasets],
         "cka": _cka_section(names, datasets, captures, span, args.debiased, args.device),
         "neurons": _neuron_section(names, captures, span, args.preset),
@@ -123,8 +136,13 @@ def _cka_section(names, datasets, captures, span, debiased, device) -> list[dict
         for i, j in combinations(range(len(names)), 2):
             a, b = captures[i][k].hidden[span], captures[j][k].hidden[span]  # (layers + 1, n, d_model)
             matrix = cka.cka_matrix(a, b, debiased=debiased, span=span, labels=(names[i], names[j]), device=device)
-            row = {"direction": d.direction, "a": names[i], "b": names[j], "signature": matrix.signature,
-                   "matrix": matrix.values}
+            row = {
+                "direction": d.direction,
+                "a": names[i],
+                "b": names[j],
+                "signature": matrix.signature,
+                "matrix": matrix.values,
+            }
             # Layer-by-layer curves only make sense at equal depth; the L × L matrix is always there.
             row["curve"] = matrix.diagonal() if a.shape[0] == b.shape[0] else None
             rows.append(row)
@@ -150,9 +168,13 @@ def _neuron_section(names, captures, span, preset) -> dict:
             "signature": result.signature,
             "counts": result.counts,  # (layers, languages)
             "neurons": [{lang: idx.tolist() for lang, idx in layer.items()} for layer in result.neurons],
-            "histograms": {"entropy_edges": hist.entropy_edges, "entropy": hist.entropy_counts,
-                           "selectivity_edges": hist.selectivity_edges, "selectivity": hist.selectivity_counts,
-                           "dead": hist.dead},
+            "histograms": {
+                "entropy_edges": hist.entropy_edges,
+                "entropy": hist.entropy_counts,
+                "selectivity_edges": hist.selectivity_edges,
+                "selectivity": hist.selectivity_counts,
+                "dead": hist.dead,
+            },
         }
         results.append(result)
         rates.append(r)
@@ -164,8 +186,15 @@ def _neuron_section(names, captures, span, preset) -> dict:
             entry.update(
                 signature=cmp.signature,
                 per_layer={f: getattr(cmp, f) for f in ("base", "finetune", "gained", "lost", "overlap", "jaccard")},
-                nua={"signature": nua.signature, "per_layer": nua.per_layer, "lower": nua.lower, "middle": nua.middle,
-                     "upper": nua.upper, "mean": nua.mean, "thirds": nua.thirds},
+                nua={
+                    "signature": nua.signature,
+                    "per_layer": nua.per_layer,
+                    "lower": nua.lower,
+                    "middle": nua.middle,
+                    "upper": nua.upper,
+                    "mean": nua.mean,
+                    "thirds": nua.thirds,
+                },
             )
         else:
             entry["note"] = f"shapes differ ({rates[0].shape} vs {rates[j].shape}); no neuron-by-neuron comparison"

@@ -49,4 +49,3 @@ def run(args: argparse.Namespace) -> int:
     report = store.gc(max_bytes=max_bytes)
     print(", ".join(f"{k}: {v}" for k, v in report.items()))
     return 0
-

@@ -10,7 +10,9 @@ from engine.checkpoints import discover_checkpoints
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fingerprint", action="store_true", help="also compute content fingerprints (reads every tensor once)")
+    parser.add_argument(
+        "--fingerprint", action="store_true", help="also compute content fingerprints (reads every tensor once)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -23,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
             row["fingerprint"] = ckpt.fingerprint
         rows.append(row)
     if args.json:
-        print(json.dumps({"checkpoints": rows, "refused": [{"path": p, "reason": r} for p, r in found.refused]}, indent=2))
+        print(
+            json.dumps({"checkpoints": rows, "refused": [{"path": p, "reason": r} for p, r in found.refused]}, indent=2)
+        )
         return 0
     for row in rows:
         print(

@@ -36,14 +36,30 @@ def load_data(paths: list[str], limit: int | None = None) -> list[ParallelSet]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", action="append", required=True, metavar="PATH",
-                        help="checkpoint folder under the model roots (repeat for several)")
-    parser.add_argument("--data", nargs="+", required=True, metavar="PATH",
-                        help="JSONL parallel files or folders of them (one direction per file)")
-    parser.add_argument("--out", action="append", default=[], metavar="FILE",
-                        help="write results to .csv, .md or .json (repeatable); Markdown to stdout otherwise")
-    parser.add_argument("--languages", help="comma-separated languages language ID may answer "
-                        "(default: every language of the data)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="checkpoint folder under the model roots (repeat for several)",
+    )
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="JSONL parallel files or folders of them (one direction per file)",
+    )
+    parser.add_argument(
+        "--out",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="write results to .csv, .md or .json (repeatable); Markdown to stdout otherwise",
+    )
+    parser.add_argument(
+        "--languages", help="comma-separated languages language ID may answer (default: every language of the data)"
+    )
     parser.add_argument("--limit", type=int, help="first N pairs of each file only")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -77,10 +93,14 @@ def run(args: argparse.Namespace) -> int:
     progress = lambda done, total, msg: log.info("[%d/%d] %s", done, total, msg)  # noqa: E731
     for ckpt in checkpoints:
         # Loaded only if some direction is not cached yet.
-        translator = LazyModelTranslator(ckpt.fingerprint, lambda c=ckpt: load_model(c, device=args.device),
-                                         prompts[ckpt.path], settings)
-        results.append(evaluate(translator, sets, system=ckpt.name, languages=languages,
-                                use_cache=not args.no_cache, progress=progress))
+        translator = LazyModelTranslator(
+            ckpt.fingerprint, lambda c=ckpt: load_model(c, device=args.device), prompts[ckpt.path], settings
+        )
+        results.append(
+            evaluate(
+                translator, sets, system=ckpt.name, languages=languages, use_cache=not args.no_cache, progress=progress
+            )
+        )
         translator.release()
 
     for out in args.out:

@@ -11,8 +11,12 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="mergekit YAML recipe")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
-                        help="where to compute (default: MERGESCOPE_DEVICE, else CUDA when present)")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=None,
+        help="where to compute (default: MERGESCOPE_DEVICE, else CUDA when present)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for random-dropping methods (DARE, DELLA)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--shard-size-gb", type=float, default=2.0, help="largest output shard, in GiB")
@@ -51,11 +55,17 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = load(args.recipe)
     total = sum(job.numel for job in plan_merge(recipe, args.seed).jobs)
-    with tqdm(total=total, unit="param", unit_scale=True, desc=f"merge ({recipe.merge_method})",
-              disable=args.no_progress) as bar:
+    with tqdm(
+        total=total, unit="param", unit_scale=True, desc=f"merge ({recipe.merge_method})", disable=args.no_progress
+    ) as bar:
         out = save_merge(
-            recipe, args.out, device=args.device, seed=args.seed, overwrite=args.overwrite,
-            progress=lambda name, n: bar.update(n), max_shard_bytes=int(args.shard_size_gb * 1024**3),
+            recipe,
+            args.out,
+            device=args.device,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            progress=lambda name, n: bar.update(n),
+            max_shard_bytes=int(args.shard_size_gb * 1024**3),
         )
     print(out)
     return 0

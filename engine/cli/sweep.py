@@ -28,10 +28,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="auto, cpu or cuda (default: MERGESCOPE_DEVICE)")
     parser.add_argument("--no-cache", action="store_true", help="recompute every score (no resuming)")
     parser.add_argument("--backend", choices=("local", "ray"), help="where points run (default: MERGESCOPE_BACKEND)")
-    parser.add_argument("--address", help="Ray cluster address for --backend ray (default: MERGESCOPE_RAY_ADDRESS; "
-                                          "none: a local Ray started for this run)")
-    parser.add_argument("--capture", action="store_true",
-                        help="after the table, capture span activations of its models on devtest (one job each)")
+    parser.add_argument(
+        "--address",
+        help="Ray cluster address for --backend ray (default: MERGESCOPE_RAY_ADDRESS; "
+        "none: a local Ray started for this run)",
+    )
+    parser.add_argument(
+        "--capture",
+        action="store_true",
+        help="after the table, capture span activations of its models on devtest (one job each)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate everything and list the points, merge nothing")
 
 
@@ -63,9 +69,14 @@ def run(args: argparse.Namespace) -> int:
     with open_backend(args.backend, args.address) as backend:
         previous = signal.signal(signal.SIGINT, on_interrupt)
         try:
-            result = run_sweep(config, device=args.device, use_cache=not args.no_cache, backend=backend,
-                               should_stop=lambda: stop_requested,
-                               progress=lambda done, total, msg: log.info("[%d/%d] %s", done, total, msg))
+            result = run_sweep(
+                config,
+                device=args.device,
+                use_cache=not args.no_cache,
+                backend=backend,
+                should_stop=lambda: stop_requested,
+                progress=lambda done, total, msg: log.info("[%d/%d] %s", done, total, msg),
+            )
             if args.capture and result.tables and not stop_requested:
                 capture_table_models(result, backend, args.device, lambda: stop_requested)
         finally:
@@ -83,10 +94,15 @@ def capture_table_models(result, backend, device, should_stop) -> None:
     from engine.sweep.captures import capture_many, table_capture_jobs
 
     jobs = table_capture_jobs(result, backend.device(device))
-    outcomes = capture_many(jobs, backend, should_stop=should_stop,
-                            progress=lambda done, total, msg: log.info("[%d/%d] %s", done, total, msg))
+    outcomes = capture_many(
+        jobs,
+        backend,
+        should_stop=should_stop,
+        progress=lambda done, total, msg: log.info("[%d/%d] %s", done, total, msg),
+    )
     for job, outcome in zip(jobs, outcomes):
         if isinstance(outcome, BaseException):
-            log.warning("capture of %s on %s failed: %s: %s", job.name, job.pairs.direction,
-                        type(outcome).__name__, outcome)
+            log.warning(
+                "capture of %s on %s failed: %s: %s", job.name, job.pairs.direction, type(outcome).__name__, outcome
+            )
     log.info("captures: %d of %d in the cache", sum(isinstance(o, str) for o in outcomes), len(jobs))

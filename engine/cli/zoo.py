@@ -16,19 +16,34 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("build", "verify", "table"),
-                        help="build the zoo, check its files against the manifest, or build the merge table")
+    parser.add_argument(
+        "action",
+        choices=("build", "verify", "table"),
+        help="build the zoo, check its files against the manifest, or build the merge table",
+    )
     parser.add_argument("--out", type=Path, default=ZOO_DIR, help=f"zoo folder (default {ZOO_DIR})")
-    parser.add_argument("--preset", choices=("full", "micro"), default="full",
-                        help="full: the committed zoo (~30 min on 2 cores); micro: seconds, for tests")
-    parser.add_argument("--no-cache", action="store_true", help="table: score every merge again instead of reading the cache")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the models an interrupted build of the same settings finished")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="fine-tune this many models at once, one process each (same results)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads per fine-tune (default: the preset's); the base, trained alone "
-                             "first, gets workers × threads")
+    parser.add_argument(
+        "--preset",
+        choices=("full", "micro"),
+        default="full",
+        help="full: the committed zoo (~30 min on 2 cores); micro: seconds, for tests",
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="table: score every merge again instead of reading the cache"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the models an interrupted build of the same settings finished"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="fine-tune this many models at once, one process each (same results)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per fine-tune (default: the preset's); the base, trained alone "
+        "first, gets workers × threads",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,8 +76,11 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, torch_threads=args.threads)
         command += f" --threads {args.threads}"
     manifest = build(args.out, config, command=command, resume=args.resume, workers=args.workers)
-    summary = {name: {d: s["chrf"] for d, s in m["devtest"].items()} if name != "base" and name != "joint"
-               else round(sum(s["chrf"] for s in m["devtest"].values()) / len(m["devtest"]), 2)
-               for name, m in manifest["models"].items()}
+    summary = {
+        name: {d: s["chrf"] for d, s in m["devtest"].items()}
+        if name != "base" and name != "joint"
+        else round(sum(s["chrf"] for s in m["devtest"].values()) / len(m["devtest"]), 2)
+        for name, m in manifest["models"].items()
+    }
     print(json.dumps({"timings_s": manifest["timings_s"], "devtest_chrf": summary}, indent=1))
     return 0

@@ -11,10 +11,19 @@ executor imports engine.recipe.
 import importlib
 
 _EXPORTS = {
-    "MemoryEstimate": "executor", "MergePlan": "executor", "estimate_memory": "executor", "iter_merged": "executor",
-    "merge_into_model": "executor", "plan_merge": "executor", "save_merge": "executor",
-    "get_method": "registry", "methods": "registry",
-    "BaseUse": "spec", "MethodSpec": "spec", "Param": "spec", "Scope": "spec",
+    "MemoryEstimate": "executor",
+    "MergePlan": "executor",
+    "estimate_memory": "executor",
+    "iter_merged": "executor",
+    "merge_into_model": "executor",
+    "plan_merge": "executor",
+    "save_merge": "executor",
+    "get_method": "registry",
+    "methods": "registry",
+    "BaseUse": "spec",
+    "MethodSpec": "spec",
+    "Param": "spec",
+    "Scope": "spec",
 }
 __all__ = sorted(_EXPORTS)
 

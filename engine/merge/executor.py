@@ -15,9 +15,9 @@ import math
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import psutil
 import torch
@@ -35,14 +35,32 @@ CHUNK_ELEMENTS = 1 << 22  # rows per streamed block ≈ 4M entries (16 MB in flo
 ONE_PASS_CHUNK_ELEMENTS = 1 << 20  # one-pass methods: 4 MB float32 blocks stay in the L3 cache
 STREAM_ABOVE = 1 << 23  # smaller tensors are merged whole: one read per input serves every pass
 DEFAULT_SHARD_BYTES = 2 * 1024**3
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                      "BOOL": torch.bool}
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 DTYPE_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-                   "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "generation_config.json",
+)
 Progress = Callable[[str, int], None]  # (tensor name, number of entries) after each merged tensor
 
 
@@ -101,7 +119,11 @@ def plan_merge(recipe: Recipe, seed: int = 0) -> MergePlan:
     models = [opened[m.model] for m in inputs]
     check_compatible(([base] if base else []) + models)
     template = opened[recipe.base_model] if recipe.base_model else models[0]
-    num_layers = int(template.config.get("num_hidden_layers") or (template.config.get("text_config") or {}).get("num_hidden_layers") or 1)
+    num_layers = int(
+        template.config.get("num_hidden_layers")
+        or (template.config.get("text_config") or {}).get("num_hidden_layers")
+        or 1
+    )
     dtype = DTYPE_NAMES[recipe.dtype] if recipe.dtype else None
     out_dtype = DTYPE_NAMES[recipe.out_dtype] if recipe.out_dtype else dtype
     where = recipe.source or "recipe"
@@ -109,16 +131,21 @@ def plan_merge(recipe: Recipe, seed: int = 0) -> MergePlan:
     for name in template.tensor_names:
         stored = SAFETENSORS_DTYPES.get(template.tensor_dtype(name))
         if stored is None:
-            raise CheckpointError(f"{template.shard_of(name)}: tensor {name!r} has unsupported dtype {template.tensor_dtype(name)}")
+            raise CheckpointError(
+                f"{template.shard_of(name)}: tensor {name!r} has unsupported dtype {template.tensor_dtype(name)}"
+            )
         t = layer_position(name, num_layers)
         try:
-            shared, per_model = resolve_all(spec, recipe.parameters, [m.parameters for m in inputs],
-                                            [m.model for m in inputs], name, t)
+            shared, per_model = resolve_all(
+                spec, recipe.parameters, [m.parameters for m in inputs], [m.model for m in inputs], name, t
+            )
         except RecipeError as err:
             raise RecipeError(f"{where}: {err}") from None
         if spec.check and (problem := spec.check(shared, per_model)):
             raise RecipeError(f"{where}: {spec.name} on tensor {name!r}: {problem}")
-        jobs.append(TensorJob(name, tuple(template.tensor_shape(name)), stored, t, shared, per_model, stored.is_floating_point))
+        jobs.append(
+            TensorJob(name, tuple(template.tensor_shape(name)), stored, t, shared, per_model, stored.is_floating_point)
+        )
     plan = MergePlan(recipe, spec, base, models, template, jobs, out_dtype, seed)
     plan._entries = {id(c): c.entries() for c in plan.inputs}
     return plan
@@ -187,10 +214,14 @@ def check_memory(plan: MergePlan, device: torch.device, into_model: bool = False
     if not est.fits():
         where = plan.recipe.source or "recipe"
         if est.device_available is None:
-            detail = f"needs about {_gib(est.host_bytes + est.device_bytes)} of memory, {_gib(est.host_available)} available"
+            detail = (
+                f"needs about {_gib(est.host_bytes + est.device_bytes)} of memory, {_gib(est.host_available)} available"
+            )
         else:
-            detail = (f"needs about {_gib(est.device_bytes)} on {est.device} ({_gib(est.device_available)} free) and "
-                      f"{_gib(est.host_bytes)} on the host ({_gib(est.host_available)} available)")
+            detail = (
+                f"needs about {_gib(est.device_bytes)} on {est.device} ({_gib(est.device_available)} free) and "
+                f"{_gib(est.host_bytes)} on the host ({_gib(est.host_available)} available)"
+            )
         raise InsufficientMemoryError(f"{where}: merge refused before starting: it {detail}")
     return est
 
@@ -251,7 +282,9 @@ class _ShardReader:
         while done < count:  # one call moves at most about 2 GB
             got = os.preadv(self._fd(shard), [buffer[done:]], first + done)
             if got == 0:
-                raise CheckpointError(f"{shard}: tensor data ends early (read {done} of {count} bytes at offset {first})")
+                raise CheckpointError(
+                    f"{shard}: tensor data ends early (read {done} of {count} bytes at offset {first})"
+                )
             done += got
         view = raw.view(dtype).reshape(rows)
         return view.to(as_dtype) if convert else view
@@ -323,7 +356,9 @@ class _CheckpointSource:
                 x = self.reader.read(shard, entry, s, e if self.shape else 1)
                 bad += int((~torch.isfinite(x)).sum())
             if bad:
-                raise CheckpointError(f"{shard}: tensor {self.job.name!r} holds {bad} NaN/Inf value(s); refusing to use it")
+                raise CheckpointError(
+                    f"{shard}: tensor {self.job.name!r} holds {bad} NaN/Inf value(s); refusing to use it"
+                )
 
 
 def _tensor_seed(seed: int, name: str) -> int:
@@ -333,8 +368,9 @@ def _tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}|{name}".encode()).digest()[:7], "little")
 
 
-def iter_merged(plan: MergePlan, device: torch.device | str | None = None,
-                progress: Progress | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_merged(
+    plan: MergePlan, device: torch.device | str | None = None, progress: Progress | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, merged tensor in its output dtype, on `device`) in the plan's order."""
     device = device if isinstance(device, torch.device) else resolve_device(device)
     reader = _ShardReader()
@@ -364,7 +400,9 @@ def _checked_output(source: _CheckpointSource, chunk: torch.Tensor) -> torch.Ten
     return chunk
 
 
-def _merge_chunks(plan: MergePlan, job: TensorJob, reader: _ShardReader, device: torch.device) -> Iterator[torch.Tensor]:
+def _merge_chunks(
+    plan: MergePlan, job: TensorJob, reader: _ShardReader, device: torch.device
+) -> Iterator[torch.Tensor]:
     """The merged tensor as row blocks in order, in its output dtype: writers never hold it whole."""
     spec = plan.spec
     out_dtype = plan.output_dtype(job)
@@ -390,8 +428,13 @@ def _merge_chunks(plan: MergePlan, job: TensorJob, reader: _ShardReader, device:
 # ---------------------------------------------------------------------------- outputs
 
 
-def merge_into_model(recipe: Recipe, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                     seed: int = 0, progress: Progress | None = None):
+def merge_into_model(
+    recipe: Recipe,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+):
     """Merge straight into a live `transformers` model (no disk): returns (model in eval mode, tokenizer).
 
     dtype defaults to the one engine.checkpoints.load_model uses (float32 on CPU, the merge's
@@ -425,7 +468,9 @@ def merge_into_model(recipe: Recipe, device: str | torch.device | None = None, d
             filled.add(name)
     missing = [n for n, p in model.named_parameters() if n not in filled]
     if missing:
-        raise CheckpointError(f"{plan.template.path}: merged checkpoint lacks {len(missing)} parameter(s): {missing[:5]}")
+        raise CheckpointError(
+            f"{plan.template.path}: merged checkpoint lacks {len(missing)} parameter(s): {missing[:5]}"
+        )
     model.eval()
     model.merge_recipe = recipe  # provenance for the dashboard
     return model, load_tokenizer(_tokenizer_checkpoint(plan))
@@ -456,7 +501,11 @@ def _header(plan: MergePlan, jobs: list[TensorJob]) -> bytes:
     for job in jobs:
         dtype = plan.output_dtype(job)
         nbytes = job.numel * dtype.itemsize
-        header[job.name] = {"dtype": DTYPE_CODES[dtype], "shape": list(job.shape), "data_offsets": [offset, offset + nbytes]}
+        header[job.name] = {
+            "dtype": DTYPE_CODES[dtype],
+            "shape": list(job.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     header["__metadata__"] = {"format": "pt"}
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -464,9 +513,15 @@ def _header(plan: MergePlan, jobs: list[TensorJob]) -> bytes:
     return len(raw).to_bytes(8, "little") + raw
 
 
-def save_merge(recipe: Recipe, out_dir: str | Path, device: str | torch.device | None = None, seed: int = 0,
-               progress: Progress | None = None, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-               overwrite: bool = False) -> Path:
+def save_merge(
+    recipe: Recipe,
+    out_dir: str | Path,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    overwrite: bool = False,
+) -> Path:
     """Merge into a Hugging Face checkpoint folder: sharded safetensors, config, tokenizer and chat
     template from the base, the recipe (mergekit_config.yml) and a model card (README.md).
 
@@ -499,11 +554,15 @@ def save_merge(recipe: Recipe, out_dir: str | Path, device: str | torch.device |
     return out_dir
 
 
-def _write_checkpoint(plan: MergePlan, folder: Path, device: torch.device, progress: Progress | None,
-                      max_shard_bytes: int) -> None:
+def _write_checkpoint(
+    plan: MergePlan, folder: Path, device: torch.device, progress: Progress | None, max_shard_bytes: int
+) -> None:
     shards = _shards(plan, max_shard_bytes)
-    names = (["model.safetensors"] if len(shards) == 1
-             else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     weight_map, total = {}, 0
     reader = _ShardReader()
     try:

@@ -15,13 +15,12 @@ Task arithmetic: Ilharco et al. 2022 (arXiv 2212.04089); TIES: Yadav et al. 2023
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from engine.merge.sparsify import DELLA, MAGNITUDE_OUTLIERS, Dropper
 from engine.merge.spec import BaseUse, MemorySource, MethodSpec, Param, Scope, TensorSource, work_dtype
-
 
 SAMPLE_ENTRIES = 1 << 16  # |delta| entries sampled to bracket a magnitude threshold
 SAMPLE_ROWS = 64  # rows sampled instead when a tensor is streamed (re-read one row each)
@@ -74,7 +73,7 @@ def stream_task_arithmetic(
         # |delta| at entries spread evenly over the tensor (whole rows when it is streamed).
         if single:
             flat = delta(i, *source.row_chunks[0]).reshape(-1)
-            return lambda: flat[::max(1, flat.numel() // SAMPLE_ENTRIES)].abs()
+            return lambda: flat[:: max(1, flat.numel() // SAMPLE_ENTRIES)].abs()
         rows = source.row_chunks[-1][1]
         picks = sorted({r * rows // SAMPLE_ROWS for r in range(SAMPLE_ROWS)})
         return lambda: torch.cat([delta(i, r, r + 1).reshape(-1) for r in picks]).abs()
@@ -83,9 +82,15 @@ def stream_task_arithmetic(
     if sparsifier:
         apply = [
             Dropper(
-                sparsifier, density[i], deltas(i), numel, rescale=rescale,
-                gamma=gamma[i] if gamma else 0.01, epsilon=epsilon[i] if epsilon else 0.15,
-                seed=_expert_seed(seed, i), sample=sample(i),
+                sparsifier,
+                density[i],
+                deltas(i),
+                numel,
+                rescale=rescale,
+                gamma=gamma[i] if gamma else 0.01,
+                epsilon=epsilon[i] if epsilon else 0.15,
+                seed=_expert_seed(seed, i),
+                sample=sample(i),
             ).start()
             for i in range(n)
         ]
@@ -115,8 +120,9 @@ def stream_task_arithmetic(
         yield merged.add_(base)
 
 
-def _weighted_sum(source: TensorSource, weight: Sequence[float], *, normalize: bool,
-                  lambda_: float) -> Iterator[torch.Tensor]:
+def _weighted_sum(
+    source: TensorSource, weight: Sequence[float], *, normalize: bool, lambda_: float
+) -> Iterator[torch.Tensor]:
     """Task arithmetic in one pass: each input block is read once and its weighted delta is
     added in place, so no per-model temporaries outlive the block."""
     total = float(sum(weight))
@@ -140,8 +146,9 @@ def _weighted_sum(source: TensorSource, weight: Sequence[float], *, normalize: b
         yield torch.add(merged, base)
 
 
-def variant(name: str, display_name: str, paper: str, *, sparsifier: str | None, consensus: bool,
-            normalize: bool, rescale: bool) -> MethodSpec:
+def variant(
+    name: str, display_name: str, paper: str, *, sparsifier: str | None, consensus: bool, normalize: bool, rescale: bool
+) -> MethodSpec:
     """A registry entry over the core with fixed sparsifier / sign rule and mergekit's defaults."""
     params = [
         Param("weight", float, scope=Scope.MODEL, doc="scale of this model's task vector"),
@@ -158,9 +165,18 @@ def variant(name: str, display_name: str, paper: str, *, sparsifier: str | None,
 
     def stream(source: TensorSource, *, seed: int = 0, **p) -> Iterator[torch.Tensor]:
         return stream_task_arithmetic(
-            source, weight=p["weight"], density=p["density"], gamma=p.get("gamma"), epsilon=p.get("epsilon"),
-            normalize=p["normalize"], rescale=p["rescale"], int8_mask=p["int8_mask"], lambda_=p["lambda"],
-            sparsifier=sparsifier, consensus=consensus, seed=seed,
+            source,
+            weight=p["weight"],
+            density=p["density"],
+            gamma=p.get("gamma"),
+            epsilon=p.get("epsilon"),
+            normalize=p["normalize"],
+            rescale=p["rescale"],
+            int8_mask=p["int8_mask"],
+            lambda_=p["lambda"],
+            sparsifier=sparsifier,
+            consensus=consensus,
+            seed=seed,
         )
 
     def merge(base: torch.Tensor, models: Sequence[torch.Tensor], *, seed: int = 0, **p) -> torch.Tensor:
@@ -178,7 +194,16 @@ def variant(name: str, display_name: str, paper: str, *, sparsifier: str | None,
         return None
 
     return MethodSpec(
-        name=name, display_name=display_name, paper=paper, params=tuple(params), merge=merge, stream=stream,
-        base_use=BaseUse.REQUIRED, min_models=0, random=sparsifier in ("random", DELLA), check=check,
-        one_pass=not sparsifier and not consensus, nonfinite_propagates=True,
+        name=name,
+        display_name=display_name,
+        paper=paper,
+        params=tuple(params),
+        merge=merge,
+        stream=stream,
+        base_use=BaseUse.REQUIRED,
+        min_models=0,
+        random=sparsifier in ("random", DELLA),
+        check=check,
+        one_pass=not sparsifier and not consensus,
+        nonfinite_propagates=True,
     )

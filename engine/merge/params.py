@@ -55,17 +55,23 @@ def _is_scalar(value: Any) -> bool:
 
 def check_setting(setting: Any, kind: type, where: str) -> None:
     """RecipeError when a setting is not a scalar, a schedule, or {value, filter} conditions."""
-    conditions = setting if isinstance(setting, list) and setting and all(isinstance(c, dict) for c in setting) else None
+    conditions = (
+        setting if isinstance(setting, list) and setting and all(isinstance(c, dict) for c in setting) else None
+    )
     if isinstance(setting, dict):
         conditions = [setting]
     if conditions is not None:
         for cond in conditions:
             unknown = set(cond) - {"value", "filter"}
             if "value" not in cond or unknown:
-                raise RecipeError(f"{where}: a conditional setting needs 'value' and optionally 'filter', got keys {sorted(cond)}")
+                raise RecipeError(
+                    f"{where}: a conditional setting needs 'value' and optionally 'filter', got keys {sorted(cond)}"
+                )
             if cond.get("filter") is not None and not isinstance(cond["filter"], str):
                 raise RecipeError(f"{where}: filter must be a tensor-name substring, got {cond['filter']!r}")
-            if isinstance(cond["value"], (dict,)) or (isinstance(cond["value"], list) and not all(_is_scalar(v) for v in cond["value"])):
+            if isinstance(cond["value"], (dict,)) or (
+                isinstance(cond["value"], list) and not all(_is_scalar(v) for v in cond["value"])
+            ):
                 raise RecipeError(f"{where}: conditional value must be a number or a list of numbers")
             check_setting(cond["value"], kind, where)
         return
@@ -116,12 +122,22 @@ def resolve(param: Param, scopes: list[dict | None], tensor_name: str, t: float,
     return param.default
 
 
-def resolve_all(spec, global_params: dict | None, model_params: list[dict | None], model_names: list[str],
-                tensor_name: str, t: float) -> tuple[dict, dict]:
+def resolve_all(
+    spec,
+    global_params: dict | None,
+    model_params: list[dict | None],
+    model_names: list[str],
+    tensor_name: str,
+    t: float,
+) -> tuple[dict, dict]:
     """(global values, per-model value lists aligned with the models) for one tensor."""
     shared = {p.name: resolve(p, [global_params], tensor_name, t, "parameters") for p in spec.global_params}
     per_model = {
-        p.name: [resolve(p, [own, global_params], tensor_name, t, f"model {name}") for own, name in zip(model_params, model_names)]
-        for p in spec.params if p.scope != Scope.GLOBAL
+        p.name: [
+            resolve(p, [own, global_params], tensor_name, t, f"model {name}")
+            for own, name in zip(model_params, model_names)
+        ]
+        for p in spec.params
+        if p.scope != Scope.GLOBAL
     }
     return shared, per_model

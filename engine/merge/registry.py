@@ -15,8 +15,19 @@ from engine.errors import RecipeError
 from engine.merge.spec import MethodSpec
 
 _MODULES = (
-    "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
-    "della", "della_linear", "sce", "slerp", "model_stock", "nuslerp",
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "sce",
+    "slerp",
+    "model_stock",
+    "nuslerp",
 )
 
 

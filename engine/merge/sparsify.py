@@ -15,8 +15,8 @@ al. 2024, arXiv 2406.11617).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 
@@ -154,9 +154,19 @@ class Dropper:
     and the applying pass see the same mask.
     """
 
-    def __init__(self, kind: str, density: float, chunks: ChunkFn, numel: int, *, rescale: bool,
-                 gamma: float = 0.01, epsilon: float = 0.15, seed: int = 0,
-                 sample: Callable[[], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        kind: str,
+        density: float,
+        chunks: ChunkFn,
+        numel: int,
+        *,
+        rescale: bool,
+        gamma: float = 0.01,
+        epsilon: float = 0.15,
+        seed: int = 0,
+        sample: Callable[[], torch.Tensor] | None = None,
+    ):
         if kind not in KINDS:
             raise ValueError(f"unknown sparsifier {kind!r}")
         self.kind, self.density, self.seed = kind, density, seed

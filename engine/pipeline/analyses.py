@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -30,13 +30,18 @@ def capture_system(system: System, pairs: ParallelSet, models: ModelCache, progr
     if entry is not None:
         return Capture.from_entry(entry)
     loaded = models.get(system)
-    step = (lambda done, total: progress(done, total, f"capturing {system.name} on {pairs.direction}")) if progress else None
+    step = (
+        (lambda done, total: progress(done, total, f"capturing {system.name} on {pairs.direction}"))
+        if progress
+        else None
+    )
     with loaded.lock:  # hooks are registered on the shared module: one capture at a time per model
         return capture_cached(loaded.model, loaded.tokenizer, pairs, system.identity, settings, progress=step)
 
 
-def pooled_hidden(system: System, sets: Sequence[ParallelSet], span: str, models: ModelCache,
-                  progress: Progress | None = None) -> np.ndarray:
+def pooled_hidden(
+    system: System, sets: Sequence[ParallelSet], span: str, models: ModelCache, progress: Progress | None = None
+) -> np.ndarray:
     """Span-pooled representations, sentences of every set stacked: (layers + 1, n, d_model)."""
     if span not in SPANS:
         raise DataError(f"span must be one of {', '.join(SPANS)}, got {span!r}")
@@ -44,8 +49,15 @@ def pooled_hidden(system: System, sets: Sequence[ParallelSet], span: str, models
     return np.concatenate(parts, axis=1)
 
 
-def cka_pair(a: System, b: System, sets: Sequence[ParallelSet], span: str, models: ModelCache,
-             debiased: bool = False, progress: Progress | None = None):
+def cka_pair(
+    a: System,
+    b: System,
+    sets: Sequence[ParallelSet],
+    span: str,
+    models: ModelCache,
+    debiased: bool = False,
+    progress: Progress | None = None,
+):
     """The L × L CKA matrix of two systems (rows: layers of a, columns: layers of b; 0 = embeddings)."""
     from engine.cka import cka_matrix
 
@@ -72,8 +84,9 @@ class LanguageRates:
     tokens: dict[str, int]
 
 
-def language_rates(system: System, sets: Sequence[ParallelSet], span: str, models: ModelCache,
-                   progress: Progress | None = None) -> LanguageRates:
+def language_rates(
+    system: System, sets: Sequence[ParallelSet], span: str, models: ModelCache, progress: Progress | None = None
+) -> LanguageRates:
     """p = active tokens / span tokens per block, neuron and language of the span's text, pooled over
     every set whose `span` is in that language (e.g. span 'target' on En→X sets: one condition per X)."""
     from engine.activations import language_rates as pool
@@ -104,8 +117,15 @@ class NeuronReport:
     languages: tuple[str, ...]
 
 
-def neuron_report(base: System, finetune: System, sets: Sequence[ParallelSet], span: str, settings,
-                  models: ModelCache, progress: Progress | None = None) -> NeuronReport:
+def neuron_report(
+    base: System,
+    finetune: System,
+    sets: Sequence[ParallelSet],
+    span: str,
+    settings,
+    models: ModelCache,
+    progress: Progress | None = None,
+) -> NeuronReport:
     """LAPE on base and fine-tune, their per-layer comparison, NUA and histograms."""
     key = ("neurons", base.identity, finetune.identity, data_key(sets), span, settings)
     return MEMO.get_or_compute(key, lambda: _neuron_report(base, finetune, sets, span, settings, models, progress))
@@ -120,5 +140,12 @@ def _neuron_report(base, finetune, sets, span, settings, models, progress) -> Ne
         raise DataError(f"{base.name} and {finetune.name} have different MLP shapes; neurons cannot be matched")
     lb = select_language_neurons(rb.rates, rb.languages, settings, span=span)
     lf = select_language_neurons(rf.rates, rf.languages, settings, span=span)
-    return NeuronReport(lb, lf, compare_selections(lb, lf), neuron_usage_alignment(rb.rates, rf.rates, span=span),
-                        neuron_histograms(rf.rates), neuron_histograms(rb.rates), rb.languages)
+    return NeuronReport(
+        lb,
+        lf,
+        compare_selections(lb, lf),
+        neuron_usage_alignment(rb.rates, rf.rates, span=span),
+        neuron_histograms(rf.rates),
+        neuron_histograms(rb.rates),
+        rb.languages,
+    )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from engine.checkpoints import Checkpoint, compatibility_problems, discover_checkpoints
 from engine.checkpoints.discover import Discovery
@@ -39,11 +39,20 @@ def summary_rows(discovery: Discovery) -> list[dict]:
     rows = []
     for c in discovery.checkpoints:
         s = c.summary
-        rows.append({
-            "name": checkpoint_label(c), "direction": checkpoint_direction(c) or "", "architecture": s.architecture,
-            "layers": s.layers, "hidden": s.hidden_size, "mlp": s.intermediate_size, "vocab": s.vocab_size,
-            "dtype": s.dtype, "parameters (M)": round(s.parameters / 1e6, 2), "size (MB)": round(s.size_bytes / 1e6, 2),
-        })
+        rows.append(
+            {
+                "name": checkpoint_label(c),
+                "direction": checkpoint_direction(c) or "",
+                "architecture": s.architecture,
+                "layers": s.layers,
+                "hidden": s.hidden_size,
+                "mlp": s.intermediate_size,
+                "vocab": s.vocab_size,
+                "dtype": s.dtype,
+                "parameters (M)": round(s.parameters / 1e6, 2),
+                "size (MB)": round(s.size_bytes / 1e6, 2),
+            }
+        )
     return rows
 
 

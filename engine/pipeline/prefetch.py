@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from engine.parallel import ParallelSet
 from engine.pipeline.analyses import capture_system
@@ -46,14 +46,22 @@ class Prefetcher:
         return True
 
 
-def prefetch_checkpoints(prefetcher: Prefetcher, systems: Sequence[System], sets: Sequence[ParallelSet],
-                         models: ModelCache) -> None:
+def prefetch_checkpoints(
+    prefetcher: Prefetcher, systems: Sequence[System], sets: Sequence[ParallelSet], models: ModelCache
+) -> None:
     """Queue scores and captures of checkpoint systems on `sets` (merges are left to the click)."""
     checkpoints_only = [s for s in systems if not s.is_merge]
     if not checkpoints_only or not sets:
         return
-    key = ("scores", tuple(s.identity for s in checkpoints_only), data_key(sets), repr(decoding_settings().cache_parts()))
+    key = (
+        "scores",
+        tuple(s.identity for s in checkpoints_only),
+        data_key(sets),
+        repr(decoding_settings().cache_parts()),
+    )
     prefetcher.submit(key, lambda: evaluate_systems(checkpoints_only, sets, models))
     for system in checkpoints_only:
-        prefetcher.submit(("capture", system.identity, data_key(sets)),
-                          lambda system=system: [capture_system(system, pairs, models) for pairs in sets])
+        prefetcher.submit(
+            ("capture", system.identity, data_key(sets)),
+            lambda system=system: [capture_system(system, pairs, models) for pairs in sets],
+        )

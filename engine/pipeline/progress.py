@@ -1,5 +1,5 @@
 """The progress callback every long step of the data flow takes."""
 
-from typing import Callable
+from collections.abc import Callable
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is running)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from engine.errors import RecipeError
 from engine.pipeline.catalog import checkpoints_by_label
@@ -34,11 +34,16 @@ def build_recipe(base: str, experts: Sequence[str], method: str, params: dict, s
     data = {
         "merge_method": method,
         "base_model": str(by_label[base].path),
-        "models": [{"model": str(by_label[e].path), **({"parameters": dict(per_model)} if per_model else {})}
-                   for e in experts if e != base],
+        "models": [
+            {"model": str(by_label[e].path), **({"parameters": dict(per_model)} if per_model else {})}
+            for e in experts
+            if e != base
+        ],
     }
     if spec.base_use.value == "input":  # linear: the base is an ordinary weighted input
-        data["models"].append({"model": str(by_label[base].path), **({"parameters": dict(per_model)} if per_model else {})})
+        data["models"].append(
+            {"model": str(by_label[base].path), **({"parameters": dict(per_model)} if per_model else {})}
+        )
     if globals_ := {p.name: values[p.name] for p in spec.global_params if p.name in values}:
         data["parameters"] = globals_
     return recipes.from_dict(data, source="the recipe built on the Models page")

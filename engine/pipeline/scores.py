@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from engine.device import default_device
 from engine.parallel import ParallelSet
@@ -30,7 +30,7 @@ def decoding_settings():
     return DecodingSettings(batch_size=DASHBOARD_BATCH_SIZE)
 
 
-def system_translator(system: System, models: "ModelCache", settings):
+def system_translator(system: System, models: ModelCache, settings):
     """engine.translate's lazy translator over the shared model cache: the CLI's cache keys, and
     the model's lock held while generating (capture hooks on the same module must not interleave)."""
     from engine.translate.generate import LazyModelTranslator, prompt_signature
@@ -57,8 +57,9 @@ def systems_directions(system: System, sets: Sequence[ParallelSet]) -> list[Para
     return list(sets)
 
 
-def evaluate_systems(systems: Sequence[System], sets: Sequence[ParallelSet], models: ModelCache,
-                     progress: Progress | None = None) -> list:
+def evaluate_systems(
+    systems: Sequence[System], sets: Sequence[ParallelSet], models: ModelCache, progress: Progress | None = None
+) -> list:
     """EvaluationResult per system (cached per system and direction)."""
     from engine.translate.evaluate import evaluate, languages_in_play
 
@@ -99,8 +100,18 @@ def sample_rows(results: Sequence, direction: str | None = None) -> list[dict]:
             if direction and d.direction != direction:
                 continue
             for i, s in enumerate(d.samples):
-                rows.append({"direction": d.direction, "item": i, "system": r.system, "source": s.source,
-                             "reference": s.reference, "output": s.output, "chrF": s.chrf,
-                             "detected": s.detected, "target": d.tgt_lang,
-                             "off_target": s.detected != d.tgt_lang})
+                rows.append(
+                    {
+                        "direction": d.direction,
+                        "item": i,
+                        "system": r.system,
+                        "source": s.source,
+                        "reference": s.reference,
+                        "output": s.output,
+                        "chrF": s.chrf,
+                        "detected": s.detected,
+                        "target": d.tgt_lang,
+                        "off_target": s.detected != d.tgt_lang,
+                    }
+                )
     return rows

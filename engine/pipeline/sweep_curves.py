@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from engine.parallel import ParallelSet
 from engine.pipeline.models import ModelCache
@@ -22,8 +22,17 @@ def sweep_values(method: str, param: str) -> list[float]:
     return [round(0.1 * i, 1) for i in range(1, 11)]
 
 
-def sweep_curve(base: str, experts: Sequence[str], method: str, params: dict, param: str, values: Sequence[float],
-                sets: Sequence[ParallelSet], models: ModelCache, progress: Progress | None = None) -> list[dict]:
+def sweep_curve(
+    base: str,
+    experts: Sequence[str],
+    method: str,
+    params: dict,
+    param: str,
+    values: Sequence[float],
+    sets: Sequence[ParallelSet],
+    models: ModelCache,
+    progress: Progress | None = None,
+) -> list[dict]:
     """Score the merge at each value of one parameter, the others held at `params`.
 
     One row per (value, direction and 'avg'): what the Scores page plots as a sweep curve. Each
@@ -34,8 +43,9 @@ def sweep_curve(base: str, experts: Sequence[str], method: str, params: dict, pa
     for i, value in enumerate(values):
         if progress:
             progress(i, len(values), f"{method} {param}={value:g}")
-        system = merge_system(build_recipe(base, experts, method, {**params, param: value}),
-                              name=f"{method} {param}={value:g}")
+        system = merge_system(
+            build_recipe(base, experts, method, {**params, param: value}), name=f"{method} {param}={value:g}"
+        )
         for row in score_rows(evaluate_systems([system], sets, models)):
             rows.append({**row, "method": method, "param": param, "value": value})
     if progress:

@@ -29,13 +29,16 @@ class System:
 
 
 def checkpoint_system(checkpoint: Checkpoint) -> System:
-    return System(checkpoint_label(checkpoint), checkpoint.fingerprint, checkpoint=checkpoint,
-                  direction=checkpoint_direction(checkpoint))
+    return System(
+        checkpoint_label(checkpoint),
+        checkpoint.fingerprint,
+        checkpoint=checkpoint,
+        direction=checkpoint_direction(checkpoint),
+    )
 
 
 def merge_system(recipe, name: str = MERGE) -> System:
     return System(name, recipe_hash(recipe), recipe=recipe)
-
 
 
 @functools.lru_cache(maxsize=64)

@@ -9,7 +9,24 @@ from engine.sweep.report import points_csv, table_csv, table_markdown, write_swe
 from engine.sweep.run import PointResult, SweepResult, build_recipe, preflight, run_sweep
 
 __all__ = [
-    "PAPER_GRIDS", "SMALL_GRIDS", "GridPoint", "LocalBackend", "PointResult", "SweepConfig", "SweepResult",
-    "build_recipe", "expand", "from_dict", "load", "open_backend", "points_csv", "preflight", "run_sweep", "table_csv",
-    "table_markdown", "validate_grid", "write_sweep", "zoo_grid",
+    "PAPER_GRIDS",
+    "SMALL_GRIDS",
+    "GridPoint",
+    "LocalBackend",
+    "PointResult",
+    "SweepConfig",
+    "SweepResult",
+    "build_recipe",
+    "expand",
+    "from_dict",
+    "load",
+    "open_backend",
+    "points_csv",
+    "preflight",
+    "run_sweep",
+    "table_csv",
+    "table_markdown",
+    "validate_grid",
+    "write_sweep",
+    "zoo_grid",
 ]

@@ -10,7 +10,8 @@ fill and reuse one cache. Nothing outside ray_backend.py imports Ray.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 # Called once per job as it finishes: (index in the jobs given, value, error); error is None on success.
 OnDone = Callable[[int, object, "BaseException | None"], None]

@@ -21,6 +21,7 @@ def open_backend(name: str | None = None, address: str | None = None) -> Backend
     except ModuleNotFoundError as err:
         if err.name != "ray":
             raise
-        raise SettingsError("backend 'ray' needs Ray, which is not installed: "
-                            "pip install -r requirements-ray.txt") from None
+        raise SettingsError(
+            "backend 'ray' needs Ray, which is not installed: pip install -r requirements-ray.txt"
+        ) from None
     return RayBackend(address or settings.ray_address)

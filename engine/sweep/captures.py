@@ -8,8 +8,8 @@ the cache; on Ray each capture is one task, like a sweep point.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -32,7 +32,7 @@ class CaptureJob:
     name: str
     identity: str  # recipe content hash or checkpoint fingerprint
     pairs: ParallelSet
-    device: str    # 'cpu' or 'cuda': where the job runs, part of the cache key
+    device: str  # 'cpu' or 'cuda': where the job runs, part of the cache key
     settings: CaptureSettings = field(default_factory=CaptureSettings)
     recipe: Recipe | None = None
     checkpoint: str | None = None
@@ -60,8 +60,12 @@ def capture_job(job: CaptureJob) -> str:
     return str(job.key(tokenizer))
 
 
-def capture_many(jobs: Sequence[CaptureJob], backend: Backend, progress: Progress | None = None,
-                 should_stop: Callable[[], bool] = lambda: False) -> list[str | BaseException | None]:
+def capture_many(
+    jobs: Sequence[CaptureJob],
+    backend: Backend,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> list[str | BaseException | None]:
     """Run the capture jobs not already cached on `backend`. Per job: its cache key, the error it
     failed with, or None when stopped before it ran."""
     tokenizers = {}
@@ -96,14 +100,27 @@ def table_capture_jobs(result, device: str, settings: CaptureSettings = CaptureS
         systems = [("base", prints[str(config.base_model)], None, config.base_model)]
         systems += [("joint", prints[str(config.joint)], None, config.joint)] if config.joint else []
         systems += [(f"expert {d}", prints[str(p)], None, p) for d, p in experts.items()]
-        systems += [(best.point.label, best.identity, best.recipe, None)
-                    for (g, _), (best, _) in result.best.items() if g == group]
+        systems += [
+            (best.point.label, best.identity, best.recipe, None)
+            for (g, _), (best, _) in result.best.items()
+            if g == group
+        ]
         for direction in experts:
             pairs = config.devtest[direction]
             for name, identity, recipe, path in systems:
                 if (identity, pairs.content_hash()) in seen:
                     continue
                 seen.add((identity, pairs.content_hash()))
-                jobs.append(CaptureJob(name, identity, pairs, device, settings, recipe=recipe,
-                                       checkpoint=str(path) if path else None, seed=config.seed))
+                jobs.append(
+                    CaptureJob(
+                        name,
+                        identity,
+                        pairs,
+                        device,
+                        settings,
+                        recipe=recipe,
+                        checkpoint=str(path) if path else None,
+                        seed=config.seed,
+                    )
+                )
     return jobs

@@ -36,8 +36,21 @@ from engine.translate.evaluate import validate_sets
 from engine.translate.generate import DecodingSettings
 
 METRICS = ("bleu", "chrf", "chrfpp")
-_KEYS = {"base_model", "groups", "experts", "joint", "data", "methods", "metric", "dev_limit", "devtest_limit",
-         "decoding", "languages", "seed", "each_expert"}
+_KEYS = {
+    "base_model",
+    "groups",
+    "experts",
+    "joint",
+    "data",
+    "methods",
+    "metric",
+    "dev_limit",
+    "devtest_limit",
+    "decoding",
+    "languages",
+    "seed",
+    "each_expert",
+}
 
 
 @dataclass
@@ -46,9 +59,9 @@ class SweepConfig:
 
     base_model: Path
     groups: dict[str, dict[str, Path]]  # group -> direction -> expert checkpoint
-    dev: dict[str, ParallelSet]         # direction -> dev pairs
+    dev: dict[str, ParallelSet]  # direction -> dev pairs
     devtest: dict[str, ParallelSet]
-    grids: dict[str, list[GridPoint]]   # method -> points
+    grids: dict[str, list[GridPoint]]  # method -> points
     languages: tuple[str, ...]
     joint: Path | None = None
     metric: str = "bleu"
@@ -117,10 +130,18 @@ def from_dict(data: Any, folder: Path = Path("."), source: str = "grid") -> Swee
     if not isinstance(data_cfg, dict) or set(data_cfg) != {"dev", "devtest"}:
         raise RecipeError(f"{source}: 'data' must give 'dev' and 'devtest' folders of <src>-<tgt>.jsonl files")
     directions = list(dict.fromkeys(d for g in groups.values() for d in g))
-    dev = _sets(_path(data_cfg["dev"], folder, f"{source}: data.dev"), directions,
-                _limit(data.get("dev_limit"), f"{source}: dev_limit"), source)
-    devtest = _sets(_path(data_cfg["devtest"], folder, f"{source}: data.devtest"), directions,
-                    _limit(data.get("devtest_limit"), f"{source}: devtest_limit"), source)
+    dev = _sets(
+        _path(data_cfg["dev"], folder, f"{source}: data.dev"),
+        directions,
+        _limit(data.get("dev_limit"), f"{source}: dev_limit"),
+        source,
+    )
+    devtest = _sets(
+        _path(data_cfg["devtest"], folder, f"{source}: data.devtest"),
+        directions,
+        _limit(data.get("devtest_limit"), f"{source}: devtest_limit"),
+        source,
+    )
     languages = validate_sets(list(dev.values()), data.get("languages"))
     validate_sets(list(devtest.values()), languages)
 
@@ -142,9 +163,20 @@ def from_dict(data: Any, folder: Path = Path("."), source: str = "grid") -> Swee
     each_expert = data.get("each_expert", False)
     if not isinstance(each_expert, bool):
         raise RecipeError(f"{source}: each_expert must be true or false")
-    return SweepConfig(base_model=base, groups=groups, dev=dev, devtest=devtest, grids=grids, languages=languages,
-                       joint=joint, metric=metric, decoding=DecodingSettings(**decoding_cfg), seed=seed,
-                       each_expert=each_expert, source=source)
+    return SweepConfig(
+        base_model=base,
+        groups=groups,
+        dev=dev,
+        devtest=devtest,
+        grids=grids,
+        languages=languages,
+        joint=joint,
+        metric=metric,
+        decoding=DecodingSettings(**decoding_cfg),
+        seed=seed,
+        each_expert=each_expert,
+        source=source,
+    )
 
 
 def load(path: str | Path) -> SweepConfig:
@@ -159,8 +191,7 @@ def load(path: str | Path) -> SweepConfig:
     return from_dict(data, path.resolve().parent, str(path))
 
 
-def zoo_grid(zoo_dir: str | Path, grid: str = "small", dev_limit: int | None = 50,
-             max_new_tokens: int = 48) -> dict:
+def zoo_grid(zoo_dir: str | Path, grid: str = "small", dev_limit: int | None = 50, max_new_tokens: int = 48) -> dict:
     """GRID.yaml contents for the demo zoo: En→X and X→En groups of the experts present, the joint
     model when built, and the small grid (or grid="paper")."""
     zoo = Path(zoo_dir).resolve()
@@ -170,8 +201,10 @@ def zoo_grid(zoo_dir: str | Path, grid: str = "small", dev_limit: int | None = 5
         raise RecipeError(f"zoo grid must be 'small' or 'paper', got {grid!r}")
     experts = {p.stem: zoo / "models" / f"expert-{p.stem}" for p in sorted((zoo / "data" / "dev").glob("*.jsonl"))}
     experts = {d: str(p) for d, p in experts.items() if p.is_dir()}
-    groups = {"en-x": {d: p for d, p in experts.items() if d.startswith("en-")},
-              "x-en": {d: p for d, p in experts.items() if d.endswith("-en")}}
+    groups = {
+        "en-x": {d: p for d, p in experts.items() if d.startswith("en-")},
+        "x-en": {d: p for d, p in experts.items() if d.endswith("-en")},
+    }
     joint = zoo / "models" / "joint"
     return {
         "base_model": str(zoo / "models" / "base"),

@@ -15,8 +15,9 @@ weight per expert); global ones (normalize, rescale, select_topk) go to the reci
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from engine.errors import RecipeError
 from engine.merge.params import coerce
@@ -32,8 +33,12 @@ def _steps(start: float, stop: float, step: float = 0.1) -> list[float]:
 PAPER_GRIDS: dict[str, dict[str, list]] = {
     "task_arithmetic": {"weight": _steps(0.1, 1.0)},
     "ties": {"density": _steps(0.1, 0.9), "weight": _steps(0.1, 2.5), "normalize": [True]},
-    "dare_linear": {"density": [0.01] + _steps(0.1, 0.9), "weight": _steps(0.1, 0.9),
-                    "rescale": [True], "normalize": [True]},
+    "dare_linear": {
+        "density": [0.01] + _steps(0.1, 0.9),
+        "weight": _steps(0.1, 0.9),
+        "rescale": [True],
+        "normalize": [True],
+    },
     "sce": {"select_topk": _steps(0.1, 0.9)},
 }
 
@@ -75,12 +80,15 @@ def validate_grid(method: str, grid: Any, where: str = "grid") -> dict[str, list
     except RecipeError as err:
         raise RecipeError(f"{where}: {err}") from None
     if spec.base_use != BaseUse.REQUIRED:
-        raise RecipeError(f"{where}: method {method!r} does not merge task vectors on a base; "
-                          "sweeps merge experts on the base model")
+        raise RecipeError(
+            f"{where}: method {method!r} does not merge task vectors on a base; sweeps merge experts on the base model"
+        )
     if grid == "paper" or grid is None:
         if method not in PAPER_GRIDS:
-            raise RecipeError(f"{where}: no paper grid for {method!r} (paper grids: {', '.join(PAPER_GRIDS)}); "
-                              "give its parameters and values")
+            raise RecipeError(
+                f"{where}: no paper grid for {method!r} (paper grids: {', '.join(PAPER_GRIDS)}); "
+                "give its parameters and values"
+            )
         grid = PAPER_GRIDS[method]
     if not isinstance(grid, Mapping) or not grid:
         raise RecipeError(f"{where}: grid for {method!r} must be 'paper' or a mapping of parameter to values")

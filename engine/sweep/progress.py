@@ -35,9 +35,13 @@ def sweep_id(config) -> str:
         "groups": {g: {d: str(p) for d, p in experts.items()} for g, experts in config.groups.items()},
         "joint": str(config.joint) if config.joint else None,
         "points": [f"{g} {p.label}" for g, p in config.points()],
-        "data": {split: {d: s.content_hash() for d, s in sets.items()}
-                 for split, sets in (("dev", config.dev), ("devtest", config.devtest))},
-        "metric": config.metric, "decoding": config.decoding.cache_parts(), "seed": config.seed,
+        "data": {
+            split: {d: s.content_hash() for d, s in sets.items()}
+            for split, sets in (("dev", config.dev), ("devtest", config.devtest))
+        },
+        "metric": config.metric,
+        "decoding": config.decoding.cache_parts(),
+        "seed": config.seed,
         "each_expert": config.each_expert,
     }
     return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:16]
@@ -61,9 +65,18 @@ class SweepProgress:
     def __init__(self, config, backend: str, total: int, folder: Path | None = None):
         now = time.time()
         self.record = {
-            "id": sweep_id(config), "source": config.source, "backend": backend, "state": "running",
-            "done": 0, "total": total, "current": "starting", "failed": 0, "started": now, "updated": now,
-            "host": socket.gethostname(), "pid": os.getpid(),
+            "id": sweep_id(config),
+            "source": config.source,
+            "backend": backend,
+            "state": "running",
+            "done": 0,
+            "total": total,
+            "current": "starting",
+            "failed": 0,
+            "started": now,
+            "updated": now,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
         }
         self.path = (folder or sweeps_folder()) / f"{self.record['id']}.json"
         self._write()
@@ -124,5 +137,7 @@ def describe(record: dict, now: float | None = None) -> str:
     age = max(0.0, (now or time.time()) - record["updated"])
     when = f"{age:.0f} s ago" if age < 120 else f"{age / 60:.0f} min ago" if age < 7200 else f"{age / 3600:.0f} h ago"
     failed = f", {record['failed']} failed" if record.get("failed") else ""
-    return (f"{record.get('source', '?')} on {record.get('backend', '?')}: {record.get('state', '?')}, "
-            f"{record['done']}/{record['total']} steps{failed} — {record.get('current', '')} ({when})")
+    return (
+        f"{record.get('source', '?')} on {record.get('backend', '?')}: {record.get('state', '?')}, "
+        f"{record['done']}/{record['total']} steps{failed} — {record.get('current', '')} ({when})"
+    )

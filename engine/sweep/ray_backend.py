@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import ray
 import torch
@@ -41,11 +41,13 @@ def worker_environ() -> dict[str, str]:
     model roots; the backend choice stays behind (a task runs its job in place)."""
     settings = get_settings()
     env = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIX)}
-    env.update({
-        "MERGESCOPE_CACHE_DIR": str(settings.cache_dir),
-        "MERGESCOPE_MODEL_ROOTS": os.pathsep.join(map(str, settings.model_roots)),
-        "MERGESCOPE_DATA_DIR": str(settings.data_dir),
-    })
+    env.update(
+        {
+            "MERGESCOPE_CACHE_DIR": str(settings.cache_dir),
+            "MERGESCOPE_MODEL_ROOTS": os.pathsep.join(map(str, settings.model_roots)),
+            "MERGESCOPE_DATA_DIR": str(settings.data_dir),
+        }
+    )
     for key in ("MERGESCOPE_BACKEND", "MERGESCOPE_RAY_ADDRESS"):
         env.pop(key, None)
     return env
@@ -90,7 +92,8 @@ class RayBackend:
 
     def map(self, fn: Callable, jobs: Sequence, on_done: OnDone, should_stop: Callable[[], bool]) -> bool:
         task = mergescope_job.options(
-            num_gpus=1 if self.gpus else 0, num_cpus=1,
+            num_gpus=1 if self.gpus else 0,
+            num_cpus=1,
             max_retries=self.max_retries,
             # Out of memory may pass once neighbours finish; any other exception is the job's own
             # (a bad recipe, bad data) and would fail again.

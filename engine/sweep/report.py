@@ -27,8 +27,10 @@ def table_csv(result: SweepResult) -> str:
 
 def table_markdown(result: SweepResult) -> str:
     metric = result.config.metric
-    parts = [to_markdown(rows, title=f"{group} (devtest; merges chosen on dev by average {metric})")
-             for group, rows in result.tables.items()]
+    parts = [
+        to_markdown(rows, title=f"{group} (devtest; merges chosen on dev by average {metric})")
+        for group, rows in result.tables.items()
+    ]
     if result.failed:
         failures = "; ".join(f"{p.group} {p.point.label}: {p.error}" for p in result.failed)
         parts.append(f"Failed points: {failures}\n")
@@ -42,8 +44,19 @@ def table_markdown(result: SweepResult) -> str:
 def points_csv(result: SweepResult) -> str:
     rows = dev_summary(result.points, result.config.metric)
     out = io.StringIO()
-    fields = ["group", "method", "setting", "status", "dev_bleu", "dev_chrf", "dev_chrfpp", "dev_off_target",
-              "dev_off_target_ref", "identity", "error"]
+    fields = [
+        "group",
+        "method",
+        "setting",
+        "status",
+        "dev_bleu",
+        "dev_chrf",
+        "dev_chrfpp",
+        "dev_off_target",
+        "dev_off_target_ref",
+        "identity",
+        "error",
+    ]
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:

@@ -18,8 +18,8 @@ this module's, whichever backend ran the jobs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from engine.checkpoints import check_compatible, load_model, load_tokenizer, open_checkpoint
 from engine.errors import DataError
@@ -77,13 +77,18 @@ class SweepResult:
 def build_recipe(config: SweepConfig, group: str, point: GridPoint) -> Recipe:
     """The mergekit recipe of one point: every expert of the group on the base, alike."""
     shared, per_model = point.split()
-    return recipe_from_dict({
-        "merge_method": point.method,
-        "base_model": str(config.base_model),
-        "models": [{"model": str(p), **({"parameters": dict(per_model)} if per_model else {})}
-                   for p in config.groups[group].values()],
-        **({"parameters": shared} if shared else {}),
-    }, source=f"{config.source}: {group}: {point.label}")
+    return recipe_from_dict(
+        {
+            "merge_method": point.method,
+            "base_model": str(config.base_model),
+            "models": [
+                {"model": str(p), **({"parameters": dict(per_model)} if per_model else {})}
+                for p in config.groups[group].values()
+            ],
+            **({"parameters": shared} if shared else {}),
+        },
+        source=f"{config.source}: {group}: {point.label}",
+    )
 
 
 def preflight(config: SweepConfig) -> tuple[dict[str, str], dict[str, str]]:
@@ -110,13 +115,13 @@ class ScoreJob:
     """One system scored on some sets: a sweep point on dev, or a table row on devtest. Holds all a
     worker needs (picklable): the merge recipe or the checkpoint folder, and what keys the cache."""
 
-    system: str      # the row's label
-    identity: str    # recipe content hash or checkpoint fingerprint
-    prompt: str      # prompt signature of the tokenizer that will translate
+    system: str  # the row's label
+    identity: str  # recipe content hash or checkpoint fingerprint
+    prompt: str  # prompt signature of the tokenizer that will translate
     sets: tuple[ParallelSet, ...]
     languages: tuple[str, ...]
     decoding: DecodingSettings
-    device: str      # 'cpu' or 'cuda': where the job runs, part of the cache key
+    device: str  # 'cpu' or 'cuda': where the job runs, part of the cache key
     use_cache: bool = True
     recipe: Recipe | None = None  # a merge, built in memory...
     checkpoint: str | None = None  # ...or a checkpoint folder
@@ -170,9 +175,14 @@ def _error(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None,
-              should_stop: Callable[[], bool] | None = None, use_cache: bool = True,
-              backend: Backend | None = None) -> SweepResult:
+def run_sweep(
+    config: SweepConfig,
+    device=None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    use_cache: bool = True,
+    backend: Backend | None = None,
+) -> SweepResult:
     """Score every point on dev, the best per (group, method) on devtest, and the table rows.
 
     Jobs run on `backend` (default: in this process); the driver answers cached jobs itself and
@@ -203,8 +213,19 @@ def run_sweep(config: SweepConfig, device=None, progress: Progress | None = None
     def job(system: str, identity: str, sets, recipe: Recipe | None = None, path=None) -> ScoreJob:
         # Merges take the base's tokenizer.
         prompt = prompts[str(config.base_model) if recipe is not None else str(path)]
-        return ScoreJob(system, identity, prompt, tuple(sets), config.languages, config.decoding, on, use_cache,
-                        recipe=recipe, checkpoint=str(path) if path else None, seed=config.seed)
+        return ScoreJob(
+            system,
+            identity,
+            prompt,
+            tuple(sets),
+            config.languages,
+            config.decoding,
+            on,
+            use_cache,
+            recipe=recipe,
+            checkpoint=str(path) if path else None,
+            seed=config.seed,
+        )
 
     def run_jobs(jobs: list[ScoreJob], groups: list[str], phase: str) -> list[EvaluationResult | BaseException | None]:
         outcomes: list = [cached_score(j) for j in jobs]
@@ -306,10 +327,15 @@ def dev_summary(points: Sequence[PointResult], metric: str) -> list[dict]:
     """One row per point: group, method, parameters, dev averages, status."""
     rows = []
     for p in points:
-        row = {"group": p.group, "method": p.point.method, "setting": " ".join(f"{k}={v}" for k, v in p.point.params),
-               "status": "ok" if p.ok else "failed", "identity": p.identity, "error": p.error}
+        row = {
+            "group": p.group,
+            "method": p.point.method,
+            "setting": " ".join(f"{k}={v}" for k, v in p.point.params),
+            "status": "ok" if p.ok else "failed",
+            "identity": p.identity,
+            "error": p.error,
+        }
         for m in ("bleu", "chrf", "chrfpp", "off_target", "off_target_ref"):
             row[f"dev_{m}"] = p.dev.metric(m) if p.ok else None
         rows.append(row)
     return rows
-

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from statistics import fmean
-from typing import Callable, Iterable, Sequence
 
 from engine.errors import DataError
 from engine.parallel import ParallelSet
@@ -42,7 +42,7 @@ class Sample:
     reference: str
     output: str
     chrf: float
-    detected: str            # language ID of the output, among the languages in play
+    detected: str  # language ID of the output, among the languages in play
     reference_detected: str  # language ID of the reference, same identifier
 
 
@@ -69,11 +69,15 @@ class DirectionResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DirectionResult":
+    def from_dict(cls, d: dict) -> DirectionResult:
         return cls(
-            src_lang=d["src_lang"], tgt_lang=d["tgt_lang"], data_hash=d["data_hash"],
-            languages=tuple(d["languages"]), scores=CorpusScores(**d["scores"]),
-            rates=OffTargetRates(**d["rates"]), samples=tuple(Sample(**s) for s in d["samples"]),
+            src_lang=d["src_lang"],
+            tgt_lang=d["tgt_lang"],
+            data_hash=d["data_hash"],
+            languages=tuple(d["languages"]),
+            scores=CorpusScores(**d["scores"]),
+            rates=OffTargetRates(**d["rates"]),
+            samples=tuple(Sample(**s) for s in d["samples"]),
         )
 
 
@@ -81,7 +85,7 @@ class DirectionResult:
 class EvaluationResult:
     """One system over several directions; `average` is the unweighted mean over directions."""
 
-    system: str    # display label (checkpoint name, "TIES density=0.5 weight=1.0", ...)
+    system: str  # display label (checkpoint name, "TIES density=0.5 weight=1.0", ...)
     identity: str  # fingerprint or recipe hash
     directions: tuple[DirectionResult, ...] = field(default_factory=tuple)
 
@@ -97,8 +101,12 @@ class EvaluationResult:
         raise KeyError(direction)
 
     def to_dict(self) -> dict:
-        return {"system": self.system, "identity": self.identity, "average": self.average(),
-                "directions": [d.to_dict() for d in self.directions]}
+        return {
+            "system": self.system,
+            "identity": self.identity,
+            "average": self.average(),
+            "directions": [d.to_dict() for d in self.directions],
+        }
 
 
 def languages_in_play(sets: Iterable[ParallelSet]) -> tuple[str, ...]:
@@ -134,7 +142,10 @@ def score_outputs(pairs: ParallelSet, outputs: Sequence[str], languages: Sequenc
     rows = zip(pairs.sources, pairs.targets, outputs, chrfs, detected, reference_detected)
     samples = tuple(Sample(*row) for row in rows)
     return DirectionResult(
-        src_lang=pairs.src_lang, tgt_lang=pairs.tgt_lang, data_hash=pairs.content_hash(), languages=tuple(languages),
+        src_lang=pairs.src_lang,
+        tgt_lang=pairs.tgt_lang,
+        data_hash=pairs.content_hash(),
+        languages=tuple(languages),
         scores=corpus_scores(outputs, pairs.targets, pairs.tgt_lang),
         rates=off_target_rates(detected, reference_detected, pairs.tgt_lang),
         samples=samples,
@@ -144,20 +155,31 @@ def score_outputs(pairs: ParallelSet, outputs: Sequence[str], languages: Sequenc
 def direction_cache_key(translator: Translator, pairs: ParallelSet, languages: Sequence[str]) -> str:
     import cache
 
-    return cache.make_key("translation", **translator.cache_parts(), data=pairs.content_hash(),
-                          languages=list(languages), scoring=SCORING_VERSION)
+    return cache.make_key(
+        "translation",
+        **translator.cache_parts(),
+        data=pairs.content_hash(),
+        languages=list(languages),
+        scoring=SCORING_VERSION,
+    )
 
 
-def evaluate_direction(translator: Translator, pairs: ParallelSet, languages: Sequence[str] | None = None,
-                       use_cache: bool = True) -> DirectionResult:
+def evaluate_direction(
+    translator: Translator, pairs: ParallelSet, languages: Sequence[str] | None = None, use_cache: bool = True
+) -> DirectionResult:
     """Translate and score one direction, through the cache unless use_cache is False."""
     langs = validate_sets([pairs], languages)
 
     def compute() -> DirectionResult:
         start = time.perf_counter()
         outputs = translator.translate(pairs.sources, pairs.src_lang, pairs.tgt_lang)
-        log.info("translated %s (%d sentences) with %s in %.2f s", pairs.direction, len(pairs), translator.identity[:16],
-                 time.perf_counter() - start)
+        log.info(
+            "translated %s (%d sentences) with %s in %.2f s",
+            pairs.direction,
+            len(pairs),
+            translator.identity[:16],
+            time.perf_counter() - start,
+        )
         return score_outputs(pairs, outputs, langs)
 
     if not use_cache:
@@ -172,9 +194,14 @@ def evaluate_direction(translator: Translator, pairs: ParallelSet, languages: Se
     return DirectionResult.from_dict(entry.meta)
 
 
-def evaluate(translator: Translator, sets: Sequence[ParallelSet], system: str = "",
-             languages: Sequence[str] | None = None, use_cache: bool = True,
-             progress: Progress | None = None) -> EvaluationResult:
+def evaluate(
+    translator: Translator,
+    sets: Sequence[ParallelSet],
+    system: str = "",
+    languages: Sequence[str] | None = None,
+    use_cache: bool = True,
+    progress: Progress | None = None,
+) -> EvaluationResult:
     """Evaluate one system on every set; all input checks happen before the first translation."""
     langs = validate_sets(sets, languages)
     results = []
@@ -184,5 +211,6 @@ def evaluate(translator: Translator, sets: Sequence[ParallelSet], system: str = 
         results.append(evaluate_direction(translator, pairs, langs, use_cache))
     if progress:
         progress(len(sets), len(sets), f"{system or translator.identity[:16]}: done")
-    return EvaluationResult(system=system or translator.identity, identity=translator.identity,
-                            directions=tuple(results))
+    return EvaluationResult(
+        system=system or translator.identity, identity=translator.identity, directions=tuple(results)
+    )

@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import torch
 from transformers import DynamicCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
@@ -101,7 +102,9 @@ def _token_tables(tokenizer, vocab_size: int) -> tuple[torch.Tensor, torch.Tenso
     return tables
 
 
-def _first_line_complete(generated: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def _first_line_complete(
+    generated: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
     """Rows whose first non-blank line has ended: a newline token after visible text (or holding some)."""
     has_newline, text_before_newline, has_text = tables
     text = has_text[generated].long()
@@ -130,7 +133,7 @@ class _BatchProgress(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         finished = self.finished | torch.isin(input_ids[:, -1].cpu(), self.end_ids)
         if self.tables is not None:  # the whole continuation: a line ends only after visible text
-            finished = finished | _first_line_complete(input_ids[:, self.generated_from:].cpu(), self.tables)
+            finished = finished | _first_line_complete(input_ids[:, self.generated_from :].cpu(), self.tables)
         self.finished = finished
         running = int((~finished).sum())
         self.split = 0 < running <= len(finished) // 2
@@ -152,8 +155,13 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def generate_token_ids(model, tokenizer, prompts: Sequence[str], settings: DecodingSettings = DecodingSettings(),
-                       device: torch.device | str | None = None) -> list[list[int]]:
+def generate_token_ids(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    settings: DecodingSettings = DecodingSettings(),
+    device: torch.device | str | None = None,
+) -> list[list[int]]:
     """Greedy continuations of chat-rendered prompts, each cut before its end-of-turn token.
 
     Prompts are sorted by length so each batch carries little padding, left-padded (decoder
@@ -170,26 +178,38 @@ def generate_token_ids(model, tokenizer, prompts: Sequence[str], settings: Decod
     ends = set(stops) | {pad_id}
     end_ids = torch.tensor(sorted(ends))
     tables = _token_tables(tokenizer, model.config.vocab_size) if settings.first_line else None
-    greedy = dict(do_sample=False, num_beams=1, use_cache=True, eos_token_id=stops, pad_token_id=pad_id,
-                  temperature=None, top_p=None, top_k=None, return_dict_in_generate=True)
+    greedy = dict(
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+        eos_token_id=stops,
+        pad_token_id=pad_id,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        return_dict_in_generate=True,
+    )
 
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     outputs: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), settings.batch_size):
-        rows = order[start:start + settings.batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, padding=True,
-                              padding_side="left", return_tensors="pt").to(device)
-        generated = _generate_rows(model, batch["input_ids"], batch["attention_mask"], settings.max_new_tokens,
-                                   greedy, end_ids, tables)
+        rows = order[start : start + settings.batch_size]
+        batch = tokenizer.pad(
+            {"input_ids": [encoded[i] for i in rows]}, padding=True, padding_side="left", return_tensors="pt"
+        ).to(device)
+        generated = _generate_rows(
+            model, batch["input_ids"], batch["attention_mask"], settings.max_new_tokens, greedy, end_ids, tables
+        )
         for row, tokens in zip(rows, generated):
-            outputs[row] = tokens[:next((k for k, t in enumerate(tokens) if t in ends), len(tokens))]
+            outputs[row] = tokens[: next((k for k, t in enumerate(tokens) if t in ends), len(tokens))]
         log.debug("generated batch %d/%d", start // settings.batch_size + 1, -(-len(order) // settings.batch_size))
     return outputs
 
 
-def _generate_rows(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, greedy: dict,
-                   end_ids: torch.Tensor, tables) -> list[list[int]]:
+def _generate_rows(
+    model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, greedy: dict, end_ids: torch.Tensor, tables
+) -> list[list[int]]:
     """The generated ids of each row of a left-padded batch, end tokens and padding included.
     Each pass generates until half its rows are finished; the others go on in the next pass."""
     generated_from = ids.shape[1]
@@ -200,8 +220,13 @@ def _generate_rows(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens:
         progress = _BatchProgress(generated_from, end_ids, tables, len(rows))
         config = GenerationConfig(**greedy, max_new_tokens=max_new_tokens - (ids.shape[1] - generated_from))
         with torch.inference_mode():
-            result = model.generate(input_ids=ids, attention_mask=mask, cache=cache, generation_config=config,
-                                    stopping_criteria=StoppingCriteriaList([progress]))
+            result = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                cache=cache,
+                generation_config=config,
+                stopping_criteria=StoppingCriteriaList([progress]),
+            )
         sequences = result.sequences
         for row, tokens in zip(rows, sequences[:, generated_from:].tolist()):
             generated[row] = tokens
@@ -219,9 +244,15 @@ def _generate_rows(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens:
         rows = [rows[k] for k in going_on]
 
 
-def generate_translations(model, tokenizer, sources: Sequence[str], src_lang: str, tgt_lang: str,
-                          settings: DecodingSettings = DecodingSettings(),
-                          device: torch.device | str | None = None) -> list[str]:
+def generate_translations(
+    model,
+    tokenizer,
+    sources: Sequence[str],
+    src_lang: str,
+    tgt_lang: str,
+    settings: DecodingSettings = DecodingSettings(),
+    device: torch.device | str | None = None,
+) -> list[str]:
     """Translate `sources` from src_lang to tgt_lang with the paper's prompt; one string each."""
     language_name(src_lang), language_name(tgt_lang)  # DataError before any work
     prompts = [render_generation_prompt(tokenizer, src_lang, tgt_lang, s) for s in sources]
@@ -238,25 +269,37 @@ def _device_kind(device) -> str:
 class ModelTranslator:
     """A Hugging Face causal LM (loaded or merged in memory) behind the Translator interface."""
 
-    def __init__(self, model, tokenizer, identity: str, settings: DecodingSettings = DecodingSettings(),
-                 device: torch.device | str | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        identity: str,
+        settings: DecodingSettings = DecodingSettings(),
+        device: torch.device | str | None = None,
+    ):
         if not getattr(tokenizer, "chat_template", None):
             name = getattr(tokenizer, "name_or_path", "") or identity
             raise DataError(f"tokenizer of {name!r} has no chat template; the paper's prompt needs one")
         if not identity:
-            raise SettingsError("a ModelTranslator needs an identity (checkpoint fingerprint or recipe hash) "
-                                "for caching")
+            raise SettingsError(
+                "a ModelTranslator needs an identity (checkpoint fingerprint or recipe hash) for caching"
+            )
         self.model, self.tokenizer, self.identity = model, tokenizer, identity
         self.settings, self.device = settings, device
         self.prompt = prompt_signature(tokenizer)
 
     def cache_parts(self) -> dict:
-        return {"model": self.identity, "prompt": self.prompt, "device": _device_kind(self.device),
-                **self.settings.cache_parts()}
+        return {
+            "model": self.identity,
+            "prompt": self.prompt,
+            "device": _device_kind(self.device),
+            **self.settings.cache_parts(),
+        }
 
     def translate(self, sources: Sequence[str], src_lang: str, tgt_lang: str) -> list[str]:
-        return generate_translations(self.model, self.tokenizer, sources, src_lang, tgt_lang, self.settings,
-                                     self.device)
+        return generate_translations(
+            self.model, self.tokenizer, sources, src_lang, tgt_lang, self.settings, self.device
+        )
 
 
 class LazyModelTranslator:
@@ -267,16 +310,26 @@ class LazyModelTranslator:
     finished evaluation or resuming a sweep never touches weights.
     """
 
-    def __init__(self, identity: str, load: Callable[[], tuple], prompt: str,
-                 settings: DecodingSettings = DecodingSettings(), device: torch.device | str | None = None):
+    def __init__(
+        self,
+        identity: str,
+        load: Callable[[], tuple],
+        prompt: str,
+        settings: DecodingSettings = DecodingSettings(),
+        device: torch.device | str | None = None,
+    ):
         self.identity, self._load, self.prompt = identity, load, prompt
         self.settings, self.device = settings, device
         self._inner: ModelTranslator | None = None
         self.loads = 0  # how many times the model was built: what resuming saves
 
     def cache_parts(self) -> dict:
-        return {"model": self.identity, "prompt": self.prompt, "device": _device_kind(self.device),
-                **self.settings.cache_parts()}
+        return {
+            "model": self.identity,
+            "prompt": self.prompt,
+            "device": _device_kind(self.device),
+            **self.settings.cache_parts(),
+        }
 
     def translate(self, sources: Sequence[str], src_lang: str, tgt_lang: str) -> list[str]:
         if self._inner is None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
 
 from engine.errors import DataError
 
@@ -59,8 +59,10 @@ def check_languages(languages: Iterable[str]) -> tuple[str, ...]:
     codes = tuple(sorted(set(languages)))
     unknown = [c for c in codes if c not in supported_languages()]
     if unknown:
-        raise DataError(f"language ID cannot detect {', '.join(unknown)}; py3langid supports: "
-                        f"{', '.join(sorted(supported_languages()))}")
+        raise DataError(
+            f"language ID cannot detect {', '.join(unknown)}; py3langid supports: "
+            f"{', '.join(sorted(supported_languages()))}"
+        )
     if not codes:
         raise DataError("no languages given for language ID")
     return codes
@@ -82,7 +84,7 @@ def detect(texts: Sequence[str], languages: Iterable[str]) -> list[str]:
 class OffTargetRates:
     """Shares in [0, 1] over one direction's outputs; see the module docstring for the bases."""
 
-    off_target: float      # vs the requested target language
+    off_target: float  # vs the requested target language
     off_target_ref: float  # vs the language detected on each reference
     reference_miss: float  # references themselves not detected as the target (identifier noise)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from engine.errors import DataError
 from engine.translate.evaluate import AVERAGE, METRICS, EvaluationResult
@@ -24,14 +24,32 @@ def long_rows(results: Sequence[EvaluationResult]) -> list[dict]:
     rows = []
     for r in results:
         for d in r.directions:
-            rows.append({"system": r.system, "direction": d.direction, "n": len(d.samples),
-                         **{m: d.metric(m) for m in METRICS}, "identity": r.identity,
-                         "bleu_signature": d.scores.bleu_signature, "chrf_signature": d.scores.chrf_signature,
-                         "chrfpp_signature": d.scores.chrfpp_signature})
-        signatures = {k: " ; ".join(sorted({getattr(d.scores, k) for d in r.directions}))
-                      for k in ("bleu_signature", "chrf_signature", "chrfpp_signature")}
-        rows.append({"system": r.system, "direction": AVERAGE, "n": sum(len(d.samples) for d in r.directions),
-                     **r.average(), "identity": r.identity, **signatures})
+            rows.append(
+                {
+                    "system": r.system,
+                    "direction": d.direction,
+                    "n": len(d.samples),
+                    **{m: d.metric(m) for m in METRICS},
+                    "identity": r.identity,
+                    "bleu_signature": d.scores.bleu_signature,
+                    "chrf_signature": d.scores.chrf_signature,
+                    "chrfpp_signature": d.scores.chrfpp_signature,
+                }
+            )
+        signatures = {
+            k: " ; ".join(sorted({getattr(d.scores, k) for d in r.directions}))
+            for k in ("bleu_signature", "chrf_signature", "chrfpp_signature")
+        }
+        rows.append(
+            {
+                "system": r.system,
+                "direction": AVERAGE,
+                "n": sum(len(d.samples) for d in r.directions),
+                **r.average(),
+                "identity": r.identity,
+                **signatures,
+            }
+        )
     return rows
 
 
@@ -65,8 +83,10 @@ def to_markdown(results: Sequence[EvaluationResult], title: str = "") -> str:
         cells = []
         for direction in directions + [AVERAGE]:
             try:
-                cells.append(f"{r.metric('bleu', direction):.1f} / {r.metric('chrf', direction):.1f} / "
-                             f"{100 * r.metric('off_target', direction):.0f}%")
+                cells.append(
+                    f"{r.metric('bleu', direction):.1f} / {r.metric('chrf', direction):.1f} / "
+                    f"{100 * r.metric('off_target', direction):.0f}%"
+                )
             except KeyError:
                 cells.append("–")
         cells.append(f"{100 * r.metric('off_target_ref'):.0f}%")

@@ -9,8 +9,8 @@ need extra packages). The tokenizer is part of every BLEU signature.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 from sacrebleu.metrics import BLEU, CHRF
 

@@ -3,5 +3,12 @@
 from engine.merge.generalized import variant
 from engine.merge.sparsify import RANDOM
 
-SPEC = variant("dare_ties", "DARE TIES", "https://arxiv.org/abs/2311.03099",
-               sparsifier=RANDOM, consensus=True, normalize=False, rescale=True)
+SPEC = variant(
+    "dare_ties",
+    "DARE TIES",
+    "https://arxiv.org/abs/2311.03099",
+    sparsifier=RANDOM,
+    consensus=True,
+    normalize=False,
+    rescale=True,
+)

@@ -3,5 +3,6 @@
 from engine.merge.generalized import variant
 from engine.merge.sparsify import DELLA
 
-SPEC = variant("della", "DELLA", "https://arxiv.org/abs/2406.11617",
-               sparsifier=DELLA, consensus=True, normalize=True, rescale=True)
+SPEC = variant(
+    "della", "DELLA", "https://arxiv.org/abs/2406.11617", sparsifier=DELLA, consensus=True, normalize=True, rescale=True
+)

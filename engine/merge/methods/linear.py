@@ -5,14 +5,16 @@ Wortsman et al. 2022, arXiv 2203.05482. As in mergekit, `base_model` is just one
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from engine.merge.spec import BaseUse, MemorySource, MethodSpec, Param, Scope, TensorSource, work_dtype
 
 
-def stream(source: TensorSource, *, weight: Sequence[float], normalize: bool = True, seed: int = 0) -> Iterator[torch.Tensor]:
+def stream(
+    source: TensorSource, *, weight: Sequence[float], normalize: bool = True, seed: int = 0
+) -> Iterator[torch.Tensor]:
     """Yield Σ w_i x_i (÷ Σ w_i when normalize) row chunk by row chunk."""
     wd = work_dtype(source.model(0, *source.row_chunks[0]))
     for s, e in source.row_chunks:

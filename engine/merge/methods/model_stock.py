@@ -4,14 +4,16 @@ between their task vectors. Jang et al. 2024, arXiv 2403.19522.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from engine.merge.spec import BaseUse, MethodSpec, Param, work_dtype
 
 
-def merge(base: torch.Tensor, models: Sequence[torch.Tensor], *, filter_wise: bool = False, seed: int = 0) -> torch.Tensor:
+def merge(
+    base: torch.Tensor, models: Sequence[torch.Tensor], *, filter_wise: bool = False, seed: int = 0
+) -> torch.Tensor:
     wd = work_dtype(base, *models)
     w0, ws = base.to(wd), [m.to(wd) for m in models]
     if filter_wise:  # one ratio per output row

@@ -6,14 +6,16 @@ mergekit's "nuslerp" (Goddard et al. 2024, arXiv 2403.13257); SLERP after Shoema
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from engine.merge.spec import BaseUse, MethodSpec, Param, Scope, work_dtype
 
 
-def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, dim: int = -1, flatten: bool = False, eps: float = 1e-8) -> torch.Tensor:
+def nuslerp(
+    t: float, v0: torch.Tensor, v1: torch.Tensor, dim: int = -1, flatten: bool = False, eps: float = 1e-8
+) -> torch.Tensor:
     """SLERP of v0→v1 by t: over all entries (flatten), or per vector along `dim`."""
     shape = v0.shape
     if flatten:
@@ -32,8 +34,15 @@ def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, dim: int = -1, flatten
     return out.reshape(shape)
 
 
-def merge(base: torch.Tensor | None, models: Sequence[torch.Tensor], *, weight: Sequence[float],
-          nuslerp_row_wise: bool = False, nuslerp_flatten: bool = True, seed: int = 0) -> torch.Tensor:
+def merge(
+    base: torch.Tensor | None,
+    models: Sequence[torch.Tensor],
+    *,
+    weight: Sequence[float],
+    nuslerp_row_wise: bool = False,
+    nuslerp_flatten: bool = True,
+    seed: int = 0,
+) -> torch.Tensor:
     wd = work_dtype(base, *models)
     total = sum(weight)
     t = 0.5 if abs(total) < 1e-6 else weight[1] / total

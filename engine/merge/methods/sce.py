@@ -4,15 +4,21 @@ their energy, Erase minority signs, then average. FuseChat-2.0, Wan et al. 2024,
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from engine.merge.spec import BaseUse, MethodSpec, Param, work_dtype
 
 
-def merge(base: torch.Tensor, models: Sequence[torch.Tensor], *, select_topk: float = 1.0,
-          int8_mask: bool = False, seed: int = 0) -> torch.Tensor:
+def merge(
+    base: torch.Tensor,
+    models: Sequence[torch.Tensor],
+    *,
+    select_topk: float = 1.0,
+    int8_mask: bool = False,
+    seed: int = 0,
+) -> torch.Tensor:
     if not models:
         return base
     wd = work_dtype(base, *models)

@@ -6,7 +6,7 @@ Nearly parallel tensors (|cos| > 0.9995) fall back to linear interpolation.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -2,5 +2,12 @@
 
 from engine.merge.generalized import variant
 
-SPEC = variant("task_arithmetic", "Task Arithmetic", "https://arxiv.org/abs/2212.04089",
-               sparsifier=None, consensus=False, normalize=False, rescale=False)
+SPEC = variant(
+    "task_arithmetic",
+    "Task Arithmetic",
+    "https://arxiv.org/abs/2212.04089",
+    sparsifier=None,
+    consensus=False,
+    normalize=False,
+    rescale=False,
+)

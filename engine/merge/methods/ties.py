@@ -3,5 +3,12 @@
 from engine.merge.generalized import variant
 from engine.merge.sparsify import MAGNITUDE
 
-SPEC = variant("ties", "TIES", "https://arxiv.org/abs/2306.01708",
-               sparsifier=MAGNITUDE, consensus=True, normalize=True, rescale=False)
+SPEC = variant(
+    "ties",
+    "TIES",
+    "https://arxiv.org/abs/2306.01708",
+    sparsifier=MAGNITUDE,
+    consensus=True,
+    normalize=True,
+    rescale=False,
+)
