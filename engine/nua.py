@@ -64,15 +64,16 @@ class NUAResult:
     signature: str
 
 
-def _signature(n_layers: int, mode: str, span: str) -> str:
+def _signature(n_layers: int, mode: str, span: str, conditions: str) -> str:
     sizes = "/".join(str(e - s) for s, e in thirds_of(n_layers))
-    return f"nua|{mode}|cosine|thirds:{sizes}|v:{NUA_VERSION}" + (f"|span:{span}" if span else "")
+    sig = f"nua|{mode}|cosine|thirds:{sizes}|v:{NUA_VERSION}" + (f"|span:{span}" if span else "")
+    return sig + (f"|conditions:{conditions}" if conditions else "")
 
 
-def neuron_usage_alignment(rates_a, rates_b, span: str = "", mode: str = "rate") -> NUAResult:
+def neuron_usage_alignment(rates_a, rates_b, span: str = "", mode: str = "rate", conditions: str = "") -> NUAResult:
     """NUA per layer and averaged over the lower / middle / upper thirds of the stack.
 
-    Rates are (layers, neurons, conditions). A layer where a model never fires gives NaN (its
+    Rates are (layers, neurons, conditions); `span` and `conditions` only label the result. A layer where a model never fires gives NaN (its
     cosine is undefined; the paper's code would clamp the norm and report 0).
     """
     a, b = usage_vectors(rates_a, mode), usage_vectors(rates_b, mode)
@@ -88,7 +89,7 @@ def neuron_usage_alignment(rates_a, rates_b, span: str = "", mode: str = "rate")
     thirds = thirds_of(a.shape[0])
     lower, middle, upper = _band_means(per_layer, thirds)
     mean = float(np.nanmean(per_layer)) if np.isfinite(per_layer).any() else float("nan")
-    return NUAResult(per_layer, lower, middle, upper, mean, thirds, _signature(a.shape[0], mode, span))
+    return NUAResult(per_layer, lower, middle, upper, mean, thirds, _signature(a.shape[0], mode, span, conditions))
 
 
 @dataclass
@@ -106,14 +107,18 @@ class NUAGroups:
     signature: str
 
 
-def nua_groups(rates: Mapping[str, np.ndarray], base: str, span: str = "", mode: str = "rate") -> NUAGroups:
+def nua_groups(
+    rates: Mapping[str, np.ndarray], base: str, span: str = "", mode: str = "rate", conditions: str = ""
+) -> NUAGroups:
     """NUA of all model pairs; `rates` maps model name -> (layers, neurons, conditions), base among them."""
     names = tuple(rates)
     if base not in rates:
         raise ValueError(f"the base {base!r} is not among the models {', '.join(names)}")
     if len(names) < 2:
         raise ValueError("NUA compares models; give at least two")
-    pairs = {(a, b): neuron_usage_alignment(rates[a], rates[b], span, mode) for a, b in combinations(names, 2)}
+    pairs = {
+        (a, b): neuron_usage_alignment(rates[a], rates[b], span, mode, conditions) for a, b in combinations(names, 2)
+    }
     n_layers = next(iter(pairs.values())).per_layer.shape[0]
     with_base = [r.per_layer for (a, b), r in pairs.items() if base in (a, b)]
     between = [r.per_layer for (a, b), r in pairs.items() if base not in (a, b)]
@@ -130,5 +135,5 @@ def nua_groups(rates: Mapping[str, np.ndarray], base: str, span: str = "", mode:
         _band_means(base_ft, thirds),
         _band_means(ft_ft, thirds),
         thirds,
-        _signature(n_layers, mode, span),
+        _signature(n_layers, mode, span, conditions),
     )

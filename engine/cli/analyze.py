@@ -199,13 +199,6 @@ def _neuron_section(names, datasets, captures, span, preset, conditions, nua_mod
         _, r = _rates(datasets, per_data, span, conditions)
         result = neurons.select_language_neurons(r, languages, preset, span=span, conditions=conditions)
         hist = neurons.neuron_histograms(r)
-        by_span = {
-            s: neurons.select_language_neurons(
-                _rates(datasets, per_data, s, conditions)[1], languages, preset, span=s, conditions=conditions
-            )
-            for s in SPANS
-        }
-        overlap = neurons.compare_spans(by_span["source"], by_span["target"])
         section["models"][name] = {
             "signature": result.signature,
             "counts": result.counts,  # (layers, conditions)
@@ -217,12 +210,7 @@ def _neuron_section(names, datasets, captures, span, preset, conditions, nua_mod
                 "selectivity": hist.selectivity_counts,
                 "dead": hist.dead,
             },
-            "source_target_overlap": {
-                "signature": overlap.signature,
-                "jaccard": overlap.jaccard,  # (layers, conditions)
-                "per_language": dict(zip(languages, overlap.per_language)),
-                "mean": overlap.mean,
-            },
+            "source_target_overlap": _span_overlap(datasets, per_data, preset),
         }
         results.append(result)
         rates[name] = r
@@ -234,7 +222,11 @@ def _neuron_section(names, datasets, captures, span, preset, conditions, nua_mod
             entry.update(
                 signature=cmp.signature,
                 per_layer={f: getattr(cmp, f) for f in ("base", "finetune", "gained", "lost", "overlap", "jaccard")},
-                nua=_nua_json(nua.neuron_usage_alignment(rates[names[0]], rates[names[j]], span=span, mode=nua_mode)),
+                nua=_nua_json(
+                    nua.neuron_usage_alignment(
+                        rates[names[0]], rates[names[j]], span=span, mode=nua_mode, conditions=conditions
+                    )
+                ),
             )
         else:
             entry["note"] = (
@@ -242,7 +234,7 @@ def _neuron_section(names, datasets, captures, span, preset, conditions, nua_mod
             )
         section["comparisons"].append(entry)
     if len(names) > 1 and len({r.shape for r in rates.values()}) == 1:
-        groups = nua.nua_groups(rates, names[0], span=span, mode=nua_mode)
+        groups = nua.nua_groups(rates, names[0], span=span, mode=nua_mode, conditions=conditions)
         section["nua_pairs"] = {
             "signature": groups.signature,
             "base": groups.base,
@@ -254,6 +246,24 @@ def _neuron_section(names, datasets, captures, span, preset, conditions, nua_mod
             "thirds": groups.thirds,
         }
     return section
+
+
+def _span_overlap(datasets, per_data, preset) -> dict:
+    """Source-span vs target-span neurons of one model; the conditions are the data sets' (the
+    paper's), the only grouping under which both spans have the same conditions."""
+    selections = {}
+    for span in SPANS:
+        languages, rates = _rates(datasets, per_data, span, "dataset")
+        if len(languages) < 2:
+            return {"note": f"the data sets form one condition ({', '.join(languages)}); nothing to compare"}
+        selections[span] = neurons.select_language_neurons(rates, languages, preset, span=span, conditions="dataset")
+    overlap = neurons.compare_spans(selections["source"], selections["target"])
+    return {
+        "signature": overlap.signature,
+        "jaccard": overlap.jaccard,  # (layers, conditions)
+        "per_language": dict(zip(overlap.languages, overlap.per_language)),
+        "mean": overlap.mean,
+    }
 
 
 def _geometry_section(names, datasets, captures, span, rank) -> dict:

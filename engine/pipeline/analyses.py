@@ -159,7 +159,7 @@ def _neuron_report(base, finetune, sets, span, settings, models, progress, condi
         lb,
         lf,
         compare_selections(lb, lf),
-        neuron_usage_alignment(rb.rates, rf.rates, span=span, mode=nua_mode),
+        neuron_usage_alignment(rb.rates, rf.rates, span=span, mode=nua_mode, conditions=conditions),
         neuron_histograms(rf.rates),
         neuron_histograms(rb.rates),
         rb.languages,
@@ -185,7 +185,7 @@ def nua_groups(
         shapes = {name: r.shape for name, r in rates.items()}
         if len(set(shapes.values())) > 1:
             raise DataError(f"the systems' MLPs differ in shape {shapes}; neurons cannot be matched")
-        return nua.nua_groups(rates, base.name, span=span, mode=mode)
+        return nua.nua_groups(rates, base.name, span=span, mode=mode, conditions=conditions)
 
     key = (
         "nua_groups",
@@ -200,24 +200,20 @@ def nua_groups(
 
 
 def span_overlap(
-    system: System,
-    sets: Sequence[ParallelSet],
-    settings,
-    models: ModelCache,
-    progress: Progress | None = None,
-    conditions: str = "dataset",
+    system: System, sets: Sequence[ParallelSet], settings, models: ModelCache, progress: Progress | None = None
 ):
-    """One system's LAPE neurons on the source span against the target span, per layer and condition."""
+    """One system's LAPE neurons on the source span against the target span, per layer and condition.
+    Conditions are the data sets' (the paper's): grouped by span language the spans' conditions differ."""
     from engine.neurons import compare_spans, select_language_neurons
 
     def compute():
         by_span = {}
         for span in SPANS:
-            r = language_rates(system, sets, span, models, progress, conditions)
-            by_span[span] = select_language_neurons(r.rates, r.languages, settings, span=span, conditions=conditions)
+            r = language_rates(system, sets, span, models, progress, "dataset")
+            by_span[span] = select_language_neurons(r.rates, r.languages, settings, span=span, conditions="dataset")
         return compare_spans(by_span["source"], by_span["target"])
 
-    key = ("span_overlap", system.identity, data_key(sets), settings, conditions)
+    key = ("span_overlap", system.identity, data_key(sets), settings)
     return MEMO.get_or_compute(key, compute)
 
 
