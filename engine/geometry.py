@@ -35,9 +35,20 @@ def subspace_basis(x, k: int = DEFAULT_RANK) -> np.ndarray:
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"a subspace needs an (n ≥ 2, d) matrix of representations, got shape {x.shape}")
     centred = x - x.mean(axis=0, keepdims=True)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    k_eff = min(k, x.shape[0] - 1, x.shape[1])
-    return vt[:k_eff].T  # (d, k_eff): right singular vectors are orthonormal already
+    n, d = centred.shape
+    k_eff = min(k, n - 1, d)
+    # The top right singular vectors from the eigenvectors of the smaller Gram matrix: 5-10x faster
+    # than a full SVD at n = 512, d = 2048 (bench/bench_geometry.py), and as exact for the leading
+    # directions, whose eigenvalues sit far above float64's noise.
+    if n < d:
+        values, u = np.linalg.eigh(centred @ centred.T)  # (n,), (n, n), ascending
+        top = np.argsort(values)[::-1][:k_eff]
+        basis = centred.T @ u[:, top] / np.sqrt(np.clip(values[top], np.finfo(float).tiny, None))
+        # Directions with (near-)zero variance come out of the division unnormalised: re-orthonormalise.
+        basis, _ = np.linalg.qr(basis)
+        return basis
+    values, v = np.linalg.eigh(centred.T @ centred)  # (d,), (d, d), ascending
+    return v[:, np.argsort(values)[::-1][:k_eff]]
 
 
 def principal_angles(qa: np.ndarray, qb: np.ndarray) -> np.ndarray:
