@@ -64,11 +64,13 @@ state.default("neuron_model", MERGE if MERGE in others else others[0])
 if st.session_state["neuron_model"] not in others:
     st.session_state["neuron_model"] = others[0]
 controls[0].selectbox("Fine-tune (against the base)", others, key="neuron_model")
-state.default("neuron_span", "target")  # En→X data: target spans carry the different languages
+state.default("neuron_span", "target")
 controls[1].segmented_control(
     "Span", list(SPANS), key="neuron_span", help="which tokens count: the source sentence or the reference translation"
 )
 state.default("neuron_conditions", "dataset")
+if st.session_state["neuron_conditions"] not in CONDITION_NAMES:  # a hand-edited link
+    st.session_state["neuron_conditions"] = "dataset"
 controls[2].segmented_control(
     "Conditions",
     list(CONDITION_NAMES),
@@ -119,6 +121,8 @@ settings = LapeSettings(
 span = st.session_state.get("neuron_span") or "target"
 conditions = st.session_state.get("neuron_conditions") or "dataset"
 state.default("nua_mode", "rate")
+if st.session_state["nua_mode"] not in NUA_NAMES:
+    st.session_state["nua_mode"] = "rate"
 st.selectbox("NUA vectors", list(NUA_NAMES), key="nua_mode", format_func=NUA_NAMES.get)
 nua_mode = st.session_state["nua_mode"]
 finetune = systems[st.session_state["neuron_model"]]
