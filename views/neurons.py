@@ -213,8 +213,12 @@ if len(unmerged) < 3:
     st.info("Pick at least two experts to compare fine-tunes with each other.")
 else:
     groups = nua_groups(unmerged, base, sets, span, models, more, conditions, nua_mode)
+    content = (groups.signature, groups.names, groups.base_finetune.tobytes(), groups.finetune_finetune.tobytes())
     common.show_figure(
-        figures.nua_groups_figure(groups, "Mean NUA: base–fine-tune pairs vs fine-tune–fine-tune pairs"),
+        common.cached_figures(
+            ("nua_groups", content),
+            lambda: figures.nua_groups_figure(groups, "Mean NUA: base–fine-tune pairs vs fine-tune–fine-tune pairs"),
+        ),
         "nua_pairs",
         key="nua_pairs",
     )
@@ -241,7 +245,12 @@ if conditions != "dataset":
 else:
     overlap = span_overlap(finetune, sets, settings, models, more)
     common.show_figure(
-        figures.span_overlap_heatmap(overlap, f"Jaccard of source- and target-span neurons, {finetune.name}"),
+        common.cached_figures(
+            ("span_overlap", finetune.name, overlap.signature, overlap.languages, overlap.jaccard.tobytes()),
+            lambda: figures.span_overlap_heatmap(
+                overlap, f"Jaccard of source- and target-span neurons, {finetune.name}"
+            ),
+        ),
         "span_overlap",
         key="span_overlap",
     )
@@ -258,8 +267,14 @@ else:
 
 st.subheader("Representation geometry")
 geometry = subspace_geometry(list(systems.values()), sets, span, models, progress=more)
+geometry_content = (geometry.signature, geometry.names, geometry.median_angle.tobytes(), geometry.distance.tobytes())
 common.show_figure(
-    figures.principal_angle_curves(geometry, f"Median principal angle between top-{geometry.rank} PCA subspaces"),
+    common.cached_figures(
+        ("principal_angles", geometry_content),
+        lambda: figures.principal_angle_curves(
+            geometry, f"Median principal angle between top-{geometry.rank} PCA subspaces"
+        ),
+    ),
     "principal_angles",
     key="principal_angles",
 )
@@ -269,8 +284,14 @@ st.session_state["geometry_layer"] = min(max(0, int(st.session_state["geometry_l
 st.slider("Layer for the map (0: embeddings)", 0, n_layers - 1, key="geometry_layer")
 map_layer = st.session_state["geometry_layer"]
 common.show_figure(
-    figures.subspace_map(
-        geometry.map(map_layer), geometry.names, f"Subspace map (classical MDS), layer {map_layer}", geometry.signature
+    common.cached_figures(
+        ("subspace_map", geometry_content, map_layer),
+        lambda: figures.subspace_map(
+            geometry.map(map_layer),
+            geometry.names,
+            f"Subspace map (classical MDS), layer {map_layer}",
+            geometry.signature,
+        ),
     ),
     "subspace_map",
     key="subspace_map",
