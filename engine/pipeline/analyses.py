@@ -234,6 +234,9 @@ def subspace_geometry(
 
     def compute():
         hidden = {s.name: pooled_hidden(s, sets, span, models, progress) for s in systems}
+        shapes = {name: h.shape for name, h in hidden.items()}
+        if len(set(shapes.values())) > 1:
+            raise DataError(f"the systems' representations differ in shape {shapes}; subspaces cannot be compared")
         return geometry.subspace_geometry(hidden, k=k, span=f"{span}|data:{'+'.join(s.direction for s in sets)}")
 
     key = ("geometry", tuple((s.name, s.identity) for s in systems), data_key(sets), span, k)
