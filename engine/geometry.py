@@ -96,7 +96,7 @@ class SubspaceGeometry:
     rank: int  # k used: min(k, n - 1, d)
     signature: str
 
-    def map(self, layer: int) -> np.ndarray:
+    def mds_coordinates(self, layer: int) -> np.ndarray:
         """2-D classical-MDS coordinates (models, 2) of the models at one layer."""
         return classical_mds(self.distances[layer])
 

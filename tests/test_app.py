@@ -366,7 +366,7 @@ def test_neurons_page_source_span_on_en_x_shows_the_papers_analyses(app):
     layer = app.slider(key="geometry_layer").value
     points = figure("Subspace map")["data"][0]
     assert points["text"] == list(geometry.names)
-    xy = geometry.map(layer)
+    xy = geometry.mds_coordinates(layer)
     np.testing.assert_allclose(array(points["x"]), xy[:, 0], atol=1e-12)
     np.testing.assert_allclose(array(points["y"]), xy[:, 1], atol=1e-12)
 

@@ -65,7 +65,7 @@ def test_geometry_of_three_models_and_its_map():
     np.testing.assert_allclose(result.distance[1], 1.0)
     assert result.distances[1][0, 1] == result.distances[1][1, 0] == pytest.approx(1.0)
     # Three points at mutual distance 1: an equilateral triangle with side 1 on the map.
-    xy = result.map(1)
+    xy = result.mds_coordinates(1)
     pairwise = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
     np.testing.assert_allclose(pairwise, 1.0 - np.eye(3), atol=1e-9)
     assert "pca_rank:3" in result.signature and "span:target" in result.signature

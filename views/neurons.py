@@ -287,7 +287,7 @@ common.show_figure(
     common.cached_figures(
         ("subspace_map", geometry_content, map_layer),
         lambda: figures.subspace_map(
-            geometry.map(map_layer),
+            geometry.mds_coordinates(map_layer),
             geometry.names,
             f"Subspace map (classical MDS), layer {map_layer}",
             geometry.signature,

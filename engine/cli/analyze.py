@@ -285,6 +285,7 @@ def _geometry_section(names, datasets, captures, span, rank) -> dict:
             for p, (a, b) in enumerate(result.pairs)
         ],
         "mds": [
-            {name: xy for name, xy in zip(result.names, result.map(layer))} for layer in range(len(result.distances))
+            {name: xy for name, xy in zip(result.names, result.mds_coordinates(layer))}
+            for layer in range(len(result.distances))
         ],
     }
