@@ -379,6 +379,7 @@ def test_neurons_page_source_span_on_en_x_shows_the_papers_analyses(app):
     assert any("give only en" in e.value for e in app.error)
     app.segmented_control(key="neuron_span").set_value("target").run()
     assert not app.error
+    assert app.query_params["neuron_conditions"] == "span" and app.query_params["nua_mode"] == "concat"
     assert "the language of the span's text" in figure("merge: neurons per block")["layout"]["title"]["text"]
 
 
