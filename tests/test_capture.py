@@ -191,20 +191,3 @@ def test_analyze_cli_end_to_end(model_root, tmp_path):
         == 2
     )
     assert not (tmp_path / "x.json").exists()
-
-
-def test_language_rates_pool_data_sets_by_span_language(tokenizer):
-    from engine.activations import language_rates
-
-    model = make_model("qwen2", vocab_size=len(tokenizer))
-    de = capture(model, tokenizer, PAIRS)
-    de2 = capture(model, tokenizer, PAIRS.head(2))
-    ru = capture(model, tokenizer, ParallelSet("en", "ru", PAIRS.sources, ("один", "два", "три", "четыре", "пять")))
-    languages, rates = language_rates([de, ru, de2], "target")
-    assert languages == ("de", "ru") and rates.shape == (4, 64, 2)
-    expected_de = (de.active["target"] + de2.active["target"]).double() / (
-        de.tokens["target"].sum() + de2.tokens["target"].sum()
-    )
-    torch.testing.assert_close(rates[..., 0], expected_de)
-    torch.testing.assert_close(rates[..., 1], ru.rates("target"))
-    assert language_rates([de, ru], "source")[0] == ("en",)

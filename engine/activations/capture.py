@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -301,30 +301,6 @@ def capture(
             "settings": asdict(settings),
         },
     )
-
-
-def language_rates(captures: Sequence[Capture], span: str) -> tuple[tuple[str, ...], torch.Tensor]:
-    """LAPE input from captures of one model on several data sets: (languages, rates).
-
-    rates is (layers, d_mlp, languages) float64; data sets whose `span` is in the same language
-    are pooled (their counts summed) before dividing. Languages are sorted by code.
-    """
-    active, tokens = {}, {}
-    for c in captures:
-        if span not in c.active:
-            raise DataError(f"a capture lacks the {span} span; capture it with spans including {span!r}")
-        lang = c.languages[span]
-        active[lang] = active.get(lang, 0) + c.active[span].double()  # (layers, d_mlp)
-        tokens[lang] = tokens.get(lang, 0) + int(c.tokens[span].sum())
-    if not active:
-        raise DataError("no captures given")
-    shapes = {tuple(a.shape) for a in active.values()}
-    if len(shapes) > 1:
-        raise DataError(f"captures come from models of different shapes {sorted(shapes)}; pool one model at a time")
-    languages = tuple(sorted(active))
-    counts = torch.stack([active[l] for l in languages], dim=-1)  # (layers, d_mlp, langs)
-    totals = torch.tensor([tokens[l] for l in languages], dtype=torch.float64)  # (langs,)
-    return languages, counts / totals
 
 
 def tokenizer_digest(tokenizer) -> str:
