@@ -3,8 +3,7 @@
 For each span (source, target) and each sentence: the mean over the span's tokens of the
 embedding output (layer 0) and of every block output (layers 1 … L), the inputs of layer-wise
 CKA (Kornblith et al., 2019). For each block and neuron: how many span tokens had
-act(gate_proj(x)) > 0 (or the family's equivalent, see engine.activations.families), the counts
-behind LAPE (Tang et al., 2024). Layer L follows Hugging Face's
+act(gate_proj(x)) > 0, the counts behind LAPE (Tang et al., 2024). Layer L follows Hugging Face's
 `hidden_states` convention by default (the final norm applied), so results line up with code
 that uses `output_hidden_states`, as the MergeScope paper's does (Gain et al., arXiv 2604.02881).
 
