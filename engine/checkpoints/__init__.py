@@ -1,6 +1,6 @@
 """Checkpoints: discovery under the model roots, lazy safetensors reading, fingerprints, checks."""
 
-from engine.checkpoints.checkpoint import Checkpoint, Summary, check_finite, open_checkpoint
+from engine.checkpoints.checkpoint import Checkpoint, Summary, check_finite, config_size, open_checkpoint
 from engine.checkpoints.compat import check_compatible, compatibility_problems
 from engine.checkpoints.discover import Discovery, discover_checkpoints
 from engine.checkpoints.loading import load_model, load_tokenizer
@@ -18,6 +18,7 @@ __all__ = [
     "Discovery",
     "check_compatible",
     "check_finite",
+    "config_size",
     "compatibility_problems",
     "discover_checkpoints",
     "fingerprint",
