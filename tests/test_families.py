@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from engine import cka, neurons
 from engine.activations import CaptureSettings, capture, encode_pairs, language_rates
-from engine.checkpoints import discover_checkpoints, load_model
+from engine.checkpoints import config_size, discover_checkpoints, load_model
 from engine.merge import iter_merged, merge_into_model, plan_merge, save_merge
 from engine.parallel import ParallelSet
 from engine.recipe import from_dict
@@ -69,11 +69,11 @@ def families(family_root, model_root, monkeypatch):
     return family_root
 
 
-def _recipe(folder, method: str, dtype: str) -> dict:
+def _recipe(folder, method: str, dtype: str, weight=WEIGHT) -> dict:
     return dict(
         merge_method=method,
         base_model=str(folder / "base"),
-        parameters={"weight": WEIGHT, **({"density": DENSITY} if method == "ties" else {})},
+        parameters={"weight": weight, **({"density": DENSITY} if method == "ties" else {})},
         dtype=dtype,
         models=[{"model": str(folder / name)} for name in EXPERTS],
     )
@@ -151,6 +151,12 @@ def test_every_family_discovered_with_its_shape(families):
         assert (s.layers, s.hidden_size, s.intermediate_size, s.dtype) == (LAYERS, HIDDEN, MLP, "BF16"), family
 
 
+def test_gpt2_config_sizes_read_under_their_own_names():
+    config = {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_inner": None, "vocab_size": 50257}
+    sizes = [config_size(config, f) for f in ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size")]
+    assert sizes == [12, 768, 4 * 768, 50257]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
 def test_merge_equals_the_definition(families, family, method):
@@ -176,7 +182,8 @@ def test_merge_equals_mergekit(families, family, tmp_path):
     folder = families / family
     base, experts = _tensors(folder / "base"), [_tensors(folder / n) for n in EXPERTS]
 
-    cfg = _recipe(folder, "task_arithmetic", "bfloat16")
+    # A per-layer schedule: both sides must find each family's blocks and count them alike.
+    cfg = _recipe(folder, "task_arithmetic", "bfloat16", weight=[0.2, 1.0])
     theirs, ours = _mergekit(cfg, tmp_path / "ta"), _ours(cfg)
     assert set(theirs) == set(ours)
     for name in ours:
@@ -289,3 +296,21 @@ def test_merged_family_analysed_and_translated(families, family, one_torch_threa
     outputs = [s.output for s in result.samples]
     assert len(outputs) == 2
     assert result.scores.chrf == pytest.approx(sacrebleu.corpus_chrf(outputs, [list(EN_ES.targets[:2])]).score)
+
+
+@pytest.mark.parametrize("family,name", [("llama", "act_fn"), ("phi3", "activation_fn"), ("gpt2", "act")])
+def test_shared_activation_module_counted_per_block(family, name, one_torch_thread):
+    """One activation module shared by every block cannot tell blocks apart by its hook: capture
+    hooks the first projection instead (the gate half when fused) and gets the same counts."""
+    tokenizer = make_tokenizer()
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(FAMILY_CONFIGS[family](len(tokenizer))).eval()
+    settings = CaptureSettings(batch_size=4, final_norm=True)
+    own = capture(model, tokenizer, EN_ES, settings, device="cpu")
+    blocks, _ = _blocks_and_neurons(model, family)
+    shared = getattr(blocks[0].mlp, name)
+    for block in blocks:
+        setattr(block.mlp, name, shared)
+    again = capture(model, tokenizer, EN_ES, settings, device="cpu")
+    assert torch.equal(own.active["source"], again.active["source"])
+    assert own.active["source"].sum() > 0

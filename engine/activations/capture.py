@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -114,7 +115,7 @@ def model_blocks(model: nn.Module, final_norm: bool = True) -> _Blocks:
             f"{name}: no decoder block list at .{layout.decoder}.{layout.blocks}; capture reads "
             f"Llama-style models and {', '.join(sorted(LAYOUTS))}"
         )
-    activations, seen_acts, widths = [], set(), set()
+    found = []  # per block: (first projection, activation, neurons)
     for i, layer in enumerate(layers):
         projection, act = attribute(layer, layout.projection), attribute(layer, layout.activation)
         missing = [path for path, v in ((layout.projection, projection), (layout.activation, act)) if v is None]
@@ -123,12 +124,13 @@ def model_blocks(model: nn.Module, final_norm: bool = True) -> _Blocks:
                 f"{name}: block {i} has no {missing[0]}; neuron counts need the MLP's first projection "
                 f"and its activation ({layout.activation}({layout.projection}(x)))"
             )
-        width = out_features(projection, layout, f"{name} block {i} {layout.projection}")
-        widths.add(width)
-        if isinstance(act, nn.Module) and id(act) not in seen_acts:
+        found.append((projection, act, out_features(projection, layout, f"{name} block {i} {layout.projection}")))
+    act_users = Counter(id(act) for _, act, _ in found)
+    activations, widths = [], {width for _, _, width in found}
+    for projection, act, width in found:
+        if isinstance(act, nn.Module) and act_users[id(act)] == 1:
             # The activation module's own output is the neurons' activation: hooking it costs nothing extra.
             activations.append((act, None))
-            seen_acts.add(id(act))
         elif layout.fused_gate:
             # A plain function or one module shared across blocks cannot tell blocks apart: hook the
             # projection and apply the activation ourselves, to the gate half of the fused output.
