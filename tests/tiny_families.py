@@ -15,7 +15,7 @@ import transformers
 
 from tests.tiny_models import make_tokenizer
 
-HIDDEN, MLP, LAYERS, HEADS = 32, 64, 2, 4
+HIDDEN, MLP, LAYERS, HEADS = 32, 64, 3, 4
 TASK_VECTOR_SCALE = 0.002
 
 
