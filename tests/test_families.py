@@ -2,11 +2,11 @@
 fine-tunes each): discovered, merged equal to a float64 reference and to mergekit 0.1.5, written
 as complete loadable folders, captured (CKA, LAPE) and scored on one translation.
 
-mergekit's TIES on bf16 checkpoints differs from ours, and from the definition, in two explained
-ways (README, "Merges of bf16 checkpoints against mergekit"): its task vectors are rounded to bf16
-when the recipe's dtype is bfloat16, and it breaks ties among equal |delta| at the trim threshold
-by an unstable argsort. The TIES comparison therefore runs on a float32 recipe and excludes exactly
-the tied entries; task arithmetic is compared on the bf16 recipe within bf16 arithmetic.
+mergekit's TIES on bf16 checkpoints differs from ours, and from the definition, where an expert's
+|delta| ties its trim threshold: bf16 task vectors take few distinct values, and mergekit picks
+among the tied entries by an unstable argsort (README, "Merges of bf16 checkpoints against
+mergekit"). The TIES comparison therefore excludes exactly those entries; task arithmetic is
+compared on a bf16 recipe within bf16 arithmetic, as mergekit adds bf16 task vectors in bf16.
 """
 
 from __future__ import annotations
