@@ -29,6 +29,7 @@ from engine.recipe import from_dict
 from engine.settings import get_settings
 from engine.translate.evaluate import evaluate_direction
 from engine.translate.generate import DecodingSettings, ModelTranslator
+from engine.zoo.tokenizer import CHAT_TEMPLATE
 from tests.tiny_families import EXPERTS, FAMILIES, FAMILY_CONFIGS, HIDDEN, LAYERS, MLP, save_family
 from tests.tiny_models import make_tokenizer
 
@@ -64,7 +65,8 @@ def family_root(tmp_path_factory):
 
 @pytest.fixture
 def families(family_root, model_root, monkeypatch):
-    monkeypatch.setenv("MERGESCOPE_MODEL_ROOTS", str(family_root))
+    """The families' root, shared by the session; merges go to the test's own root, `model_root`."""
+    monkeypatch.setenv("MERGESCOPE_MODEL_ROOTS", f"{family_root}:{model_root}")
     get_settings.cache_clear()
     return family_root
 
@@ -219,7 +221,7 @@ def test_merge_folder_complete_and_loadable(families, family, tmp_path):
     model, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     assert not any(info.values()), info
     assert [type(model).__name__] == json.loads((base / "config.json").read_text())["architectures"]
-    assert transformers.AutoTokenizer.from_pretrained(out).chat_template == make_tokenizer().chat_template
+    assert transformers.AutoTokenizer.from_pretrained(out).chat_template == CHAT_TEMPLATE
     live, _ = merge_into_model(recipe, "cpu", dtype=torch.bfloat16)
     loaded, in_memory = model.state_dict(), live.state_dict()
     assert set(loaded) == set(in_memory)
@@ -247,7 +249,7 @@ def test_capture_matches_hidden_states_and_mlp_activations(family, one_torch_thr
     model = transformers.AutoModelForCausalLM.from_config(FAMILY_CONFIGS[family](len(tokenizer))).eval()
     got = capture(model, tokenizer, EN_ES, CaptureSettings(batch_size=3, final_norm=True), device="cpu")
     blocks, activation = _blocks_and_neurons(model, family)
-    mlp_inputs = {}
+    mlp_inputs, expected = {}, torch.zeros(LAYERS, MLP, dtype=torch.long)  # (layers, d_mlp)
     handles = [
         b.mlp.register_forward_pre_hook(lambda m, a, i=i: mlp_inputs.__setitem__(i, a[0])) for i, b in enumerate(blocks)
     ]
@@ -260,22 +262,20 @@ def test_capture_matches_hidden_states_and_mlp_activations(family, one_torch_thr
                 torch.testing.assert_close(got.hidden["target"][layer, n], h[0, mask].mean(0), atol=1e-5, rtol=1e-5)
             for layer, block in enumerate(blocks):
                 with torch.no_grad():
-                    fired = (activation(block.mlp, mlp_inputs[layer][0, mask]) > 0).sum(0)  # (d_mlp,)
-                mlp_inputs.setdefault("counts", {}).setdefault(layer, []).append(fired)
+                    expected[layer] += (activation(block.mlp, mlp_inputs[layer][0, mask]) > 0).sum(0)
     finally:
         for handle in handles:
             handle.remove()
-    expected = torch.stack([sum(mlp_inputs["counts"][layer]) for layer in range(LAYERS)])  # (layers, d_mlp)
     assert got.active["target"].shape == (LAYERS, MLP)
     assert torch.equal(got.active["target"], expected)
     assert 0 < got.rates("target").mean() < 1
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_merged_family_analysed_and_translated(families, family, one_torch_thread):
+def test_merged_family_analysed_and_translated(families, model_root, family, one_torch_thread):
     """The TIES merge loaded from its folder: capture, CKA and LAPE give finite values of the right
     shapes, and one translation is scored as sacreBLEU scores its outputs."""
-    out = save_merge(from_dict(_recipe(families / family, "ties", "bfloat16")), families / f"{family}-ties")
+    out = save_merge(from_dict(_recipe(families / family, "ties", "bfloat16")), model_root / "ties")
     model, tokenizer = load_model(out, "cpu")
     captures = [
         capture(model, tokenizer, pairs, CaptureSettings(batch_size=4), device="cpu") for pairs in (EN_ES, EN_RU)
