@@ -3,8 +3,8 @@
 The neurons of a block are the channels of its MLP's hidden activation: act(gate_proj(x)) in
 gated MLPs (Llama, Mistral, Qwen2/3, Gemma2/3, OLMo2), the gate half of a fused gate_up_proj
 (Phi3), and act(first projection) in non-gated MLPs (GPT-2's c_fc, GPT-NeoX's dense_h_to_4h).
-LAPE's definition (Tang et al., 2024) is over the gate activation; for non-gated MLPs the hidden
-activation plays the same role, as the MergeScope paper (Gain et al., arXiv 2604.02881) allows.
+LAPE (Tang et al., 2024) counts positive gate activations; in a non-gated MLP the hidden
+activation is the only per-neuron activation, so it takes that role.
 """
 
 from __future__ import annotations
