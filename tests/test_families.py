@@ -4,9 +4,10 @@ as complete loadable folders, captured (CKA, LAPE) and scored on one translation
 
 mergekit's TIES on bf16 checkpoints differs from ours, and from the definition, where an expert's
 |delta| ties its trim threshold: bf16 task vectors take few distinct values, and mergekit picks
-among the tied entries by an unstable argsort (README, "Merges of bf16 checkpoints against
-mergekit"). The TIES comparison therefore excludes exactly those entries; task arithmetic is
-compared on a bf16 recipe within bf16 arithmetic, as mergekit adds bf16 task vectors in bf16.
+among the tied entries by an unstable argsort; with a bf16 recipe it also trims task vectors it
+has rounded to bf16 (README, "Merges of bf16 checkpoints against mergekit"). The TIES comparisons
+therefore exclude exactly the tied entries; task arithmetic is compared on a bf16 recipe within
+bf16 arithmetic, as mergekit adds bf16 task vectors in bf16.
 """
 
 from __future__ import annotations
@@ -139,6 +140,10 @@ def _mergekit(cfg: dict, out) -> dict[str, np.ndarray]:
     return _tensors(out)
 
 
+def _to_bf16(x: np.ndarray) -> np.ndarray:
+    return torch.from_numpy(x).to(torch.bfloat16).double().numpy()
+
+
 def _relative(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
     diff = np.abs(a - b) if where is None else np.abs(a - b)[where]
     return float(diff.max(initial=0.0) / max(np.abs(b).max(), 1e-30))
@@ -199,6 +204,14 @@ def test_merge_equals_mergekit(families, family, tmp_path):
         assert _relative(ours[name], theirs[name], ~tied) <= EXACT, f"{family} TIES: {name}"
         differs = np.abs(ours[name] - theirs[name]) > EXACT * np.abs(theirs[name]).max()
         assert not (differs & ~tied).any()
+
+    # A bf16 recipe: mergekit trims task vectors it has rounded to bf16 (ft − base in bf16), so its
+    # output is the definition applied to those, outside their ties, within bf16 arithmetic.
+    theirs = _mergekit(_recipe(folder, "ties", "bfloat16"), tmp_path / "ties-bf16")
+    for name, b in base.items():
+        rounded = [b + _to_bf16(e[name] - b) for e in experts]
+        tied = tied_at_threshold(b, rounded)
+        assert _relative(theirs[name], ties_reference(b, rounded), ~tied) <= BF16_ARITHMETIC, f"{family}: {name}"
 
 
 def test_mergekit_refuses_gpt_neox_as_transformers_saves_it(families, tmp_path):
