@@ -95,11 +95,13 @@ def test_hooks_always_removed_and_training_flag_restored(tokenizer):
 
 
 def test_unsupported_family_named(tokenizer):
-    gpt2 = transformers.GPT2LMHeadModel(
-        transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=len(tokenizer))
+    opt = transformers.OPTForCausalLM(
+        transformers.OPTConfig(
+            num_hidden_layers=2, hidden_size=16, ffn_dim=32, num_attention_heads=2, vocab_size=len(tokenizer)
+        )
     )
-    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel: no decoder block list at .model.layers"):
-        capture(gpt2, tokenizer, PAIRS)
+    with pytest.raises(UnsupportedModelError, match="OPTForCausalLM: no decoder block list at .model.layers"):
+        capture(opt, tokenizer, PAIRS)
     llama = make_model("llama", vocab_size=len(tokenizer))
     del llama.model.layers[1].mlp.gate_proj
     with pytest.raises(UnsupportedModelError, match="block 1 has no mlp.gate_proj"):
