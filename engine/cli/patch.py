@@ -41,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", nargs="+", required=True, metavar="PATH", help="JSONL parallel files or folders")
     parser.add_argument("--limit", type=int, help="first N pairs of each file only")
     parser.add_argument(
+        "--export",
+        metavar="DIR",
+        help="also write the first routed set's patched merge as a checkpoint per direction, DIR/<direction>",
+    )
+    parser.add_argument(
         "--out", action="append", default=[], metavar="FILE", help=".md, .csv or .json (repeatable); stdout otherwise"
     )
 
@@ -49,9 +54,11 @@ def run(args: argparse.Namespace) -> int:
     from engine import recipe as recipes
     from engine.checkpoints import open_checkpoint
     from engine.cli.evaluate import load_data
-    from engine.patch.experiment import run_patch_experiment
+    from engine.patch.experiment import experts_by_direction, run_patch_experiment
+    from engine.patch.export import export_patched
     from engine.patch.layers import parse_layer_set
     from engine.patch.report import to_markdown, write_report
+    from engine.patch.systems import patched_system
     from engine.pipeline.models import ModelCache
     from engine.pipeline.systems import checkpoint_system, merge_system
 
@@ -70,18 +77,24 @@ def run(args: argparse.Namespace) -> int:
     num_layers = base.checkpoint.summary.layers
     layer_sets = [parse_layer_set(text, num_layers) for text in args.layers]
     sets = load_data(args.data, args.limit)
+    merge, models = merge_system(recipe), ModelCache()
     experiment = run_patch_experiment(
         base,
-        merge_system(recipe),
+        merge,
         experts,
         sets,
         layer_sets,
-        ModelCache(),
+        models,
         controls=args.controls,
         seed=args.seed,
         controls_from=args.controls_from,
         progress=lambda done, total, msg: log.info("[%d/%d] %s", done, total, msg),
     )
+    if args.export:
+        routes = experts_by_direction(experts, sets)
+        for direction, expert in routes.items():
+            system = patched_system(merge, expert, layer_sets[0], direction)
+            log.info("wrote %s", export_patched(system, models, Path(args.export) / direction))
     table = experiment.table()
     for out in args.out:
         log.info("wrote %s", write_report(table, out, args.controls_from))

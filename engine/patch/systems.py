@@ -37,4 +37,3 @@ def patched_system(merge: System, source: System, layers: LayerSet, direction: s
         direction=direction or source.direction,
         patch=Patch(merge, source, layers),
     )
-
