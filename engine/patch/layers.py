@@ -88,9 +88,12 @@ def control_sets(routed: LayerSet, num_layers: int, count: int, seed: int, draw_
     """`count` random controls of the routed set's size, seeds seed … seed + count − 1.
 
     draw_from 'rest' (the paper's `eval_en_indic_layer_patch.py`): blocks outside the routed set,
-    and no parts (its random controls never take the final norm); 'stack': any block.
+    and no parts (its random controls never take the final norm); 'stack': any block. None when
+    fewer blocks than the routed set's lie outside it (a k-curve's upper half under 'rest').
     """
     if draw_from not in CONTROLS_FROM:
         raise RecipeError(f"controls must be drawn from one of {', '.join(CONTROLS_FROM)}, got {draw_from!r}")
     exclude = routed.blocks if draw_from == "rest" else ()
+    if num_layers - len(exclude) < len(routed.blocks):
+        return []
     return [random_blocks(len(routed.blocks), num_layers, seed + i, exclude) for i in range(count)]
