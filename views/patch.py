@@ -98,7 +98,7 @@ st.segmented_control("Metric", list(METRICS), key="patch_metric", format_func=la
 metric = st.session_state.get("patch_metric") or "chrf"
 st.subheader(f"{figures.SCORE_COLUMNS[metric]}: {run_text} from each direction's expert")
 frame = figures.patch_frame(table, metric)
-st.table(frame.drop(columns=["layers"]).set_index("direction").style.format(precision=2, na_rep="–"))
+st.table(frame.drop(columns=["layers"]).set_index("direction").rename_axis(None).style.format(precision=2, na_rep="–"))
 common.download_csv(frame, f"patch_{run_text}_{metric}", key="patch_csv")
 bars = common.cached_figures(
     ("patch", repr(table), run_text, metric), lambda: figures.patch_bars(table, routed.text, metric)
