@@ -242,12 +242,20 @@ def test_cli_writes_the_table(tiny, tmp_path, monkeypatch):
         save_jsonl(s, data[-1])
     out = tmp_path / "report.json"
     argv = ["patch", str(recipe_file), "--layers", "last:1+norm", "last:2", "--controls", "2"]
-    assert main([*argv, "--data", *map(str, data), "--out", str(out), "--out", str(tmp_path / "r.md")]) == 0
+    outs = ["--out", str(out), "--out", str(tmp_path / "r.md"), "--export", str(tmp_path / "patched")]
+    assert main([*argv, "--data", *map(str, data), *outs]) == 0
     rows = json.loads(out.read_text())
     assert [(r["layers"], r["direction"]) for r in rows] == [
         (layers, d) for layers in ("last:1+norm", "last:2") for d in (*DIRECTIONS, "avg")
     ]
     assert all(r["controls"] == 2 for r in rows)
     assert "| en-de |" in (tmp_path / "r.md").read_text()
+    for d in DIRECTIONS:  # the first set's patched merge, one checkpoint per direction
+        exported = _state(tmp_path / "patched" / d)
+        assert torch.equal(
+            exported["model.layers.3.self_attn.q_proj.weight"],
+            _state(experts[d])["model.layers.3.self_attn.q_proj.weight"],
+        )
+        assert json.loads((tmp_path / "patched" / d / "patch.json").read_text())["parts"] == ["norm"]
     bad = main(["patch", str(recipe_file), "--layers", "last:7", "--data", *map(str, data)])
     assert bad == 2
