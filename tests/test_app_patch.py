@@ -51,6 +51,19 @@ def test_patch_page_shows_the_engines_routed_table_and_chart(app):
     assert list(array(by_name["patched (routed)"]["y"])) == pytest.approx(list(want["patched (routed)"]), abs=1e-9)
     assert list(array(by_name["random"]["error_y"]["array"])) == pytest.approx(list(want["random sd"]), abs=1e-9)
 
+    # The k-curve: the same experiment for k = 0 … L, its average per k drawn against k.
+    app.toggle(key="patch_curve").set_value(True).run()
+    assert not app.exception and not app.error
+    curve_sets = [parse_layer_set(f"last:{k}+norm", layers.blocks[-1] + 1) for k in range(layers.blocks[-1] + 2)]
+    clear_memo()
+    curve = run_patch_experiment(systems[0], systems[-1], experts, sets, curve_sets, ModelCache(), 2, 0).table()
+    want_curve = [r["patched_chrf"] for r in curve if r["direction"] == "avg"]
+    (_, k_curve) = charts(app)
+    patched_line = next(t for t in k_curve["data"] if t["name"] == "patched (last k)")
+    assert list(array(patched_line["x"])) == list(range(len(curve_sets)))
+    assert list(array(patched_line["y"])) == pytest.approx(want_curve, abs=0.006)  # shown rounded to 0.01
+    assert want_curve[0] == pytest.approx(want.loc["avg", "merge"], abs=0.006)  # k = 0 is the merge
+
     # The patched merges (one per direction) are systems on the other pages.
     app.switch_page("views/layers.py").run()
     options = app.selectbox(key="b_row").options
