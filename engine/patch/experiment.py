@@ -89,12 +89,12 @@ def run_patch_experiment(
     system identity, so a rerun (or the dashboard after the CLI) computes nothing twice."""
     routes = experts_by_direction(experts, sets)
     num_layers = next(iter(routes.values())).checkpoint.summary.layers
-    plan = []  # (role, layer set, seed)
+    plan = []  # (role, layer set, seed, the routed set a control stands beside)
     for routed in layer_sets:
-        plan.append(("patched", routed, None))
+        plan.append(("patched", routed, None, routed.text))
         if routed.blocks:
             draws = control_sets(routed, num_layers, controls, seed, controls_from)
-            plan += [("control", drawn, seed + i) for i, drawn in enumerate(draws)]
+            plan += [("control", drawn, seed + i, routed.text) for i, drawn in enumerate(draws)]
     total = len(plan) * len(sets) + 1
     if progress:
         progress(0, total, "scoring base, merge and experts")
@@ -107,7 +107,7 @@ def run_patch_experiment(
     scores += [_score(d, "merge", "", None, ()) for d in by_direction["merge"].values()]
     scores += [_score(expert_scores[s.direction], "expert", "", None, ()) for s in sets]
     done = 1
-    for (role, layers, control_seed), routed_text in zip(plan, _routed_texts(plan), strict=True):
+    for role, layers, control_seed, routed_text in plan:
         for pairs in sets:
             if progress:
                 progress(done, total, f"{role} {layers.text} on {pairs.direction}")
@@ -121,15 +121,6 @@ def run_patch_experiment(
     if progress:
         progress(total, total, "patching done")
     return PatchExperiment(scores, [ls.text for ls in layer_sets], controls, controls_from)
-
-
-def _routed_texts(plan) -> list[str]:
-    # Controls are filed under the routed set they stand beside.
-    texts, current = [], ""
-    for role, layers, _ in plan:
-        current = layers.text if role == "patched" else current
-        texts.append(current)
-    return texts
 
 
 def _score(direction_result, role, layers, seed, blocks) -> PatchScore:
