@@ -3,14 +3,13 @@ language), beside random blocks of the same size, the merge, the expert and the 
 
 import streamlit as st
 
-from engine.patch.experiment import experts_by_direction, run_patch_experiment
+from engine.patch.experiment import METRICS, experts_by_direction, run_patch_experiment
 from engine.patch.layers import CONTROLS_FROM, PARTS, parse_layer_set
 from engine.pipeline.systems import checkpoint_system
 from views import common, figures, state
 from views.patch_systems import RUN_KEY
 
 SIDES = {"last": "last k", "first": "first k", "explicit": "explicit blocks"}
-METRICS = ("chrf", "bleu", "off_target")
 
 st.title("Patch")
 common.need(

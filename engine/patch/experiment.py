@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from engine.device import default_device
 from engine.errors import DataError
@@ -53,9 +53,6 @@ class PatchExperiment:
     layer_sets: list[str]
     controls: int
     controls_from: str
-
-    def rows(self) -> list[dict]:
-        return [asdict(s) for s in self.scores]
 
     def table(self) -> list[dict]:
         return summary_table(self.scores, self.layer_sets)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from engine.errors import DataError
+from engine.patch.experiment import gap_closed
 
 COLUMNS = ("base", "merge", "patched", "control", "expert")
 
@@ -39,8 +40,8 @@ def to_markdown(table: list[dict], controls_from: str) -> str:
         out.append("| direction | base | merge | patched | random (mean ± sd) | expert | gap closed (chrF) |")
         out.append("|---|---|---|---|---|---|---|")
         for r in rows:
-            gap = r["expert_chrf"] - r["merge_chrf"]
-            closed = f"{100 * (r['patched_chrf'] - r['merge_chrf']) / gap:.0f} %" if gap else "–"
+            share = gap_closed(r)
+            closed = f"{100 * share:.0f} %" if share is not None else "–"
             out.append(f"| {r['direction']} | " + " | ".join(_cell(r, c) for c in COLUMNS) + f" | {closed} |")
         out.append("")
     return "Cells: chrF / BLEU / off-target %.\n\n" + "\n".join(out)
