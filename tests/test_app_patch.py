@@ -5,6 +5,7 @@ the other pages."""
 from __future__ import annotations
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from engine.patch.experiment import run_patch_experiment
 from engine.patch.layers import parse_layer_set
@@ -14,7 +15,7 @@ from engine.pipeline.memo import clear_memo
 from engine.pipeline.models import ModelCache
 from engine.pipeline.systems import checkpoint_system
 from tests.browser_harness import demo_env, tiny_zoo  # noqa: F401  (fixtures)
-from tests.test_app import app, array, charts, merge, pick, systems_of  # noqa: F401  (fixture and helpers)
+from tests.test_app import APP, TIMEOUT, app, array, charts, merge, pick, systems_of  # noqa: F401  (fixture and helpers)
 from views import figures
 
 
@@ -64,9 +65,27 @@ def test_patch_page_shows_the_engines_routed_table_and_chart(app):
     assert list(array(patched_line["y"])) == pytest.approx(want_curve, abs=0.006)  # shown rounded to 0.01
     assert want_curve[0] == pytest.approx(want.loc["avg", "merge"], abs=0.006)  # k = 0 is the merge
 
+    # A copied link opens the same view: the run's set, its controls, the table (from the cache).
+    fresh = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    fresh.query_params.update(dict(app.query_params))
+    fresh.run()
+    fresh.switch_page("views/patch.py").run()
+    assert not fresh.exception and not fresh.error
+    assert fresh.table[0].value.equals(shown)
+
     # The patched merges (one per direction) are systems on the other pages.
     app.switch_page("views/layers.py").run()
     options = app.selectbox(key="b_row").options
     assert {"merge · expert-en-es last:1+norm", "merge · expert-en-pt last:1+norm"} <= set(options)
     app.selectbox(key="b_row").set_value("merge · expert-en-es last:1+norm").run()
     assert not app.exception and not app.error
+
+
+def test_patch_page_says_what_is_missing(app):
+    app.switch_page("views/patch.py").run()
+    assert not app.exception
+    assert any("Models & merge" in i.value for i in app.info)
+    app.switch_page("views/models.py").run()
+    pick(app, experts=("expert-en-es", "expert-en-pt"), method="task_arithmetic")
+    app.switch_page("views/patch.py").run()
+    assert any("No merge yet" in i.value for i in app.info)
