@@ -65,6 +65,7 @@ def _live(model) -> dict[str, torch.Tensor]:
         ("last:3", (5, 6, 7), ()),
         ("first:2+norm", (0, 1), ("norm",)),
         ("0,2-4", (0, 2, 3, 4), ()),
+        ("0 5 2-3+norm", (0, 2, 3, 5), ("norm",)),
         ("all+head+embed", tuple(range(8)), ("embed", "head")),
         ("last:0", (), ()),
     ],
@@ -72,6 +73,7 @@ def _live(model) -> dict[str, torch.Tensor]:
 def test_layer_sets_parse(text, blocks, parts):
     layers = parse_layer_set(text, 8)
     assert (layers.blocks, layers.parts) == (blocks, parts)
+    assert parse_layer_set(layers.text, 8) == layers  # the canonical text reads back
 
 
 @pytest.mark.parametrize("text", ["last:9", "8", "top:2", "1-x", "last:2+lm"])

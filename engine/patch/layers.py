@@ -1,7 +1,7 @@
 """Layer sets for patching: the last k blocks, the first k, an explicit list, and seeded random
 controls, with the embedding, the final norm and the LM head as optional parts.
 
-Text form (CLI, URL): `last:3`, `first:2`, `all`, `0,4,7`, `2-5`, each optionally followed by
+Text form (CLI, URL): `last:3`, `first:2`, `all`, `0,4,7` (or `0 4 7`), `2-5`, each optionally followed by
 `+embed`, `+norm`, `+head` (e.g. `last:5+norm`, the paper's upper patch; `all+embed+norm+head`,
 the whole model).
 """
@@ -9,6 +9,7 @@ the whole model).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from engine.errors import RecipeError
@@ -34,8 +35,9 @@ class LayerSet:
     @property
     def text(self) -> str:
         """Canonical text: the label when it came from one, else the explicit block list."""
-        core = self.label or ",".join(map(str, self.blocks)) or "none"
-        return "+".join([core.split("+")[0], *self.parts])
+        # Spaces, not commas: system names carry this text, and the URL's lists are comma-separated.
+        core = self.label or " ".join(map(str, self.blocks)) or "none"
+        return "+".join([core, *self.parts])
 
 
 def parse_layer_set(text: str, num_layers: int) -> LayerSet:
@@ -59,7 +61,7 @@ def parse_layer_set(text: str, num_layers: int) -> LayerSet:
             blocks = list(range(num_layers - k, num_layers)) if side == "last" else list(range(k))
         else:
             blocks = []
-            for item in core.split(","):
+            for item in re.split(r"[,\s]+", core.strip()):
                 lo, _, hi = item.partition("-")
                 blocks += range(int(lo), int(hi or lo) + 1)
     except ValueError:
