@@ -5,6 +5,7 @@ controls), layer swapping, and depth schedules (LiNeS).
     patching    a layer set copied from another checkpoint into a live model, and restored
     systems     patched systems and their content identity
     experiment  the routed experiment and its table (merge, patched, controls, expert, base)
+    report      that table as Markdown, CSV or JSON
     schedules   layer swapping and LiNeS as per-layer weight lists of mergekit recipes
     export      a patched system written as a Hugging Face checkpoint
 """
