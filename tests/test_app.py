@@ -301,6 +301,15 @@ def test_layers_heatmaps_carry_the_engines_cka(app, monkeypatch):
     app.switch_page("views/layers.py").run()
     assert not built
     np.testing.assert_allclose(array(charts(app)[0]["data"][0]["z"]), target.values, rtol=1e-9)
+    assert "last:block-output" in target.signature and "raw output" in app.caption[-1].value
+
+    # The last layer after the final norm, the labelled option: only row and column L change.
+    app.segmented_control(key="cka_last").set_value("final-norm").run()
+    normed = cka_pair(systems["expert-en-es"], systems["expert-en-pt"], sets, "target", cache, final_norm=True)
+    np.testing.assert_allclose(array(charts(app)[0]["data"][0]["z"]), normed.values, rtol=1e-9)
+    np.testing.assert_allclose(normed.values[:-1, :-1], target.values[:-1, :-1], rtol=1e-9)
+    assert not np.allclose(normed.values[-1], target.values[-1])
+    assert app.query_params["cka_last"] == "final-norm" and "after the final norm" in app.caption[-1].value
 
 
 def test_neurons_page_counts_equal_the_engines(app):

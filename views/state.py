@@ -74,6 +74,7 @@ VIEW_KEYS: dict[str, Codec] = {
     "span": TEXT,
     "cka_direction": TEXT,
     "cka_kind": TEXT,
+    "cka_last": TEXT,
     # Neurons
     "preset": TEXT,
     "top_rate": FLOAT,

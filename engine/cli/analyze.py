@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--preset", choices=sorted(neurons.PRESETS), default="paper", help="LAPE parameters")
     parser.add_argument("--debiased", action="store_true", help="debiased CKA (for small n) instead of linear CKA")
+    parser.add_argument(
+        "--final-norm",
+        action="store_true",
+        help="CKA's last layer after the model's final norm (Hugging Face's output_hidden_states) "
+        "instead of the last block's raw output (the paper's cka_masked.py)",
+    )
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: MERGESCOPE_DEVICE)")
 
 
@@ -79,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         if len(d) < 2:
             raise DataError(f"{d.name}: {len(d)} sentence pair; CKA needs at least 2")
     checkpoints = [open_checkpoint(p) for p in args.models]
-    settings = CaptureSettings(batch_size=args.batch_size, spans=(span,))
+    settings = CaptureSettings(batch_size=args.batch_size, spans=(span,), final_norm=args.final_norm)
 
     captures = []  # per model: per data set Capture
     for ckpt in checkpoints:
@@ -109,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
             for c, caps in zip(checkpoints, captures)
         ],
         "data": [{"path": d.name, "direction": d.direction, "n": len(d), "hash": d.content_hash()} for d in datasets],
-        "cka": _cka_section(names, datasets, captures, span, args.debiased, args.device),
+        "cka_last_layer": cka.last_layer_label(args.final_norm),
+        "cka": _cka_section(names, datasets, captures, span, args.debiased, args.final_norm, args.device),
         "neurons": _neuron_section(names, captures, span, args.preset),
     }
     _write_atomic(Path(args.out), report)
@@ -130,12 +137,13 @@ def _progress(label: str):
     return report
 
 
-def _cka_section(names, datasets, captures, span, debiased, device) -> list[dict]:
+def _cka_section(names, datasets, captures, span, debiased, final_norm, device) -> list[dict]:
+    label = f"{span}|last:{cka.last_layer_label(final_norm)}"
     rows = []
     for k, d in enumerate(datasets):
         for i, j in combinations(range(len(names)), 2):
             a, b = captures[i][k].hidden[span], captures[j][k].hidden[span]  # (layers + 1, n, d_model)
-            matrix = cka.cka_matrix(a, b, debiased=debiased, span=span, labels=(names[i], names[j]), device=device)
+            matrix = cka.cka_matrix(a, b, debiased=debiased, span=label, labels=(names[i], names[j]), device=device)
             row = {
                 "direction": d.direction,
                 "a": names[i],
