@@ -11,7 +11,7 @@ from engine.pipeline.memo import MEMO
 from engine.pipeline.models import ModelCache
 from engine.pipeline.progress import Progress
 from engine.pipeline.systems import System, system_tokenizer
-from engine.settings import get_settings
+from engine.settings import ZOO_DIR, ZOO_MAX_NEW_TOKENS, get_settings
 
 # Sentences per generate() call in the dashboard: the default sentence count in one batch. Every
 # session's generation shares the server's GIL, and for small models each decoding step is
@@ -21,10 +21,14 @@ DASHBOARD_BATCH_SIZE = 32
 
 
 def decoding_settings():
-    """Greedy decoding as the paper's protocol, with MERGESCOPE_MAX_NEW_TOKENS as the cap when set."""
+    """Greedy decoding as the paper's protocol: MERGESCOPE_MAX_NEW_TOKENS as the cap when set, else
+    the demo zoo's short cap on the zoo's data, else the paper's 512 tokens."""
     from engine.translate.generate import DecodingSettings
 
-    cap = get_settings().max_new_tokens
+    settings = get_settings()
+    cap = settings.max_new_tokens
+    if cap is None and settings.data_dir == (ZOO_DIR / "data").resolve():
+        cap = ZOO_MAX_NEW_TOKENS
     if cap:
         return DecodingSettings(max_new_tokens=cap, batch_size=DASHBOARD_BATCH_SIZE)
     return DecodingSettings(batch_size=DASHBOARD_BATCH_SIZE)
