@@ -241,6 +241,17 @@ def test_scores_page_shows_the_engines_scores(app):
             assert wide.loc[r.system, d.direction] == pytest.approx(round(d.scores.chrf, 2))
     bars = charts(app)[0]
     assert {t["name"] for t in bars["data"]} == set(wide.index)
+    # Each expert on every chosen direction by default, as the paper's table; its own direction as the option.
+    experts = {r.system: r for r in results if r.system.startswith("expert-")}
+    assert {tuple(d.direction for d in r.directions) for r in experts.values()} == {("en-es", "en-pt")}
+    assert "expert_directions" not in app.query_params
+    app.segmented_control(key="expert_directions").set_value("own").run()
+    own = app.table[0].value
+    assert app.query_params["expert_directions"] == "own"
+    assert pd.isna(own.loc["expert-en-es", "en-pt"]) and pd.isna(own.loc["expert-en-pt", "en-es"])
+    for name, direction in (("expert-en-es", "en-es"), ("expert-en-pt", "en-pt")):
+        [d] = [d for d in experts[name].directions if d.direction == direction]
+        assert own.loc[name, direction] == pytest.approx(round(d.scores.chrf, 2))
 
 
 def test_progress_only_while_work_runs(app):
@@ -388,7 +399,7 @@ def test_samples_page_shows_outputs_and_off_target_flags(app):
     assert list(table[f"{MERGE} · detected"]) == [s.detected for s in merged.samples]
     assert [float(c) for c in table[f"{MERGE} · chrF"]] == [round(s.chrf, 1) for s in merged.samples]
     for system, result in results.items():  # exactly the off-target outputs are highlighted
-        shown_here = [d for d in result.directions if d.direction == "en-es"]  # experts: their own direction only
+        shown_here = [d for d in result.directions if d.direction == "en-es"]
         if not shown_here:
             continue
         samples = shown_here[0].samples

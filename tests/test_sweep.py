@@ -109,7 +109,8 @@ def test_stopped_sweep_resumes_without_recomputing(grid_file, monkeypatch, tmp_p
     # point (devtest, not scored before) need a model.
     assert merged == [third_point, best]
     systems = [r.system for r in second.tables["experts"]]
-    assert systems[:2] == ["base", "experts (own direction)"] and systems[2].startswith("task_arithmetic")
+    assert systems[:4] == ["base", "experts (own direction)", "expert en-es", "expert en-ru"]
+    assert systems[4].startswith("task_arithmetic")
 
     merged.clear()
     third = run_sweep(config)
@@ -151,16 +152,51 @@ def test_sweep_cli_refuses_an_unknown_method_by_name(grid_file, capsys):
     assert "magic_merge" in capsys.readouterr().err
 
 
-def test_each_expert_rows(grid_file):
+def _expert_translations(monkeypatch) -> list[tuple[str, str]]:
+    """(expert, target language) of every translation a sweep runs with an expert's weights."""
+    from engine.translate.generate import LazyModelTranslator
+
+    calls = []
+    real = LazyModelTranslator.translate
+
+    def spy(self, sources, src_lang, tgt_lang):
+        calls.append((self.identity, tgt_lang))
+        return real(self, sources, src_lang, tgt_lang)
+
+    monkeypatch.setattr(LazyModelTranslator, "translate", spy)
+    return calls
+
+
+@pytest.mark.parametrize("each_expert", [None, False])
+def test_expert_rows_on_every_direction_of_their_group_by_default(grid_file, monkeypatch, each_expert):
+    from engine.checkpoints import open_checkpoint
+
     data = yaml.safe_load(grid_file.read_text())
-    data["each_expert"] = True
     data["methods"] = {"task_arithmetic": {"weight": [0.5]}}
+    if each_expert is not None:
+        data["each_expert"] = each_expert
     grid_file.write_text(yaml.safe_dump(data))
+    experts = {open_checkpoint(p).fingerprint: d for d, p in data["experts"].items()}
+    calls = _expert_translations(monkeypatch)
     steps = []
-    result = run_sweep(load(grid_file), progress=lambda done, total, msg: steps.append((done, total)))
-    systems = [r.system for r in result.tables["experts"]]
-    assert systems == ["base", "experts (own direction)", "expert en-es", "expert en-ru", "task_arithmetic weight=0.5"]
-    assert all(len(r.directions) == 2 for r in result.tables["experts"])
+    config = load(grid_file)
+    result = run_sweep(config, use_cache=False, progress=lambda done, total, msg: steps.append((done, total)))
+    rows = {r.system: r for r in result.tables["experts"]}
+    merge = "task_arithmetic weight=0.5"
+    own = rows["experts (own direction)"]
+    assert [d.direction for d in own.directions] == ["en-es", "en-ru"]
+    expert_calls = sorted((experts[i], tgt) for i, tgt in calls if i in experts)
+    if each_expert is None:  # the default: the paper's rows
+        assert config.each_expert
+        assert list(rows) == ["base", "experts (own direction)", "expert en-es", "expert en-ru", merge]
+        assert all(len(r.directions) == 2 for r in rows.values())
+        # The own-direction row is made of the expert rows' own cells: 2 experts × 2 directions translated once.
+        assert expert_calls == [("en-es", "es"), ("en-es", "ru"), ("en-ru", "es"), ("en-ru", "ru")]
+        for d in own.directions:
+            assert d in rows[f"expert {d.direction}"].directions
+    else:
+        assert list(rows) == ["base", "experts (own direction)", merge]
+        assert expert_calls == [("en-es", "es"), ("en-ru", "ru")]
     assert steps[-1][0] == steps[-1][1]  # progress reaches its total
 
 

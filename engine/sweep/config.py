@@ -5,7 +5,8 @@
       en-x: {en-es: zoo/models/expert-en-es, en-ru: zoo/models/expert-en-ru}
       x-en: {es-en: zoo/models/expert-es-en, ru-en: zoo/models/expert-ru-en}
     joint: zoo/models/joint         # optional extra table row
-    each_expert: false              # true: also one row per expert on every direction of its group
+    each_expert: true               # one row per expert on every direction of its group (the paper's);
+                                    # false: each expert on its own direction only
     data: {dev: zoo/data/dev, devtest: zoo/data/devtest}   # folders of <src>-<tgt>.jsonl
     methods:                        # "paper" = the paper's grid; or parameter: [values]
       task_arithmetic: paper
@@ -68,7 +69,7 @@ class SweepConfig:
     metric: str = "bleu"
     decoding: DecodingSettings = field(default_factory=DecodingSettings)
     seed: int = 0
-    each_expert: bool = False
+    each_expert: bool = True
     source: str = "grid"
 
     def points(self) -> list[tuple[str, GridPoint]]:
@@ -165,7 +166,7 @@ def from_dict(data: Any, folder: Path = Path("."), source: str = "grid") -> Swee
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise RecipeError(f"{source}: seed must be an integer")
     joint = _path(data["joint"], folder, f"{source}: joint") if data.get("joint") else None
-    each_expert = data.get("each_expert", False)
+    each_expert = data.get("each_expert", True)
     if not isinstance(each_expert, bool):
         raise RecipeError(f"{source}: each_expert must be true or false")
     return SweepConfig(

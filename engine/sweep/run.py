@@ -193,7 +193,7 @@ def run_sweep(
     on = backend.device(device)
     result = SweepResult(config, fingerprints=prints)
     points = config.points()
-    n_rows = sum(1 + bool(config.joint) + len(g) * (1 + config.each_expert) for g in config.groups.values())
+    n_rows = sum(1 + bool(config.joint) + len(g) for g in config.groups.values())
     total = len(points) + len(config.groups) * len(config.grids) + n_rows
     record = SweepProgress(config, backend.name, total)
     steps = {"done": 0, "failed": 0}
@@ -270,7 +270,8 @@ def run_sweep(
         return finish("stopped")
 
     # Devtest: the best point per (group, method), and every checkpoint row of each table.
-    table_jobs: list[tuple[str, str, object, ScoreJob]] = []  # (group, row kind, best point or None, job)
+    # (group, row kind, best point for "best" / expert's direction for "own" and "each", job)
+    table_jobs: list[tuple[str, str, object, ScoreJob]] = []
     for group in config.groups:
         devtest = group_sets(group, config.devtest)
         for method in config.grids:
@@ -285,36 +286,36 @@ def run_sweep(
         for name, path in named:
             table_jobs.append((group, name, None, job(name, prints[str(path)], devtest, path=path)))
         for pairs in devtest:
+            # Every expert on every direction of its group, as the paper (what it does when asked for
+            # another target); the "experts (own direction)" row takes its cells from these rows.
             path = config.groups[group][pairs.direction]
-            expert_job = job(f"expert {pairs.direction}", prints[str(path)], [pairs], path=path)
-            table_jobs.append((group, "own", None, expert_job))
-        if config.each_expert:
-            # Every expert on every direction of its group: what it does when asked for another target.
-            for direction, path in config.groups[group].items():
-                expert_job = job(f"expert {direction}", prints[str(path)], devtest, path=path)
-                table_jobs.append((group, "each", None, expert_job))
+            sets = devtest if config.each_expert else [pairs]
+            expert_job = job(f"expert {pairs.direction}", prints[str(path)], sets, path=path)
+            table_jobs.append((group, "each" if config.each_expert else "own", pairs.direction, expert_job))
     outcomes = run_jobs([j for *_, j in table_jobs], [g for g, *_ in table_jobs], "devtest")
     if result.stopped:
         return finish("stopped")
 
     for group in config.groups:
         rows, own, best_rows, missing = [], [], [], False
-        for (g, kind, best, j), outcome in zip(table_jobs, outcomes):
+        for (g, kind, extra, j), outcome in zip(table_jobs, outcomes):
             if g != group:
                 continue
             if isinstance(outcome, BaseException):
                 if kind == "best":  # same policy as a dev point: report with the recipe, go on
-                    best.error = f"devtest: {_error(outcome)}"
-                    log.warning("best point failed on devtest: %s\nrecipe:\n%s", best.error, best.recipe.to_yaml())
+                    extra.error = f"devtest: {_error(outcome)}"
+                    log.warning("best point failed on devtest: %s\nrecipe:\n%s", extra.error, extra.recipe.to_yaml())
                 else:
                     result.errors.append(f"{group}: {j.system}: {_error(outcome)}")
                     log.warning("%s: %s failed on devtest: %s", group, j.system, _error(outcome))
-                missing |= kind == "own"
+                missing |= kind in ("own", "each")
             elif kind == "best":
-                result.best[(group, best.point.method)] = (best, outcome)
+                result.best[(group, extra.point.method)] = (extra, outcome)
                 best_rows.append(outcome)
-            elif kind == "own":
-                own += outcome.directions
+            elif kind in ("own", "each"):
+                own += [d for d in outcome.directions if d.direction == extra]
+                if kind == "each":
+                    rows.append(outcome)
             else:
                 rows.append(outcome)
         if not missing:
