@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.checkpoints import check_compatible, load_model, load_tokenizer, open_checkpoint
 from engine.errors import DataError
 from engine.merge import merge_into_model
 from engine.parallel import ParallelSet
-from engine.recipe import Recipe, content_hash
+from engine.recipe import Recipe, content_hash, without_inert_weights
 from engine.recipe import from_dict as recipe_from_dict
 from engine.settings import cache_store
 from engine.sweep.backend import Backend, LocalBackend
@@ -50,6 +50,7 @@ class PointResult:
     identity: str
     dev: EvaluationResult | None = None
     error: str = ""
+    same_as: str = ""  # label of the earlier point of the group that merges to the same model
 
     @property
     def ok(self) -> bool:
@@ -251,15 +252,20 @@ def run_sweep(
     def group_sets(group: str, split: dict[str, ParallelSet]) -> list[ParallelSet]:
         return [split[d] for d in config.groups[group]]
 
-    entries = []
-    for group, point in points:
-        recipe = build_recipe(config, group, point)
-        identity = content_hash(recipe, fingerprint=lambda ref: prints[ref], seed=config.seed)
-        entries.append(PointResult(group, point, recipe, identity))
-    dev_jobs = [job(e.point.label, e.identity, group_sets(e.group, config.dev), e.recipe) for e in entries]
-    for entry, outcome in zip(entries, run_jobs(dev_jobs, [e.group for e in entries], "dev")):
+    entries = point_results(config, prints)
+    # Points that merge to the same model are merged and scored once, as their first point.
+    distinct = [e for e in entries if not e.same_as]
+    dev_jobs = [job(e.point.label, e.identity, group_sets(e.group, config.dev), e.recipe) for e in distinct]
+    dev_outcomes = run_jobs(dev_jobs, [e.group for e in distinct], "dev")
+    by_point = {(e.group, e.point.label): outcome for e, outcome in zip(distinct, dev_outcomes)}
+    for entry in entries:
+        outcome = by_point[(entry.group, entry.same_as or entry.point.label)]
         if outcome is None:
             continue  # stopped before it ran
+        if entry.same_as:
+            advance(f"{entry.group}: {entry.point.label} (dev, the same model as {entry.same_as})")
+            if isinstance(outcome, EvaluationResult):
+                outcome = replace(outcome, system=entry.point.label, identity=entry.identity)
         if isinstance(outcome, BaseException):  # a failed point must not end a long sweep
             entry.error = _error(outcome)
             log.warning("sweep point failed: %s\nrecipe:\n%s", entry.error, entry.recipe.to_yaml())
@@ -324,6 +330,20 @@ def run_sweep(
     return finish("done")
 
 
+def point_results(config: SweepConfig, prints: dict[str, str]) -> list[PointResult]:
+    """Every (group, point) with its recipe and identity, in grid order; a point whose recipe has
+    the same content as an earlier one's once inert weights are set aside (engine.recipe.
+    without_inert_weights: normalize on, equal weights) names that point in `same_as`."""
+    out, first = [], {}
+    for group, point in config.points():
+        recipe = build_recipe(config, group, point)
+        identity = content_hash(recipe, fingerprint=lambda ref: prints[ref], seed=config.seed)
+        content = content_hash(without_inert_weights(recipe), fingerprint=lambda ref: prints[ref], seed=config.seed)
+        same_as = first.setdefault(content, point.label)
+        out.append(PointResult(group, point, recipe, identity, same_as="" if same_as == point.label else same_as))
+    return out
+
+
 def dev_summary(points: Sequence[PointResult], metric: str) -> list[dict]:
     """One row per point: group, method, parameters, dev averages, status."""
     rows = []
@@ -334,6 +354,7 @@ def dev_summary(points: Sequence[PointResult], metric: str) -> list[dict]:
             "setting": " ".join(f"{k}={v}" for k, v in p.point.params),
             "status": "ok" if p.ok else "failed",
             "identity": p.identity,
+            "same_model_as": p.same_as,
             "error": p.error,
         }
         for m in ("bleu", "chrf", "chrfpp", "off_target", "off_target_ref"):
