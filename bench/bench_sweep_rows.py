@@ -1,16 +1,17 @@
 """What the zoo sweep's default rows and merges cost: experts on every direction, distinct merges only.
 
 Two runs of the demo zoo's sweep (`engine.sweep.zoo_grid`, the small grid, both groups), each
-into its own empty cache, in one process:
+in a fresh process of its own (so each pays the same one-time costs) and into its own empty cache:
 
 - baseline: each expert scored on its own direction only, every grid point merged and scored
   (the inert-weight check switched off);
 - default: each expert on every direction of its group (the paper's rows), and points that merge
   to the same model (normalize on, equal weights) merged and scored once.
 
-Reported per run: wall and CPU seconds, seconds until the last dev point (the merges) and after
-it (the devtest table), merges built, directions and sentences translated; and whether the two
-tables agree on every row they share (base, joint, experts on their own direction, best merges).
+Reported per run: wall and CPU seconds in all, and until the last dev point (the merges) and
+after it (the devtest table); merges built, directions and sentences translated; and whether the
+two tables agree on every row they share (base, joint, experts on their own direction, best
+merges).
 
     .venv/bin/python bench/bench_sweep_rows.py --threads 1
     .venv/bin/python bench/bench_sweep_rows.py --group en-x --dev-limit 20 --devtest-limit 30   # quicker
@@ -24,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,7 +78,7 @@ def run_variant(
 
         def progress(done, total, message):
             if done == n_points:
-                marks["dev_s"] = time.perf_counter() - start
+                marks["dev_s"], marks["dev_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
 
         result = run_sweep(config, device="cpu", progress=progress)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -92,7 +94,9 @@ def run_variant(
         "wall_s": round(wall, 1),
         "cpu_s": round(cpu, 1),
         "dev_s": round(marks["dev_s"], 1),
+        "dev_cpu_s": round(marks["dev_cpu_s"], 1),
         "devtest_s": round(wall - marks["dev_s"], 1),
+        "devtest_cpu_s": round(cpu - marks["dev_cpu_s"], 1),
         **counts,
         "tables": {g: {r.system: r.to_dict() for r in rows} for g, rows in result.tables.items()},
     }
@@ -115,13 +119,22 @@ def main() -> None:
     parser.add_argument("--devtest-limit", type=int, default=None, help="default: all 300 devtest pairs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--keep-cache", help="use this folder as the default run's cache (to reuse it after)")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # one run, in a child
+    parser.add_argument("--result", help=argparse.SUPPRESS)  # where the child writes its run
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-
-    import torch
-
-    torch.set_num_threads(args.threads)
     groups = args.group or ["en-x", "x-en"]
+    if args.variant:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        default_cache = args.variant == "default" and args.keep_cache
+        cache = Path(args.keep_cache) if default_cache else Path(args.result).with_suffix(".cache")
+        run = run_variant(
+            Path(args.zoo), groups, args.dev_limit, args.devtest_limit, cache=cache, **VARIANTS[args.variant]
+        )
+        Path(args.result).write_text(json.dumps(run), encoding="utf-8")
+        return
     out = {
         "groups": groups,
         "dev_limit": args.dev_limit,
@@ -130,18 +143,22 @@ def main() -> None:
         "runs": {},
     }
     with tempfile.TemporaryDirectory(prefix="bench-sweep-rows-") as tmp:
-        for name, variant in VARIANTS.items():
-            cache = Path(args.keep_cache) if (name == "default" and args.keep_cache) else Path(tmp) / name
-            out["runs"][name] = run_variant(
-                Path(args.zoo), groups, args.dev_limit, args.devtest_limit, cache=cache, **variant
-            )
+        for name in VARIANTS:
+            result = Path(tmp) / f"{name}.json"
+            child = [sys.executable, __file__, "--variant", name, "--result", str(result), "--zoo", args.zoo]
+            child += [f"--group={g}" for g in groups] + [f"--dev-limit={args.dev_limit}", f"--threads={args.threads}"]
+            child += [f"--devtest-limit={args.devtest_limit}"] if args.devtest_limit else []
+            child += [f"--keep-cache={args.keep_cache}"] if args.keep_cache else []
+            subprocess.run(child, check=True)
+            out["runs"][name] = json.loads(result.read_text(encoding="utf-8"))
     base, default = out["runs"]["baseline"], out["runs"]["default"]
     out["shared_rows_agree"] = shared_rows_agree(base.pop("tables"), default.pop("tables"))
     print(json.dumps(out, indent=1))
     for name, run in out["runs"].items():
         print(
             f"| {name} | {run['points']} points, {run['distinct_merges']} merges on dev ({run['merges']} built in all) "
-            f"| {run['directions']} directions, {run['sentences']} sentences | {run['dev_s']} s | {run['devtest_s']} s "
+            f"| {run['directions']} directions, {run['sentences']} sentences "
+            f"| {run['dev_s']} s ({run['dev_cpu_s']} CPU-s) | {run['devtest_s']} s ({run['devtest_cpu_s']} CPU-s) "
             f"| {run['wall_s']} s ({run['cpu_s']} CPU-s) |"
         )
 
