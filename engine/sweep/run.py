@@ -6,8 +6,10 @@ Protocol of Gain, Ekbal & Singh (arXiv 2604.02881); scores by sacreBLEU (Post, W
 Every score goes through the cache keyed by the merge recipe's content hash, so a sweep that
 was stopped (a `should_stop` callback, Ctrl-C in the CLI) or crashed resumes where it left
 off: a point whose dev scores are cached is never merged again, because merging is deferred
-until a translation is actually needed. A point that fails is logged with its recipe and
-recorded; the sweep goes on.
+until a translation is actually needed. Points whose recipes differ only in weights that
+normalisation cancels (engine.recipe.without_inert_weights) are one model: merged and scored once,
+as the first of them in grid order. A point that fails is logged with its recipe and recorded;
+the sweep goes on.
 
 Each point (dev) and each table row (devtest) is one ScoreJob run by a backend
 (engine.sweep.backend: in this process, or Ray tasks); the driver answers cached jobs from the
