@@ -141,7 +141,11 @@ def test_failed_point_is_reported_and_the_sweep_goes_on(grid_file, monkeypatch):
 
 def test_sweep_cli(grid_file, tmp_path, capsys):
     assert main(["sweep", str(grid_file), "--dry-run"]) == 0
-    assert "3 points, 3 distinct merges" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 points, 3 distinct merges" in out
+    assert "each expert scored on every direction of its group (4 expert × direction scores" in out
+    assert main(["sweep", str(grid_file), "--dry-run", "--own-direction-only"]) == 0
+    assert "each expert scored on its own direction (2 expert × direction scores" in capsys.readouterr().out
     assert main(["sweep", str(grid_file), "--out", str(tmp_path / "res")]) == 0
     assert (tmp_path / "res" / "table.csv").read_text().startswith("group,system,direction")
 
