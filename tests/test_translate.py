@@ -331,6 +331,21 @@ def test_paper_cap_is_512_new_tokens(tokenizer):
     assert ids == endless * 3 + newline
 
 
+def test_generation_stops_at_the_models_context(tokenizer):
+    """Below the cap, a row stops where the model's positions end (as vLLM's max_model_len does)."""
+    endless = _ids(tokenizer, "a")
+    prompts = [render_generation_prompt(tokenizer, "en", "de", s) for s in ("one", SOURCES[0])]
+    lengths = [len(_ids(tokenizer, p)) for p in prompts]
+    model = planted_model(tokenizer, [], then=endless[0])
+    model.config.max_position_embeddings = max(lengths) + 5
+    for batch_size in (1, 2):
+        ids = generate_token_ids(model, tokenizer, prompts, DecodingSettings(batch_size=batch_size))
+        assert [len(row) for row in ids] == [max(lengths) + 5 - n for n in lengths]
+    model.config.max_position_embeddings = max(lengths)
+    with pytest.raises(DataError, match="prompt 2 renders to .* the model's whole context"):
+        generate_token_ids(model, tokenizer, prompts, DecodingSettings())
+
+
 def test_decoding_settings_are_in_every_scores_signature_and_cache_key(tokenizer):
     model = make_model("qwen2", seed=1, vocab_size=len(tokenizer))
     pairs = ParallelSet("en", "es", tuple(EN[:2]), tuple(ES[:2]), name="tiny")

@@ -201,7 +201,8 @@ def generate_token_ids(
     settings: DecodingSettings = DecodingSettings(),
     device: torch.device | str | None = None,
 ) -> list[list[int]]:
-    """Greedy continuations of chat-rendered prompts, each cut before its end-of-turn token.
+    """Greedy continuations of chat-rendered prompts, each cut before its end-of-turn token and
+    at most `settings.max_new_tokens` long, or as long as the model's context leaves room for.
 
     Prompts are sorted by length so each batch carries little padding, left-padded (decoder
     models continue from the right edge), decoded with the KV cache, and returned in input order.
@@ -233,6 +234,15 @@ def generate_token_ids(
     )
 
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    # As vLLM in the paper's evaluation, a row stops at the model's context even below the cap.
+    context = getattr(model.config, "max_position_embeddings", None)
+    budgets = [min(settings.max_new_tokens, context - len(e)) if context else settings.max_new_tokens for e in encoded]
+    if budgets and min(budgets) < 1:
+        i = budgets.index(min(budgets))
+        raise DataError(
+            f"prompt {i + 1} renders to {len(encoded[i])} tokens, the model's whole context ({context}); "
+            "nothing can be generated"
+        )
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     outputs: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), settings.batch_size):
@@ -240,10 +250,10 @@ def generate_token_ids(
         batch = tokenizer.pad(
             {"input_ids": [encoded[i] for i in rows]}, padding=True, padding_side="left", return_tensors="pt"
         ).to(device)
-        generated = _generate_rows(
-            model, batch["input_ids"], batch["attention_mask"], settings.max_new_tokens, greedy, end_ids, tables
-        )
+        longest = max(budgets[i] for i in rows)
+        generated = _generate_rows(model, batch["input_ids"], batch["attention_mask"], longest, greedy, end_ids, tables)
         for row, tokens in zip(rows, generated):
+            tokens = tokens[: budgets[row]]
             outputs[row] = tokens[: next((k for k, t in enumerate(tokens) if t in ends), len(tokens))]
         log.debug("generated batch %d/%d", start // settings.batch_size + 1, -(-len(order) // settings.batch_size))
     return outputs
