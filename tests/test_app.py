@@ -241,6 +241,8 @@ def test_scores_page_shows_the_engines_scores(app):
             assert wide.loc[r.system, d.direction] == pytest.approx(round(d.scores.chrf, 2))
     bars = charts(app)[0]
     assert {t["name"] for t in bars["data"]} == set(wide.index)
+    [signatures] = [d.value for d in app.dataframe if "decoding_signature" in d.value.columns]
+    assert set(signatures["decoding_signature"]) == {"decoding:greedy|max_new_tokens:6|postprocess:paper"}
     # Each expert on every chosen direction by default, as the paper's table; its own direction as the option.
     experts = {r.system: r for r in results if r.system.startswith("expert-")}
     assert {tuple(d.direction for d in r.directions) for r in experts.values()} == {("en-es", "en-pt")}

@@ -106,9 +106,9 @@ else:
                 pd.DataFrame(sweep).drop(columns=["identity"]), f"sweep_{method}_{param}", key="sweep_csv"
             )
 
-with st.expander("All metrics, long form, with sacreBLEU signatures"):
+with st.expander("All metrics, long form, with sacreBLEU and decoding signatures"):
     st.dataframe(table, hide_index=True, width="stretch")
-    signatures = pd.DataFrame(rows)[["system", "direction", "bleu_signature", "chrf_signature"]]
+    signatures = pd.DataFrame(rows)[["system", "direction", "bleu_signature", "chrf_signature", "decoding_signature"]]
     st.dataframe(signatures, hide_index=True, width="stretch")
 st.caption(
     f"Off-target: share of outputs whose language (py3langid, answering among the data's languages: "
