@@ -2,7 +2,7 @@
 
 Same model, same chat-rendered paper prompts (arXiv 2604.02881), same greedy settings and token
 cap, one process. Tokens are counted the same way for every path: generated ids up to the
-first end-of-turn / pad id. Our path runs with first_line=False here so that it does exactly
+first end-of-turn / pad id. Our path runs with postprocess="none" here so that it does exactly
 the pipeline's work (the first-line early stop would only make ours faster).
 
     .venv/bin/python bench/bench_generate.py                       # random Qwen2, 2 threads
@@ -190,7 +190,7 @@ def main() -> None:
         )
         return rows
 
-    settings = DecodingSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, first_line=False)
+    settings = DecodingSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, postprocess="none")
     ours = timed(
         f"engine.translate batched (batch {args.batch_size})",
         lambda ps: generate_token_ids(model, tokenizer, ps, settings, args.device),

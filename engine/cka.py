@@ -109,6 +109,12 @@ def _ratio(xy: float, xx: float, yy: float) -> float:
     return xy / denom if denom > 0 else float("nan")
 
 
+def last_layer_label(final_norm: bool) -> str:
+    """How the last layer was captured, for signatures: the last block's raw output (the paper's
+    analysis/cka_masked.py) or the output after the final norm (Hugging Face's hidden_states)."""
+    return "final-norm" if final_norm else "block-output"
+
+
 def signature(debiased: bool, n: int, span: str = "", **extra) -> str:
     """Settings signature shown with each figure and used in cache keys, sacrebleu-style."""
     parts = [f"cka:{'debiased' if debiased else 'linear'}", f"n:{n}", "acc:float64"]

@@ -300,3 +300,41 @@ def content_hash(recipe: Recipe, fingerprint: Callable[[str], str] | None = None
     data["salt"] = HASH_SALT
     payload = json.dumps(_canonical(data), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# Below this summed weight the merge treats the divisor as zero (engine.merge.generalized), so
+# weights that small do not cancel.
+_SMALLEST_CANCELLING_WEIGHT = 1e-6
+
+
+def without_inert_weights(recipe: Recipe) -> Recipe:
+    """The recipe with weights that cannot change the merge set to 1.0; any other recipe unchanged.
+
+    A task-vector method with normalize on divides the weighted sum of task vectors by the summed
+    weights (of the entries kept by TIES's sign consensus, whose elected sign a common positive
+    factor does not change), so equal positive scalar weights on every merged model cancel: such
+    recipes give the same model up to float rounding (TIES, Yadav et al. 2023; mergekit's
+    generalised task arithmetic, Goddard et al. 2024). content_hash of the result identifies the
+    merge itself, as a sweep uses it to merge and score each distinct model once.
+    """
+    spec = recipe.method
+    normalize = spec.param("normalize")
+    weight = spec.param("weight")
+    if spec.base_use != BaseUse.REQUIRED or normalize is None or weight is None:
+        return recipe
+    if recipe.parameters.get("normalize", normalize.default) is not True:
+        return recipe
+    _, merged = recipe.merge_inputs()
+    weights = [m.parameters.get("weight", recipe.parameters.get("weight", weight.default)) for m in merged]
+    scalar = all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+    if not merged or not scalar or len({float(w) for w in weights}) != 1:
+        return recipe
+    if float(weights[0]) < _SMALLEST_CANCELLING_WEIGHT:
+        return recipe
+    out = copy.deepcopy(recipe)
+    for entry in out.models:
+        if "weight" in entry.parameters:
+            entry.parameters["weight"] = 1.0
+    if "weight" in out.parameters:
+        out.parameters["weight"] = 1.0
+    return out

@@ -241,6 +241,19 @@ def test_scores_page_shows_the_engines_scores(app):
             assert wide.loc[r.system, d.direction] == pytest.approx(round(d.scores.chrf, 2))
     bars = charts(app)[0]
     assert {t["name"] for t in bars["data"]} == set(wide.index)
+    [signatures] = [d.value for d in app.dataframe if "decoding_signature" in d.value.columns]
+    assert set(signatures["decoding_signature"]) == {"decoding:greedy|max_new_tokens:6|postprocess:paper"}
+    # Each expert on every chosen direction by default, as the paper's table; its own direction as the option.
+    experts = {r.system: r for r in results if r.system.startswith("expert-")}
+    assert {tuple(d.direction for d in r.directions) for r in experts.values()} == {("en-es", "en-pt")}
+    assert "expert_directions" not in app.query_params
+    app.segmented_control(key="expert_directions").set_value("own").run()
+    own = app.table[0].value
+    assert app.query_params["expert_directions"] == "own"
+    assert pd.isna(own.loc["expert-en-es", "en-pt"]) and pd.isna(own.loc["expert-en-pt", "en-es"])
+    for name, direction in (("expert-en-es", "en-es"), ("expert-en-pt", "en-pt")):
+        [d] = [d for d in experts[name].directions if d.direction == direction]
+        assert own.loc[name, direction] == pytest.approx(round(d.scores.chrf, 2))
 
 
 def test_progress_only_while_work_runs(app):
@@ -301,6 +314,15 @@ def test_layers_heatmaps_carry_the_engines_cka(app, monkeypatch):
     app.switch_page("views/layers.py").run()
     assert not built
     np.testing.assert_allclose(array(charts(app)[0]["data"][0]["z"]), target.values, rtol=1e-9)
+    assert "last:block-output" in target.signature and "raw output" in app.caption[-1].value
+
+    # The last layer after the final norm, the labelled option: only row and column L change.
+    app.segmented_control(key="cka_last").set_value("final-norm").run()
+    normed = cka_pair(systems["expert-en-es"], systems["expert-en-pt"], sets, "target", cache, final_norm=True)
+    np.testing.assert_allclose(array(charts(app)[0]["data"][0]["z"]), normed.values, rtol=1e-9)
+    np.testing.assert_allclose(normed.values[:-1, :-1], target.values[:-1, :-1], rtol=1e-9)
+    assert not np.allclose(normed.values[-1], target.values[-1])
+    assert app.query_params["cka_last"] == "final-norm" and "after the final norm" in app.caption[-1].value
 
 
 def test_neurons_page_counts_equal_the_engines(app):
@@ -436,7 +458,7 @@ def test_samples_page_shows_outputs_and_off_target_flags(app):
     assert list(table[f"{MERGE} · detected"]) == [s.detected for s in merged.samples]
     assert [float(c) for c in table[f"{MERGE} · chrF"]] == [round(s.chrf, 1) for s in merged.samples]
     for system, result in results.items():  # exactly the off-target outputs are highlighted
-        shown_here = [d for d in result.directions if d.direction == "en-es"]  # experts: their own direction only
+        shown_here = [d for d in result.directions if d.direction == "en-es"]
         if not shown_here:
             continue
         samples = shown_here[0].samples

@@ -230,3 +230,36 @@ def test_torch_threads_limited_to_a_quarter_of_the_cores_unless_set(monkeypatch)
         assert limit_torch_threads(cpus=16) == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_sweep_curve_merges_a_model_once_when_the_weight_cancels(demo_env, monkeypatch):
+    """TIES with normalize on: every weight gives the same model, so the curve is one merge."""
+    from engine.pipeline.sweep_curves import sweep_curve
+
+    clear_memo()
+    models = ModelCache()
+    built = []
+    real_build = models._build
+    monkeypatch.setattr(models, "_build", lambda s: built.append(s.name) or real_build(s))
+    sets = data_sets("devtest", ["en-es"], 4)
+    params = {"density": 0.5, "normalize": True, "weight": 1.0}
+    rows = sweep_curve(
+        "base", ["expert-en-es", "expert-en-pt"], "ties", params, "weight", [0.5, 1.0, 2.5], sets, models
+    )
+    assert built == ["ties weight=0.5"]
+    avg = [r for r in rows if r["direction"] == "avg"]
+    assert [r["value"] for r in avg] == [0.5, 1.0, 2.5] and len({r["chrf"] for r in avg}) == 1
+    assert [r["system"] for r in avg] == ["ties weight=0.5", "ties weight=1", "ties weight=2.5"]
+    # normalize off: the weight matters, and each value is merged.
+    built.clear()
+    sweep_curve(
+        "base",
+        ["expert-en-es", "expert-en-pt"],
+        "ties",
+        {**params, "normalize": False},
+        "weight",
+        [0.5, 1.0],
+        sets,
+        models,
+    )
+    assert built == ["ties weight=0.5", "ties weight=1"]

@@ -1,9 +1,11 @@
-"""Capture equals a reference from output_hidden_states and hand-computed gate activations."""
+"""Capture equals a reference from output_hidden_states, a hook on the last block and hand-computed gate
+activations."""
 
 from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -28,8 +30,9 @@ def tokenizer():
     return make_tokenizer()
 
 
-def reference(model, tokenizer, pairs):
-    """One unpadded sentence at a time: hidden_states from the model, gates from the MLP input."""
+def reference(model, tokenizer, pairs, final_norm=False):
+    """One unpadded sentence at a time: hidden_states from the model (layer L: the last block's own
+    output, hooked, unless `final_norm`), gates from the MLP input."""
     encoded = encode_pairs(tokenizer, pairs)
     layers = model.model.layers
     n_layers, d_mlp = len(layers), model.config.intermediate_size
@@ -38,10 +41,11 @@ def reference(model, tokenizer, pairs):
         for s in ("source", "target")
     }
     active = {s: torch.zeros(n_layers, d_mlp, dtype=torch.long) for s in ("source", "target")}
-    mlp_inputs = {}
+    mlp_inputs, last_block = {}, {}
     handles = [
         l.mlp.register_forward_pre_hook(lambda m, a, i=i: mlp_inputs.__setitem__(i, a[0])) for i, l in enumerate(layers)
     ]
+    handles.append(layers[-1].register_forward_hook(lambda m, a, out: last_block.__setitem__("h", out)))
     try:
         for n, e in enumerate(encoded):
             with torch.no_grad():
@@ -50,6 +54,9 @@ def reference(model, tokenizer, pairs):
                 mask = torch.tensor(e.masks[span])
                 for l, h in enumerate(out.hidden_states):
                     hidden[span][l, n] = h[0, mask].double().mean(0)
+                if not final_norm:
+                    raw = last_block["h"][0] if isinstance(last_block["h"], tuple) else last_block["h"]
+                    hidden[span][n_layers, n] = raw[0, mask].double().mean(0)
                 for l, layer in enumerate(layers):
                     with torch.no_grad():
                         gate = layer.mlp.act_fn(layer.mlp.gate_proj(mlp_inputs[l][0, mask]))  # (tokens, d_mlp)
@@ -60,11 +67,12 @@ def reference(model, tokenizer, pairs):
     return hidden, active
 
 
+@pytest.mark.parametrize("final_norm", [False, True])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_capture_matches_reference(family, tokenizer):
+def test_capture_matches_reference(family, final_norm, tokenizer):
     model = make_model(family, vocab_size=len(tokenizer))
-    got = capture(model, tokenizer, PAIRS, CaptureSettings(batch_size=3), device="cpu")
-    hidden, active = reference(model, tokenizer, PAIRS)
+    got = capture(model, tokenizer, PAIRS, CaptureSettings(batch_size=3, final_norm=final_norm), device="cpu")
+    hidden, active = reference(model, tokenizer, PAIRS, final_norm)
     for span in ("source", "target"):
         assert got.hidden[span].shape == (5, 5, 32)  # (layers + 1, n, d_model)
         torch.testing.assert_close(got.hidden[span].double(), hidden[span], atol=1e-5, rtol=1e-5)
@@ -72,6 +80,31 @@ def test_capture_matches_reference(family, tokenizer):
         assert got.tokens[span].tolist() == [sum(e.masks[span]) for e in encode_pairs(tokenizer, PAIRS)]
     assert got.languages == {"source": "en", "target": "de"}
     assert 0 < got.rates("target").mean() < 1
+
+
+def _linear_cka(x, y):
+    """Linear CKA in float64 from its definition: HSIC of centred Grams over the norms' product."""
+    x, y = x - x.mean(0), y - y.mean(0)
+    k, l = x @ x.T, y @ y.T
+    return float((k * l).sum() / np.sqrt((k * k).sum() * (l * l).sum()))
+
+
+def test_last_layer_cka_uses_the_raw_last_block_output_by_default(tokenizer):
+    """The paper's cka_masked.py pools the last block's own output (a forward hook, no final norm)."""
+    from engine.cka import cka_matrix
+
+    models = [make_model("qwen2", seed=seed, vocab_size=len(tokenizer)) for seed in (0, 1)]
+    assert CaptureSettings().final_norm is False
+    raw, normed, got = [], [], []
+    for model in models:
+        pooled, _ = reference(model, tokenizer, PAIRS)  # layer L hooked on model.model.layers[-1]
+        with_norm, _ = reference(model, tokenizer, PAIRS, final_norm=True)
+        raw.append(pooled["target"][-1].numpy())
+        normed.append(with_norm["target"][-1].numpy())
+        got.append(capture(model, tokenizer, PAIRS, device="cpu").hidden["target"])
+    expected = _linear_cka(raw[0], raw[1])
+    assert cka_matrix(got[0], got[1]).values[-1, -1] == pytest.approx(expected, abs=1e-6)
+    assert abs(expected - _linear_cka(normed[0], normed[1])) > 1e-3  # the two conventions differ here
 
 
 def test_hooks_always_removed_and_training_flag_restored(tokenizer):
@@ -121,7 +154,7 @@ def test_cached_capture_hits_and_misses(tokenizer, monkeypatch):
     assert torch.equal(first.hidden["source"], again.hidden["source"]) and again.languages == first.languages
     capture_cached(model, tokenizer, PAIRS, model_id="fp-b")
     capture_cached(model, tokenizer, PAIRS.head(3), model_id="fp-a")
-    capture_cached(model, tokenizer, PAIRS, model_id="fp-a", settings=CaptureSettings(final_norm=False))
+    capture_cached(model, tokenizer, PAIRS, model_id="fp-a", settings=CaptureSettings(final_norm=True))
     assert len(runs) == 4
     # A change of instruction wording changes every capture, so it must miss too.
     monkeypatch.setattr("engine.prompts.instruction", lambda s, t: f"Render {s} as {t}")
@@ -185,6 +218,13 @@ def test_analyze_cli_end_to_end(model_root, tmp_path):
     assert len(cache_store().entries()) == 4  # 2 models × 2 data sets
     # A second run is served from the cache; a one-sentence data file is refused before any work.
     assert main(args) == 0 and len(cache_store().entries()) == 4
+    assert report["cka_last_layer"] == "block-output" and "last:block-output" in first["signature"]
+    # --final-norm changes the last layer only, and says so.
+    assert main([*args, "--final-norm", "--out", str(tmp_path / "normed.json")]) == 0
+    normed = json.loads((tmp_path / "normed.json").read_text())["cka"][0]
+    assert "last:final-norm" in normed["signature"]
+    assert normed["curve"][:-1] == pytest.approx(first["curve"][:-1]) and normed["curve"][-1] != first["curve"][-1]
+    assert len(cache_store().entries()) == 8
     save_jsonl(PAIRS.head(1), tmp_path / "one.jsonl")
     assert (
         main(

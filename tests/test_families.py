@@ -22,7 +22,7 @@ import transformers
 from safetensors.torch import load_file
 
 from engine import cka, neurons
-from engine.activations import CaptureSettings, capture, encode_pairs, language_rates
+from engine.activations import CaptureSettings, capture, condition_labels, condition_rates, encode_pairs
 from engine.checkpoints import config_size, discover_checkpoints, load_model
 from engine.merge import iter_merged, merge_into_model, plan_merge, save_merge
 from engine.parallel import ParallelSet
@@ -298,7 +298,8 @@ def test_merged_family_analysed_and_translated(families, model_root, family, one
     matrix = cka.cka_matrix(hidden, captures[1].hidden["source"], span="source")
     assert matrix.values.shape == (LAYERS + 1, LAYERS + 1)
     assert np.isfinite(matrix.values).all() and (matrix.values <= 1 + 1e-9).all()
-    languages, rates = language_rates(captures, "target")  # (layers, d_mlp, languages)
+    labels = condition_labels([("en", "es"), ("en", "ru")], "target")
+    languages, rates = condition_rates(captures, labels, "target")  # (layers, d_mlp, languages)
     assert languages == ("es", "ru") and rates.shape == (LAYERS, MLP, 2)
     selection = neurons.select_language_neurons(rates.numpy(), languages, "paper", span="target")
     assert selection.counts.shape == (LAYERS, 2) and np.isfinite(selection.counts).all()

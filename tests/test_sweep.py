@@ -3,6 +3,8 @@ progress records, the backend setting, captures after a sweep."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import pytest
@@ -109,7 +111,8 @@ def test_stopped_sweep_resumes_without_recomputing(grid_file, monkeypatch, tmp_p
     # point (devtest, not scored before) need a model.
     assert merged == [third_point, best]
     systems = [r.system for r in second.tables["experts"]]
-    assert systems[:2] == ["base", "experts (own direction)"] and systems[2].startswith("task_arithmetic")
+    assert systems[:4] == ["base", "experts (own direction)", "expert en-es", "expert en-ru"]
+    assert systems[4].startswith("task_arithmetic")
 
     merged.clear()
     third = run_sweep(config)
@@ -138,7 +141,11 @@ def test_failed_point_is_reported_and_the_sweep_goes_on(grid_file, monkeypatch):
 
 def test_sweep_cli(grid_file, tmp_path, capsys):
     assert main(["sweep", str(grid_file), "--dry-run"]) == 0
-    assert "3 merges" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 points, 3 distinct merges" in out
+    assert "each expert scored on every direction of its group (4 expert × direction scores" in out
+    assert main(["sweep", str(grid_file), "--dry-run", "--own-direction-only"]) == 0
+    assert "each expert scored on its own direction (2 expert × direction scores" in capsys.readouterr().out
     assert main(["sweep", str(grid_file), "--out", str(tmp_path / "res")]) == 0
     assert (tmp_path / "res" / "table.csv").read_text().startswith("group,system,direction")
 
@@ -151,16 +158,51 @@ def test_sweep_cli_refuses_an_unknown_method_by_name(grid_file, capsys):
     assert "magic_merge" in capsys.readouterr().err
 
 
-def test_each_expert_rows(grid_file):
+def _expert_translations(monkeypatch) -> list[tuple[str, str]]:
+    """(expert, target language) of every translation a sweep runs with an expert's weights."""
+    from engine.translate.generate import LazyModelTranslator
+
+    calls = []
+    real = LazyModelTranslator.translate
+
+    def spy(self, sources, src_lang, tgt_lang):
+        calls.append((self.identity, tgt_lang))
+        return real(self, sources, src_lang, tgt_lang)
+
+    monkeypatch.setattr(LazyModelTranslator, "translate", spy)
+    return calls
+
+
+@pytest.mark.parametrize("each_expert", [None, False])
+def test_expert_rows_on_every_direction_of_their_group_by_default(grid_file, monkeypatch, each_expert):
+    from engine.checkpoints import open_checkpoint
+
     data = yaml.safe_load(grid_file.read_text())
-    data["each_expert"] = True
     data["methods"] = {"task_arithmetic": {"weight": [0.5]}}
+    if each_expert is not None:
+        data["each_expert"] = each_expert
     grid_file.write_text(yaml.safe_dump(data))
+    experts = {open_checkpoint(p).fingerprint: d for d, p in data["experts"].items()}
+    calls = _expert_translations(monkeypatch)
     steps = []
-    result = run_sweep(load(grid_file), progress=lambda done, total, msg: steps.append((done, total)))
-    systems = [r.system for r in result.tables["experts"]]
-    assert systems == ["base", "experts (own direction)", "expert en-es", "expert en-ru", "task_arithmetic weight=0.5"]
-    assert all(len(r.directions) == 2 for r in result.tables["experts"])
+    config = load(grid_file)
+    result = run_sweep(config, use_cache=False, progress=lambda done, total, msg: steps.append((done, total)))
+    rows = {r.system: r for r in result.tables["experts"]}
+    merge = "task_arithmetic weight=0.5"
+    own = rows["experts (own direction)"]
+    assert [d.direction for d in own.directions] == ["en-es", "en-ru"]
+    expert_calls = sorted((experts[i], tgt) for i, tgt in calls if i in experts)
+    if each_expert is None:  # the default: the paper's rows
+        assert config.each_expert
+        assert list(rows) == ["base", "experts (own direction)", "expert en-es", "expert en-ru", merge]
+        assert all(len(r.directions) == 2 for r in rows.values())
+        # The own-direction row is made of the expert rows' own cells: 2 experts × 2 directions translated once.
+        assert expert_calls == [("en-es", "es"), ("en-es", "ru"), ("en-ru", "es"), ("en-ru", "ru")]
+        for d in own.directions:
+            assert d in rows[f"expert {d.direction}"].directions
+    else:
+        assert list(rows) == ["base", "experts (own direction)", merge]
+        assert expert_calls == [("en-es", "es"), ("en-ru", "ru")]
     assert steps[-1][0] == steps[-1][1]  # progress reaches its total
 
 
@@ -265,3 +307,49 @@ def test_sweep_cli_captures_the_table_models(grid_file, model_root, tmp_path):
     for span in want.hidden:
         torch.testing.assert_close(got.hidden[span], want.hidden[span], rtol=0, atol=1e-6)
         assert torch.equal(got.active[span], want.active[span])
+
+
+def test_points_that_merge_to_the_same_model_are_merged_and_scored_once(grid_file, monkeypatch, model_root):
+    """TIES with normalize on and equal weights: the weight axis is inert (it cancels in the
+    normalisation), so its three points are one merge; task arithmetic (no normalize) keeps both."""
+    from engine.merge import merge_into_model
+    from engine.sweep import points_csv, table_markdown
+
+    data = yaml.safe_load(grid_file.read_text())
+    data["methods"] = {
+        "ties": {"density": [0.5], "weight": [0.5, 1.0, 2.5], "normalize": [True]},
+        "task_arithmetic": {"weight": [0.2, 0.5]},
+    }
+    grid_file.write_text(yaml.safe_dump(data))
+    config = load(grid_file)
+    merged = counting_merges(monkeypatch)
+    steps = []
+    result = run_sweep(config, progress=lambda done, total, msg: steps.append((done, total)))
+    first = "ties density=0.5 normalize=True weight=0.5"
+    ties = [p for p in result.points if p.point.method == "ties"]
+    assert [p.same_as for p in ties] == ["", first, first]
+    assert [p.same_as for p in result.points if p.point.method == "task_arithmetic"] == ["", ""]
+    # 3 distinct merges on dev, then the best point of each method on devtest: 5 merges, none of
+    # the inert points.
+    assert len(merged) == 5 and not [s for s in merged if "weight=1.0" in s or "weight=2.5" in s]
+    assert all(p.dev.directions == ties[0].dev.directions for p in ties)
+    assert [p.dev.system for p in ties] == [p.point.label for p in ties]
+    assert steps[-1][0] == steps[-1][1]
+    assert "9 grid points" not in table_markdown(result) and "5 grid points, 3 distinct merges" in table_markdown(
+        result
+    )
+    rows = list(csv.DictReader(io.StringIO(points_csv(result))))
+    assert [r["same_model_as"] for r in rows if r["method"] == "ties"] == ["", first, first]
+
+    # The sharing is sound: the inert points' models equal the first one's up to float rounding.
+    recipes = {p.point.label: p.recipe for p in ties}
+    reference = merge_into_model(recipes[first], device="cpu")[0].state_dict()
+    heavy = merge_into_model(recipes[ties[2].point.label], device="cpu")[0].state_dict()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(heavy[name], tensor, rtol=1e-5, atol=1e-6)
+
+    # The table equals the one of the same grid without the inert axis.
+    data["methods"]["ties"]["weight"] = [0.5]
+    grid_file.write_text(yaml.safe_dump(data))
+    without = run_sweep(load(grid_file))
+    assert [r.to_dict() for r in without.tables["experts"]] == [r.to_dict() for r in result.tables["experts"]]

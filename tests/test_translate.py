@@ -5,11 +5,18 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import torch
 
 from engine.errors import DataError, SettingsError
 from engine.parallel import ParallelSet
 from engine.prompts import render_generation_prompt
-from engine.translate.evaluate import evaluate, evaluate_direction, validate_sets
+from engine.translate.evaluate import (
+    EvaluationResult,
+    direction_cache_key,
+    evaluate,
+    evaluate_direction,
+    validate_sets,
+)
 from engine.translate.generate import (
     DecodingSettings,
     ModelTranslator,
@@ -18,6 +25,7 @@ from engine.translate.generate import (
     generate_translations,
     stop_token_ids,
 )
+from engine.translate.report import long_rows
 from tests.tiny_models import make_model, make_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -58,11 +66,11 @@ def tokenizer():
 
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
-@pytest.mark.parametrize("keep_first_line", [True, False])
-def test_batched_generation_equals_one_by_one(tokenizer, family, keep_first_line):
+@pytest.mark.parametrize("postprocess", ["paper", "none"])
+def test_batched_generation_equals_one_by_one(tokenizer, family, postprocess):
     model = make_model(family, seed=3, vocab_size=len(tokenizer))
-    batched = DecodingSettings(max_new_tokens=12, batch_size=3, first_line=keep_first_line)
-    single = DecodingSettings(max_new_tokens=12, batch_size=1, first_line=keep_first_line)
+    batched = DecodingSettings(max_new_tokens=12, batch_size=3, postprocess=postprocess)
+    single = DecodingSettings(max_new_tokens=12, batch_size=1, postprocess=postprocess)
     together = generate_translations(model, tokenizer, SOURCES, "en", "de", batched)
     alone = [generate_translations(model, tokenizer, [s], "en", "de", single)[0] for s in SOURCES]
     assert together == alone
@@ -115,7 +123,7 @@ def test_token_ids_stop_before_end_of_turn_and_respect_the_cap(tokenizer):
         tokenizer.apply_chat_template([{"role": "user", "content": s}], tokenize=False, add_generation_prompt=True)
         for s in SOURCES
     ]
-    ids = generate_token_ids(model, tokenizer, prompts, DecodingSettings(max_new_tokens=7, first_line=False))
+    ids = generate_token_ids(model, tokenizer, prompts, DecodingSettings(max_new_tokens=7, postprocess="none"))
     assert len(ids) == len(SOURCES)
     assert all(len(row) <= 7 and not stops & set(row) for row in ids)
 
@@ -140,7 +148,9 @@ def test_model_translator_needs_a_chat_template(tokenizer):
         ModelTranslator(make_model(vocab_size=len(bare)), bare, identity="x")
 
 
-@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(batch_size=-1), dict(max_new_tokens=1.5)])
+@pytest.mark.parametrize(
+    "bad", [dict(max_new_tokens=0), dict(batch_size=-1), dict(max_new_tokens=1.5), dict(postprocess="last-line")]
+)
 def test_bad_decoding_settings(bad):
     with pytest.raises(SettingsError):
         DecodingSettings(**bad)
@@ -247,3 +257,125 @@ def test_a_changed_chat_template_changes_the_cache_key(tokenizer):
     a = ModelTranslator(model, tokenizer, identity="same-weights").cache_parts()
     b = ModelTranslator(model, other, identity="same-weights").cache_parts()
     assert a["model"] == b["model"] and a != b
+
+
+# ---- the paper's decoding, on planted generations -----------------------------------------------
+
+
+def planted_model(tokenizer, continuation: list[int], then: int):
+    """A tiny model whose greedy continuation of any one prompt is `continuation`, then `then` for
+    ever: its logits are overwritten with a one-hot of the planted token at each step."""
+    model = make_model("qwen2", vocab_size=len(tokenizer), max_position_embeddings=1024)
+    step = {"n": 0}
+
+    def on_forward(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] > 1:  # the prompt: generation starts over
+            step["n"] = 0
+
+    def plant(module, args, logits):
+        token = continuation[step["n"]] if step["n"] < len(continuation) else then
+        step["n"] += 1
+        forced = torch.full_like(logits, -1e9)
+        forced[..., token] = 0.0
+        return forced
+
+    model.register_forward_pre_hook(on_forward, with_kwargs=True)
+    model.lm_head.register_forward_hook(plant)
+    return model
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+LONE_LEAD_BYTE = "à"  # byte-level BPE's symbol for byte 0xE0, which opens a 3-byte UTF-8 sequence
+
+
+@pytest.mark.parametrize(
+    "pieces, paper, first",
+    [
+        (['"hola mundo"', "\n", "second line"], "hola mundo", '"hola mundo"'),
+        (["  'el gato'  ", "\n"], "el gato", "'el gato'"),
+        (['"""dos" tres', "'\n"], 'dos" tres', '"""dos" tres\''),
+        (["hola ", LONE_LEAD_BYTE, "mundo", "\n"], "hola", "hola \ufffdmundo"),
+        (["hola</s>mundo", "\n"], "hola", "hola</s>mundo"),
+        (["\n\n", "hola", "\n"], "", "hola"),
+    ],
+)
+def test_paper_postprocessing_on_planted_generations(tokenizer, pieces, paper, first):
+    """Expected outputs follow merging/eval_en_indic.py by hand: stop string "</s>", cut at U+FFFD,
+    first line, strip, strip quotes; "first-line" keeps the first non-blank line as it is."""
+    continuation = [i for piece in pieces for i in _ids(tokenizer, piece) if piece != LONE_LEAD_BYTE]
+    if LONE_LEAD_BYTE in pieces:
+        at = len(_ids(tokenizer, "hola "))
+        continuation.insert(at, tokenizer.convert_tokens_to_ids(LONE_LEAD_BYTE))
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model = planted_model(tokenizer, continuation + [im_end], then=im_end)
+    for postprocess, expected in (("paper", paper), ("first-line", first)):
+        settings = DecodingSettings(batch_size=1, postprocess=postprocess)
+        assert generate_translations(model, tokenizer, ["uno"], "es", "en", settings) == [expected]
+
+
+def test_paper_cap_is_512_new_tokens(tokenizer):
+    """An output that never ends a line nor a turn stops at the paper's 512 new tokens."""
+    endless = _ids(tokenizer, "a")
+    assert len(endless) == 1
+    model = planted_model(tokenizer, [], then=endless[0])
+    prompt = render_generation_prompt(tokenizer, "en", "de", "one")
+    [ids] = generate_token_ids(model, tokenizer, [prompt], DecodingSettings(batch_size=1))
+    assert DecodingSettings().max_new_tokens == 512 and ids == endless * 512
+    # A first line that ends early stops generation there, whatever follows.
+    newline = _ids(tokenizer, "\n")
+    model = planted_model(tokenizer, endless * 3 + newline, then=endless[0])
+    [ids] = generate_token_ids(model, tokenizer, [prompt], DecodingSettings(batch_size=1))
+    assert ids == endless * 3 + newline
+
+
+def test_generation_stops_at_the_models_context(tokenizer):
+    """Below the cap, a row stops where the model's positions end (as vLLM's max_model_len does)."""
+    endless = _ids(tokenizer, "a")
+    prompts = [render_generation_prompt(tokenizer, "en", "de", s) for s in ("one", SOURCES[0])]
+    lengths = [len(_ids(tokenizer, p)) for p in prompts]
+    model = planted_model(tokenizer, [], then=endless[0])
+    model.config.max_position_embeddings = max(lengths) + 5
+    for batch_size in (1, 2):
+        ids = generate_token_ids(model, tokenizer, prompts, DecodingSettings(batch_size=batch_size))
+        assert [len(row) for row in ids] == [max(lengths) + 5 - n for n in lengths]
+    model.config.max_position_embeddings = max(lengths)
+    with pytest.raises(DataError, match="prompt 2 renders to .* the model's whole context"):
+        generate_token_ids(model, tokenizer, prompts, DecodingSettings())
+
+
+def test_decoding_settings_are_in_every_scores_signature_and_cache_key(tokenizer):
+    model = make_model("qwen2", seed=1, vocab_size=len(tokenizer))
+    pairs = ParallelSet("en", "es", tuple(EN[:2]), tuple(ES[:2]), name="tiny")
+    paper = ModelTranslator(model, tokenizer, "tiny-1", DecodingSettings(max_new_tokens=8, batch_size=2))
+    result = evaluate_direction(paper, pairs, use_cache=False)
+    assert result.decoding == "decoding:greedy|max_new_tokens:8|postprocess:paper"
+    rows = long_rows([EvaluationResult("tiny", "tiny-1", (result,))])
+    assert {r["decoding_signature"] for r in rows} == {result.decoding}
+    other = ModelTranslator(model, tokenizer, "tiny-1", DecodingSettings(max_new_tokens=8, postprocess="first-line"))
+    languages = ("en", "es")
+    assert direction_cache_key(paper, pairs, languages) != direction_cache_key(other, pairs, languages)
+
+
+@pytest.mark.parametrize(
+    "env, cap",
+    [
+        ({}, 48),  # the demo zoo's data: its short cap, set for speed
+        ({"MERGESCOPE_DATA_DIR": "/data/flores"}, 512),  # a researcher's own data: the paper's cap
+        ({"MERGESCOPE_DATA_DIR": "/data/flores", "MERGESCOPE_MAX_NEW_TOKENS": "200"}, 200),
+    ],
+)
+def test_dashboard_decoding_cap(env, cap, monkeypatch):
+    from engine.pipeline.scores import decoding_settings
+    from engine.settings import get_settings
+
+    for name in ("MERGESCOPE_DATA_DIR", "MERGESCOPE_MAX_NEW_TOKENS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    settings = decoding_settings()
+    assert settings.max_new_tokens == cap and settings.postprocess == "paper"
+    get_settings.cache_clear()

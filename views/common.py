@@ -278,6 +278,15 @@ def systems(include_merge: bool = True) -> list[System]:
     return out
 
 
+# Which directions an expert is scored on (Scores and Samples): the paper's every direction, or its own.
+EXPERT_DIRECTIONS = {"all": "every direction (paper)", "own": "own direction"}
+
+
+def experts_everywhere() -> bool:
+    """Whether experts are scored on every chosen direction (the view's 'expert_directions')."""
+    return st.session_state.get("expert_directions", "all") != "own"
+
+
 def need(condition: bool, message: str) -> None:
     """Say what is missing and stop the page."""
     if not condition:

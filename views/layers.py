@@ -35,7 +35,7 @@ for key, value in defaults.items():
     if st.session_state[key] not in names:
         st.session_state[key] = value
 
-controls = st.columns(3)
+controls = st.columns(4)
 state.default("span", "source")
 controls[0].segmented_control(
     "Span",
@@ -55,6 +55,17 @@ controls[2].segmented_control(
     key="cka_kind",
     help="debiased CKA (Nguyen et al. 2021) corrects the upward bias at small n",
 )
+LAST_LAYER = {"block-output": "block output (paper)", "final-norm": "after final norm"}
+state.default("cka_last", "block-output")
+controls[3].segmented_control(
+    "Last layer",
+    list(LAST_LAYER),
+    key="cka_last",
+    format_func=LAST_LAYER.get,
+    help="the last block's raw output, as the paper's cka_masked.py hooks it, or the output after the "
+    "model's final norm (Hugging Face's output_hidden_states)",
+)
+final_norm = st.session_state.get("cka_last") == "final-norm"
 span = st.session_state.get("span") or "source"
 chosen_sets = (
     sets
@@ -87,6 +98,7 @@ pair_a = cka_pair(
     models,
     debiased,
     reporter,
+    final_norm,
 )
 pair_b = cka_pair(
     systems[st.session_state["b_row"]],
@@ -96,6 +108,7 @@ pair_b = cka_pair(
     models,
     debiased,
     reporter,
+    final_norm,
 )
 reporter.finish(f"CKA on {pair_a.n} sentences, {span} span")
 
@@ -115,4 +128,5 @@ for side, m in (("left", pair_a), ("right", pair_b)):
     )
     frames.append(f.assign(side=side, rows=m.labels[0], columns=m.labels[1], signature=m.signature))
 common.download_csv(pd.concat(frames), "cka_matrices", key="cka_csv")
-st.caption(f"Layer 0 is the embedding output; layer l the output of block l. {pair_a.signature}")
+last = "after the final norm" if final_norm else "the last block's raw output"
+st.caption(f"Layer 0 is the embedding output; layer l the output of block l; the last layer {last}. {pair_a.signature}")

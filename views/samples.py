@@ -29,10 +29,15 @@ state.default("off_target_only", False)
 st.toggle("Only sentences with an off-target output", key="off_target_only")
 
 reporter = common.ProgressReporter("Translating (cached results come back at once)")
-results = evaluate_systems(chosen, sets, common.model_cache(), progress=reporter)
+results = evaluate_systems(
+    chosen, sets, common.model_cache(), progress=reporter, experts_everywhere=common.experts_everywhere()
+)
 reporter.finish("Translations ready")
 table = figures.samples_table(sample_rows(results, st.session_state["sample_direction"]))
-common.need(not table.empty, "No translations for this direction (experts are scored on their own direction only).")
+common.need(
+    not table.empty,
+    "No translations for this direction (experts are scored on their own direction only; see **Scores**).",
+)
 if st.session_state["off_target_only"]:
     detected = [c for c in table.columns if c.endswith(" · detected")]
     table = table[(table[detected].ne(table["target"], axis=0)).any(axis=1)]

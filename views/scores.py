@@ -22,8 +22,19 @@ if common.merged_system() is None:
 sets = common.data_sets()
 common.need(bool(sets), "No parallel data for the chosen directions; pick directions in the sidebar.")
 
+state.default("expert_directions", "all")
+st.segmented_control(
+    "Experts scored on",
+    list(common.EXPERT_DIRECTIONS),
+    key="expert_directions",
+    format_func=common.EXPERT_DIRECTIONS.get,
+    help="the paper scores each expert on every chosen direction, which shows what it does when "
+    "asked for another target; 'own direction' keeps one cell per expert",
+)
 reporter = common.ProgressReporter("Scoring (cached results come back at once)")
-results = evaluate_systems(systems, sets, common.model_cache(), progress=reporter)
+results = evaluate_systems(
+    systems, sets, common.model_cache(), progress=reporter, experts_everywhere=common.experts_everywhere()
+)
 reporter.finish(f"Scored {len(systems)} system(s) on {len(sets)} direction(s), {len(sets[0])} sentences each")
 rows = score_rows(results)
 
@@ -95,9 +106,9 @@ else:
                 pd.DataFrame(sweep).drop(columns=["identity"]), f"sweep_{method}_{param}", key="sweep_csv"
             )
 
-with st.expander("All metrics, long form, with sacreBLEU signatures"):
+with st.expander("All metrics, long form, with sacreBLEU and decoding signatures"):
     st.dataframe(table, hide_index=True, width="stretch")
-    signatures = pd.DataFrame(rows)[["system", "direction", "bleu_signature", "chrf_signature"]]
+    signatures = pd.DataFrame(rows)[["system", "direction", "bleu_signature", "chrf_signature", "decoding_signature"]]
     st.dataframe(signatures, hide_index=True, width="stretch")
 st.caption(
     f"Off-target: share of outputs whose language (py3langid, answering among the data's languages: "

@@ -65,6 +65,7 @@ VIEW_KEYS: dict[str, Codec] = {
     # Scores
     "score_metric": TEXT,
     "extra_systems": LIST,
+    "expert_directions": TEXT,  # experts scored on every chosen direction ("all") or their own ("own")
     "sweep_param": TEXT,  # set when a sweep curve was asked for; a link re-draws it (from the cache)
     # Layers
     "a_row": TEXT,
@@ -74,6 +75,7 @@ VIEW_KEYS: dict[str, Codec] = {
     "span": TEXT,
     "cka_direction": TEXT,
     "cka_kind": TEXT,
+    "cka_last": TEXT,
     # Neurons
     "preset": TEXT,
     "top_rate": FLOAT,

@@ -3,9 +3,10 @@
 For each span (source, target) and each sentence: the mean over the span's tokens of the
 embedding output (layer 0) and of every block output (layers 1 … L), the inputs of layer-wise
 CKA (Kornblith et al., 2019). For each block and neuron: how many span tokens had
-act(gate_proj(x)) > 0, the counts behind LAPE (Tang et al., 2024). Layer L follows Hugging Face's
-`hidden_states` convention by default (the final norm applied), so results line up with code
-that uses `output_hidden_states`, as the MergeScope paper's does (Gain et al., arXiv 2604.02881).
+act(gate_proj(x)) > 0, the counts behind LAPE (Tang et al., 2024). Layer L is the raw output of
+the last block by default, as the MergeScope paper's analysis/cka_masked.py hooks it (Gain et
+al., arXiv 2604.02881); `final_norm=True` takes it after the final norm instead, Hugging Face's
+`output_hidden_states` convention.
 
 Hooks read the tensors the model computes anyway and reduce them on the spot; no full
 activation tensor outlives its hook, so memory is bounded by the batch, not by n.
@@ -42,7 +43,7 @@ class CaptureSettings:
 
     batch_size: int = 16
     spans: tuple[str, ...] = SPANS
-    final_norm: bool = True  # layer L is norm(last block output), as in HF hidden_states
+    final_norm: bool = False  # True: layer L is norm(last block output), as in HF hidden_states
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -103,7 +104,7 @@ class _Blocks:
     d_mlp: int
 
 
-def model_blocks(model: nn.Module, final_norm: bool = True) -> _Blocks:
+def model_blocks(model: nn.Module, final_norm: bool = False) -> _Blocks:
     """Locate blocks, MLP activations and the final norm through the family's layout
     (engine.activations.families); UnsupportedModelError names what is missing."""
     name = type(model).__name__

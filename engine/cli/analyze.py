@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rank", type=int, default=geometry.DEFAULT_RANK, help="PCA subspace rank k for the principal angles"
     )
     parser.add_argument("--debiased", action="store_true", help="debiased CKA (for small n) instead of linear CKA")
+    parser.add_argument(
+        "--final-norm",
+        action="store_true",
+        help="CKA's last layer after the model's final norm (Hugging Face's output_hidden_states) "
+        "instead of the last block's raw output (the paper's cka_masked.py)",
+    )
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: MERGESCOPE_DEVICE)")
 
 
@@ -98,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if args.rank < 1:
         raise DataError(f"--rank must be at least 1, got {args.rank}")
     # Both spans in one forward pass: the source/target neuron overlap needs them.
-    settings = CaptureSettings(batch_size=args.batch_size, spans=SPANS)
+    settings = CaptureSettings(batch_size=args.batch_size, spans=SPANS, final_norm=args.final_norm)
 
     captures = []  # per model: per data set Capture
     for ckpt in checkpoints:
@@ -128,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
             for c, caps in zip(checkpoints, captures)
         ],
         "data": [{"path": d.name, "direction": d.direction, "n": len(d), "hash": d.content_hash()} for d in datasets],
-        "cka": _cka_section(names, datasets, captures, span, args.debiased, args.device),
+        "cka_last_layer": cka.last_layer_label(args.final_norm),
+        "cka": _cka_section(names, datasets, captures, span, args.debiased, args.final_norm, args.device),
         "neurons": _neuron_section(names, datasets, captures, span, args.preset, args.conditions, args.nua),
         "geometry": _geometry_section(names, datasets, captures, span, args.rank),
     }
@@ -150,12 +157,13 @@ def _progress(label: str):
     return report
 
 
-def _cka_section(names, datasets, captures, span, debiased, device) -> list[dict]:
+def _cka_section(names, datasets, captures, span, debiased, final_norm, device) -> list[dict]:
+    label = f"{span}|last:{cka.last_layer_label(final_norm)}"
     rows = []
     for k, d in enumerate(datasets):
         for i, j in combinations(range(len(names)), 2):
             a, b = captures[i][k].hidden[span], captures[j][k].hidden[span]  # (layers + 1, n, d_model)
-            matrix = cka.cka_matrix(a, b, debiased=debiased, span=span, labels=(names[i], names[j]), device=device)
+            matrix = cka.cka_matrix(a, b, debiased=debiased, span=label, labels=(names[i], names[j]), device=device)
             row = {
                 "direction": d.direction,
                 "a": names[i],

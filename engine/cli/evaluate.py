@@ -16,6 +16,7 @@ from pathlib import Path
 
 from engine.errors import DataError
 from engine.parallel import ParallelSet, load_jsonl
+from engine.translate.generate import PAPER_MAX_NEW_TOKENS, POSTPROCESSING
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--languages", help="comma-separated languages language ID may answer (default: every language of the data)"
     )
     parser.add_argument("--limit", type=int, help="first N pairs of each file only")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=PAPER_MAX_NEW_TOKENS, help="cap on generated tokens (the paper's: 512)"
+    )
+    parser.add_argument(
+        "--postprocess",
+        choices=sorted(POSTPROCESSING),
+        default="paper",
+        help="paper: cut at U+FFFD, first line, stripped of whitespace and quotes (merging/eval_en_indic.py); "
+        "first-line: the first non-blank line; none: the whole output",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", help="auto, cpu or cuda (default: MERGESCOPE_DEVICE)")
     parser.add_argument("--no-cache", action="store_true", help="recompute even when a cached result exists")
@@ -78,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(f"{out}: output must end in .csv, .md or .json")
     if args.limit is not None and args.limit < 1:
         raise DataError(f"--limit must be a positive number of pairs, got {args.limit}")
-    settings = DecodingSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    settings = DecodingSettings(
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, postprocess=args.postprocess
+    )
     sets = load_data(args.data, args.limit)
     languages = validate_sets(sets, args.languages.split(",") if args.languages else None)
     checkpoints = [open_checkpoint(m) for m in args.model]

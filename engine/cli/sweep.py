@@ -38,22 +38,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="after the table, capture span activations of its models on devtest (one job each)",
     )
+    parser.add_argument(
+        "--own-direction-only",
+        action="store_true",
+        help="score each expert on its own direction only, not on every direction of its group "
+        "(GRID.yaml's each_expert: false)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate everything and list the points, merge nothing")
 
 
 def run(args: argparse.Namespace) -> int:
     from engine.settings import ZOO_DIR
-    from engine.sweep import from_dict, load, open_backend, preflight, run_sweep, table_markdown, write_sweep, zoo_grid
+    from engine.sweep import from_dict, load, open_backend, run_sweep, table_markdown, write_sweep, zoo_grid
 
     if args.grid == "zoo" and not Path(args.grid).is_file():
         config = from_dict(zoo_grid(ZOO_DIR, args.zoo_grid), ZOO_DIR, source=f"demo zoo ({args.zoo_grid} grid)")
     else:
         config = load(args.grid)
+    if args.own_direction_only:
+        config.each_expert = False
     if args.dry_run:
-        preflight(config)
-        for method, points in config.grids.items():
-            print(f"{method}: {len(points)} point(s) per group")
-        print(f"{len(config.points())} merges over {len(config.groups)} group(s): {', '.join(config.groups)}")
+        dry_run(config)
         return 0
 
     stop_requested = False
@@ -88,6 +93,26 @@ def run(args: argparse.Namespace) -> int:
     if result.tables:
         sys.stdout.write(table_markdown(result))
     return 1 if result.stopped or stop_requested else 0
+
+
+def dry_run(config) -> None:
+    """Validate everything, then list the points, the distinct merges among them and the expert rows."""
+    from engine.sweep import point_results, preflight
+
+    points = point_results(config, preflight(config)[0])
+    for method in config.grids:
+        of_method = [p for p in points if p.point.method == method]
+        distinct = sum(not p.same_as for p in of_method)
+        print(f"{method}: {len(of_method)} point(s), {distinct} distinct merge(s)")
+    distinct = sum(not p.same_as for p in points)
+    print(
+        f"{len(points)} points, {distinct} distinct merges over {len(config.groups)} group(s): "
+        f"{', '.join(config.groups)} (points whose recipes differ only in weights that normalize cancels "
+        "are merged and scored once)"
+    )
+    scope = "every direction of its group" if config.each_expert else "its own direction"
+    cells = sum(len(g) ** 2 if config.each_expert else len(g) for g in config.groups.values())
+    print(f"table: each expert scored on {scope} ({cells} expert × direction scores on devtest)")
 
 
 def capture_table_models(result, backend, device, should_stop) -> None:

@@ -19,12 +19,19 @@ from engine.settings import cache_store
 SPANS = ("source", "target")
 
 
-def capture_system(system: System, pairs: ParallelSet, models: ModelCache, progress: Progress | None = None):
+def capture_system(
+    system: System,
+    pairs: ParallelSet,
+    models: ModelCache,
+    progress: Progress | None = None,
+    final_norm: bool = False,
+):
     """Span statistics of one system on one parallel set: from the cache, else captured (and
-    cached). The model is loaded or merged only on a miss."""
+    cached). The model is loaded or merged only on a miss. `final_norm`: layer L after the final
+    norm instead of the last block's raw output (engine.activations.CaptureSettings)."""
     from engine.activations import Capture, CaptureSettings, capture_cached, capture_key
 
-    settings = CaptureSettings()
+    settings = CaptureSettings(final_norm=final_norm)
     key = capture_key(system.identity, system_tokenizer(system), pairs, settings)
     entry = cache_store().get(key)
     if entry is not None:
@@ -40,12 +47,17 @@ def capture_system(system: System, pairs: ParallelSet, models: ModelCache, progr
 
 
 def pooled_hidden(
-    system: System, sets: Sequence[ParallelSet], span: str, models: ModelCache, progress: Progress | None = None
+    system: System,
+    sets: Sequence[ParallelSet],
+    span: str,
+    models: ModelCache,
+    progress: Progress | None = None,
+    final_norm: bool = False,
 ) -> np.ndarray:
     """Span-pooled representations, sentences of every set stacked: (layers + 1, n, d_model)."""
     if span not in SPANS:
         raise DataError(f"span must be one of {', '.join(SPANS)}, got {span!r}")
-    parts = [capture_system(system, s, models, progress).hidden[span].numpy() for s in sets]
+    parts = [capture_system(system, s, models, progress, final_norm).hidden[span].numpy() for s in sets]
     return np.concatenate(parts, axis=1)
 
 
@@ -57,20 +69,23 @@ def cka_pair(
     models: ModelCache,
     debiased: bool = False,
     progress: Progress | None = None,
+    final_norm: bool = False,
 ):
-    """The L × L CKA matrix of two systems (rows: layers of a, columns: layers of b; 0 = embeddings)."""
-    from engine.cka import cka_matrix
+    """The L × L CKA matrix of two systems (rows: layers of a, columns: layers of b; 0 = embeddings;
+    the last layer is the last block's raw output, or after the final norm with `final_norm`)."""
+    from engine.cka import cka_matrix, last_layer_label
 
     if not sets:
         raise DataError("CKA needs parallel data; pick at least one direction")
 
     def compute():
-        ha = pooled_hidden(a, sets, span, models, progress)
-        hb = ha if a.identity == b.identity else pooled_hidden(b, sets, span, models, progress)
+        ha = pooled_hidden(a, sets, span, models, progress, final_norm)
+        hb = ha if a.identity == b.identity else pooled_hidden(b, sets, span, models, progress, final_norm)
         directions = "+".join(s.direction for s in sets)
-        return cka_matrix(ha, hb, debiased=debiased, span=f"{span}|data:{directions}", labels=(a.name, b.name))
+        label = f"{span}|last:{last_layer_label(final_norm)}|data:{directions}"
+        return cka_matrix(ha, hb, debiased=debiased, span=label, labels=(a.name, b.name))
 
-    key = ("cka", a.identity, b.identity, a.name, b.name, data_key(sets), span, debiased)
+    key = ("cka", a.identity, b.identity, a.name, b.name, data_key(sets), span, debiased, final_norm)
     return MEMO.get_or_compute(key, compute)
 
 

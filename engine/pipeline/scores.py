@@ -11,7 +11,7 @@ from engine.pipeline.memo import MEMO
 from engine.pipeline.models import ModelCache
 from engine.pipeline.progress import Progress
 from engine.pipeline.systems import System, system_tokenizer
-from engine.settings import get_settings
+from engine.settings import ZOO_DIR, ZOO_MAX_NEW_TOKENS, get_settings
 
 # Sentences per generate() call in the dashboard: the default sentence count in one batch. Every
 # session's generation shares the server's GIL, and for small models each decoding step is
@@ -21,10 +21,14 @@ DASHBOARD_BATCH_SIZE = 32
 
 
 def decoding_settings():
-    """Greedy decoding as the paper's protocol, with MERGESCOPE_MAX_NEW_TOKENS as the cap when set."""
+    """Greedy decoding as the paper's protocol: MERGESCOPE_MAX_NEW_TOKENS as the cap when set, else
+    the demo zoo's short cap on the zoo's data, else the paper's 512 tokens."""
     from engine.translate.generate import DecodingSettings
 
-    cap = get_settings().max_new_tokens
+    settings = get_settings()
+    cap = settings.max_new_tokens
+    if cap is None and settings.data_dir == (ZOO_DIR / "data").resolve():
+        cap = ZOO_MAX_NEW_TOKENS
     if cap:
         return DecodingSettings(max_new_tokens=cap, batch_size=DASHBOARD_BATCH_SIZE)
     return DecodingSettings(batch_size=DASHBOARD_BATCH_SIZE)
@@ -49,25 +53,34 @@ def system_translator(system: System, models: ModelCache, settings):
     return SharedModelTranslator(system.identity, load, prompt, settings, default_device())
 
 
-def systems_directions(system: System, sets: Sequence[ParallelSet]) -> list[ParallelSet]:
-    """What a system is scored on: an expert on its own direction, everything else on every set."""
-    if system.direction:
+def systems_directions(
+    system: System, sets: Sequence[ParallelSet], experts_everywhere: bool = True
+) -> list[ParallelSet]:
+    """What a system is scored on: every set, as the paper scores each expert on every direction
+    of its group (how an En→de expert behaves when asked for Russian); with `experts_everywhere`
+    off, an expert on its own direction only (when that direction is among the sets)."""
+    if system.direction and not experts_everywhere:
         own = [s for s in sets if s.direction == system.direction]
         return own or list(sets)
     return list(sets)
 
 
 def evaluate_systems(
-    systems: Sequence[System], sets: Sequence[ParallelSet], models: ModelCache, progress: Progress | None = None
+    systems: Sequence[System],
+    sets: Sequence[ParallelSet],
+    models: ModelCache,
+    progress: Progress | None = None,
+    experts_everywhere: bool = True,
 ) -> list:
-    """EvaluationResult per system (cached per system and direction)."""
+    """EvaluationResult per system (cached per system and direction); experts on every set unless
+    `experts_everywhere` is off (then on their own direction)."""
     from engine.translate.evaluate import evaluate, languages_in_play
 
     langs = tuple(sorted(set(data_languages()) | set(languages_in_play(sets))))
     settings = decoding_settings()
     results = []
     for i, system in enumerate(systems):
-        own = systems_directions(system, sets)
+        own = systems_directions(system, sets, experts_everywhere)
         key = ("scores", system.identity, system.name, data_key(own), langs, repr(settings.cache_parts()))
 
         def compute(i=i, system=system, own=own):

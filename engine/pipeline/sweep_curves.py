@@ -37,17 +37,33 @@ def sweep_curve(
 
     One row per (value, direction and 'avg'): what the Scores page plots as a sweep curve. Each
     point is a recipe with its own content hash, so points already scored (by any session or the
-    sweep CLI's identical recipes) come from the cache and are never merged again.
+    sweep CLI's identical recipes) come from the cache and are never merged again; a value that
+    gives the same model as an earlier one (a weight that normalize cancels:
+    engine.recipe.without_inert_weights) takes that value's scores without a merge of its own.
     """
-    rows = []
+    from engine.recipe import content_hash, without_inert_weights
+
+    rows, scored = [], {}  # content of the merge -> its score rows
     for i, value in enumerate(values):
         if progress:
             progress(i, len(values), f"{method} {param}={value:g}")
         system = merge_system(
             build_recipe(base, experts, method, {**params, param: value}), name=f"{method} {param}={value:g}"
         )
-        for row in score_rows(evaluate_systems([system], sets, models)):
-            rows.append({**row, "method": method, "param": param, "value": value})
+        content = content_hash(without_inert_weights(system.recipe))
+        if content not in scored:
+            scored[content] = score_rows(evaluate_systems([system], sets, models))
+        for row in scored[content]:
+            rows.append(
+                {
+                    **row,
+                    "system": system.name,
+                    "identity": system.identity,
+                    "method": method,
+                    "param": param,
+                    "value": value,
+                }
+            )
     if progress:
         progress(len(values), len(values), "sweep done")
     return rows

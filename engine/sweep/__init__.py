@@ -6,7 +6,7 @@ from engine.sweep.backends import open_backend
 from engine.sweep.config import SweepConfig, from_dict, load, zoo_grid
 from engine.sweep.grid import PAPER_GRIDS, SMALL_GRIDS, GridPoint, expand, validate_grid
 from engine.sweep.report import points_csv, table_csv, table_markdown, write_sweep
-from engine.sweep.run import PointResult, SweepResult, build_recipe, preflight, run_sweep
+from engine.sweep.run import PointResult, SweepResult, build_recipe, point_results, preflight, run_sweep
 
 __all__ = [
     "PAPER_GRIDS",
@@ -21,6 +21,7 @@ __all__ = [
     "from_dict",
     "load",
     "open_backend",
+    "point_results",
     "points_csv",
     "preflight",
     "run_sweep",

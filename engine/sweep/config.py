@@ -5,7 +5,8 @@
       en-x: {en-es: zoo/models/expert-en-es, en-ru: zoo/models/expert-en-ru}
       x-en: {es-en: zoo/models/expert-es-en, ru-en: zoo/models/expert-ru-en}
     joint: zoo/models/joint         # optional extra table row
-    each_expert: false              # true: also one row per expert on every direction of its group
+    each_expert: true               # one row per expert on every direction of its group (the paper's);
+                                    # false: each expert on its own direction only
     data: {dev: zoo/data/dev, devtest: zoo/data/devtest}   # folders of <src>-<tgt>.jsonl
     methods:                        # "paper" = the paper's grid; or parameter: [values]
       task_arithmetic: paper
@@ -13,7 +14,7 @@
     metric: bleu                    # selection metric on dev: bleu, chrf or chrfpp
     dev_limit: 100                  # optional: first N dev pairs per direction
     devtest_limit: null
-    decoding: {max_new_tokens: 48, batch_size: 32}
+    decoding: {max_new_tokens: 48, batch_size: 32}   # default: the paper's 512 tokens, postprocess: paper
     languages: [en, es, ru]         # optional: language ID answer set (default: every data language)
     seed: 0                         # for methods that drop at random (DARE)
 
@@ -29,8 +30,9 @@ from typing import Any
 
 import yaml
 
-from engine.errors import DataError, RecipeError
+from engine.errors import DataError, RecipeError, SettingsError
 from engine.parallel import ParallelSet, load_jsonl
+from engine.settings import ZOO_MAX_NEW_TOKENS
 from engine.sweep.grid import PAPER_GRIDS, SMALL_GRIDS, GridPoint, expand, validate_grid
 from engine.translate.evaluate import validate_sets
 from engine.translate.generate import DecodingSettings
@@ -67,7 +69,7 @@ class SweepConfig:
     metric: str = "bleu"
     decoding: DecodingSettings = field(default_factory=DecodingSettings)
     seed: int = 0
-    each_expert: bool = False
+    each_expert: bool = True
     source: str = "grid"
 
     def points(self) -> list[tuple[str, GridPoint]]:
@@ -154,13 +156,17 @@ def from_dict(data: Any, folder: Path = Path("."), source: str = "grid") -> Swee
     if metric not in METRICS:
         raise RecipeError(f"{source}: metric {metric!r} is not one of {', '.join(METRICS)}")
     decoding_cfg = data.get("decoding") or {}
-    if not isinstance(decoding_cfg, dict) or set(decoding_cfg) - {"max_new_tokens", "batch_size"}:
-        raise RecipeError(f"{source}: 'decoding' takes max_new_tokens and batch_size")
+    if not isinstance(decoding_cfg, dict) or set(decoding_cfg) - {"max_new_tokens", "batch_size", "postprocess"}:
+        raise RecipeError(f"{source}: 'decoding' takes max_new_tokens, batch_size and postprocess")
+    try:
+        decoding = DecodingSettings(**decoding_cfg)
+    except SettingsError as err:
+        raise RecipeError(f"{source}: {err}") from None
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise RecipeError(f"{source}: seed must be an integer")
     joint = _path(data["joint"], folder, f"{source}: joint") if data.get("joint") else None
-    each_expert = data.get("each_expert", False)
+    each_expert = data.get("each_expert", True)
     if not isinstance(each_expert, bool):
         raise RecipeError(f"{source}: each_expert must be true or false")
     return SweepConfig(
@@ -172,7 +178,7 @@ def from_dict(data: Any, folder: Path = Path("."), source: str = "grid") -> Swee
         languages=languages,
         joint=joint,
         metric=metric,
-        decoding=DecodingSettings(**decoding_cfg),
+        decoding=decoding,
         seed=seed,
         each_expert=each_expert,
         source=source,
@@ -191,7 +197,9 @@ def load(path: str | Path) -> SweepConfig:
     return from_dict(data, path.resolve().parent, str(path))
 
 
-def zoo_grid(zoo_dir: str | Path, grid: str = "small", dev_limit: int | None = 50, max_new_tokens: int = 48) -> dict:
+def zoo_grid(
+    zoo_dir: str | Path, grid: str = "small", dev_limit: int | None = 50, max_new_tokens: int = ZOO_MAX_NEW_TOKENS
+) -> dict:
     """GRID.yaml contents for the demo zoo: En→X and X→En groups of the experts present, the joint
     model when built, and the small grid (or grid="paper")."""
     zoo = Path(zoo_dir).resolve()

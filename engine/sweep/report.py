@@ -31,6 +31,13 @@ def table_markdown(result: SweepResult) -> str:
         to_markdown(rows, title=f"{group} (devtest; merges chosen on dev by average {metric})")
         for group, rows in result.tables.items()
     ]
+    shared = [p for p in result.points if p.same_as]
+    if shared:
+        parts.append(
+            f"{len(result.points)} grid points, {len(result.points) - len(shared)} distinct merges: "
+            f"{len(shared)} point(s) merge to the same model as an earlier point of their group (normalize on "
+            "and equal weights, so the weight cancels) and share its merge and scores; points.csv, same_model_as.\n"
+        )
     if result.failed:
         failures = "; ".join(f"{p.group} {p.point.label}: {p.error}" for p in result.failed)
         parts.append(f"Failed points: {failures}\n")
@@ -55,6 +62,7 @@ def points_csv(result: SweepResult) -> str:
         "dev_off_target",
         "dev_off_target_ref",
         "identity",
+        "same_model_as",
         "error",
     ]
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")

@@ -6,8 +6,10 @@ Protocol of Gain, Ekbal & Singh (arXiv 2604.02881); scores by sacreBLEU (Post, W
 Every score goes through the cache keyed by the merge recipe's content hash, so a sweep that
 was stopped (a `should_stop` callback, Ctrl-C in the CLI) or crashed resumes where it left
 off: a point whose dev scores are cached is never merged again, because merging is deferred
-until a translation is actually needed. A point that fails is logged with its recipe and
-recorded; the sweep goes on.
+until a translation is actually needed. Points whose recipes differ only in weights that
+normalisation cancels (engine.recipe.without_inert_weights) are one model: merged and scored once,
+as the first of them in grid order. A point that fails is logged with its recipe and recorded;
+the sweep goes on.
 
 Each point (dev) and each table row (devtest) is one ScoreJob run by a backend
 (engine.sweep.backend: in this process, or Ray tasks); the driver answers cached jobs from the
@@ -19,13 +21,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.checkpoints import check_compatible, load_model, load_tokenizer, open_checkpoint
 from engine.errors import DataError
 from engine.merge import merge_into_model
 from engine.parallel import ParallelSet
-from engine.recipe import Recipe, content_hash
+from engine.recipe import Recipe, content_hash, without_inert_weights
 from engine.recipe import from_dict as recipe_from_dict
 from engine.settings import cache_store
 from engine.sweep.backend import Backend, LocalBackend
@@ -50,6 +52,7 @@ class PointResult:
     identity: str
     dev: EvaluationResult | None = None
     error: str = ""
+    same_as: str = ""  # label of the earlier point of the group that merges to the same model
 
     @property
     def ok(self) -> bool:
@@ -193,7 +196,7 @@ def run_sweep(
     on = backend.device(device)
     result = SweepResult(config, fingerprints=prints)
     points = config.points()
-    n_rows = sum(1 + bool(config.joint) + len(g) * (1 + config.each_expert) for g in config.groups.values())
+    n_rows = sum(1 + bool(config.joint) + len(g) for g in config.groups.values())
     total = len(points) + len(config.groups) * len(config.grids) + n_rows
     record = SweepProgress(config, backend.name, total)
     steps = {"done": 0, "failed": 0}
@@ -251,15 +254,20 @@ def run_sweep(
     def group_sets(group: str, split: dict[str, ParallelSet]) -> list[ParallelSet]:
         return [split[d] for d in config.groups[group]]
 
-    entries = []
-    for group, point in points:
-        recipe = build_recipe(config, group, point)
-        identity = content_hash(recipe, fingerprint=lambda ref: prints[ref], seed=config.seed)
-        entries.append(PointResult(group, point, recipe, identity))
-    dev_jobs = [job(e.point.label, e.identity, group_sets(e.group, config.dev), e.recipe) for e in entries]
-    for entry, outcome in zip(entries, run_jobs(dev_jobs, [e.group for e in entries], "dev")):
+    entries = point_results(config, prints)
+    # Points that merge to the same model are merged and scored once, as their first point.
+    distinct = [e for e in entries if not e.same_as]
+    dev_jobs = [job(e.point.label, e.identity, group_sets(e.group, config.dev), e.recipe) for e in distinct]
+    dev_outcomes = run_jobs(dev_jobs, [e.group for e in distinct], "dev")
+    by_point = {(e.group, e.point.label): outcome for e, outcome in zip(distinct, dev_outcomes)}
+    for entry in entries:
+        outcome = by_point[(entry.group, entry.same_as or entry.point.label)]
         if outcome is None:
             continue  # stopped before it ran
+        if entry.same_as:
+            advance(f"{entry.group}: {entry.point.label} (dev, the same model as {entry.same_as})")
+            if isinstance(outcome, EvaluationResult):
+                outcome = replace(outcome, system=entry.point.label, identity=entry.identity)
         if isinstance(outcome, BaseException):  # a failed point must not end a long sweep
             entry.error = _error(outcome)
             log.warning("sweep point failed: %s\nrecipe:\n%s", entry.error, entry.recipe.to_yaml())
@@ -270,7 +278,8 @@ def run_sweep(
         return finish("stopped")
 
     # Devtest: the best point per (group, method), and every checkpoint row of each table.
-    table_jobs: list[tuple[str, str, object, ScoreJob]] = []  # (group, row kind, best point or None, job)
+    # (group, row kind, best point for "best" / expert's direction for "own" and "each", job)
+    table_jobs: list[tuple[str, str, object, ScoreJob]] = []
     for group in config.groups:
         devtest = group_sets(group, config.devtest)
         for method in config.grids:
@@ -285,42 +294,56 @@ def run_sweep(
         for name, path in named:
             table_jobs.append((group, name, None, job(name, prints[str(path)], devtest, path=path)))
         for pairs in devtest:
+            # Every expert on every direction of its group, as the paper (what it does when asked for
+            # another target); the "experts (own direction)" row takes its cells from these rows.
             path = config.groups[group][pairs.direction]
-            expert_job = job(f"expert {pairs.direction}", prints[str(path)], [pairs], path=path)
-            table_jobs.append((group, "own", None, expert_job))
-        if config.each_expert:
-            # Every expert on every direction of its group: what it does when asked for another target.
-            for direction, path in config.groups[group].items():
-                expert_job = job(f"expert {direction}", prints[str(path)], devtest, path=path)
-                table_jobs.append((group, "each", None, expert_job))
+            sets = devtest if config.each_expert else [pairs]
+            expert_job = job(f"expert {pairs.direction}", prints[str(path)], sets, path=path)
+            table_jobs.append((group, "each" if config.each_expert else "own", pairs.direction, expert_job))
     outcomes = run_jobs([j for *_, j in table_jobs], [g for g, *_ in table_jobs], "devtest")
     if result.stopped:
         return finish("stopped")
 
     for group in config.groups:
         rows, own, best_rows, missing = [], [], [], False
-        for (g, kind, best, j), outcome in zip(table_jobs, outcomes):
+        for (g, kind, extra, j), outcome in zip(table_jobs, outcomes):
             if g != group:
                 continue
             if isinstance(outcome, BaseException):
                 if kind == "best":  # same policy as a dev point: report with the recipe, go on
-                    best.error = f"devtest: {_error(outcome)}"
-                    log.warning("best point failed on devtest: %s\nrecipe:\n%s", best.error, best.recipe.to_yaml())
+                    extra.error = f"devtest: {_error(outcome)}"
+                    log.warning("best point failed on devtest: %s\nrecipe:\n%s", extra.error, extra.recipe.to_yaml())
                 else:
                     result.errors.append(f"{group}: {j.system}: {_error(outcome)}")
                     log.warning("%s: %s failed on devtest: %s", group, j.system, _error(outcome))
-                missing |= kind == "own"
+                missing |= kind in ("own", "each")
             elif kind == "best":
-                result.best[(group, best.point.method)] = (best, outcome)
+                result.best[(group, extra.point.method)] = (extra, outcome)
                 best_rows.append(outcome)
-            elif kind == "own":
-                own += outcome.directions
+            elif kind in ("own", "each"):
+                own += [d for d in outcome.directions if d.direction == extra]
+                if kind == "each":
+                    rows.append(outcome)
             else:
                 rows.append(outcome)
         if not missing:
             rows.insert(1, EvaluationResult("experts (own direction)", "experts", tuple(own)))
         result.tables[group] = rows + best_rows
     return finish("done")
+
+
+def point_results(config: SweepConfig, prints: dict[str, str]) -> list[PointResult]:
+    """Every (group, point) with its recipe and identity, in grid order; a point whose recipe has
+    the same content as an earlier one's once inert weights are set aside (engine.recipe.
+    without_inert_weights: normalize on, equal weights) names that point in `same_as`."""
+    out, first = [], {}
+    for group, point in config.points():
+        recipe = build_recipe(config, group, point)
+        identity = content_hash(recipe, fingerprint=lambda ref: prints[ref], seed=config.seed)
+        content = content_hash(without_inert_weights(recipe), fingerprint=lambda ref: prints[ref], seed=config.seed)
+        same_as = first.setdefault(content, point.label)
+        out.append(PointResult(group, point, recipe, identity, same_as="" if same_as == point.label else same_as))
+    return out
 
 
 def dev_summary(points: Sequence[PointResult], metric: str) -> list[dict]:
@@ -333,6 +356,7 @@ def dev_summary(points: Sequence[PointResult], metric: str) -> list[dict]:
             "setting": " ".join(f"{k}={v}" for k, v in p.point.params),
             "status": "ok" if p.ok else "failed",
             "identity": p.identity,
+            "same_model_as": p.same_as,
             "error": p.error,
         }
         for m in ("bleu", "chrf", "chrfpp", "off_target", "off_target_ref"):

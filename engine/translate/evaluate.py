@@ -20,14 +20,14 @@ from engine.errors import DataError
 from engine.parallel import ParallelSet
 from engine.prompts import language_name
 from engine.settings import cache_store
-from engine.translate.generate import Translator
+from engine.translate.generate import Translator, decoding_signature
 from engine.translate.langid import OffTargetRates, check_languages, detect, off_target_rates
 from engine.translate.scores import CorpusScores, corpus_scores, sentence_chrf
 
 log = logging.getLogger(__name__)
 
 # Bump when what a cached result holds, or how it is scored, changes.
-SCORING_VERSION = "translate-1"
+SCORING_VERSION = "translate-2"
 AVERAGE = "avg"
 METRICS = ("bleu", "chrf", "chrfpp", "off_target", "off_target_ref", "reference_miss")
 
@@ -57,6 +57,7 @@ class DirectionResult:
     scores: CorpusScores
     rates: OffTargetRates
     samples: tuple[Sample, ...]
+    decoding: str = ""  # decoding signature of the outputs (engine.translate.generate.decoding_signature)
 
     @property
     def direction(self) -> str:
@@ -78,6 +79,7 @@ class DirectionResult:
             scores=CorpusScores(**d["scores"]),
             rates=OffTargetRates(**d["rates"]),
             samples=tuple(Sample(**s) for s in d["samples"]),
+            decoding=d.get("decoding", ""),
         )
 
 
@@ -132,8 +134,10 @@ def validate_sets(sets: Sequence[ParallelSet], languages: Iterable[str] | None =
     return check_languages(langs)
 
 
-def score_outputs(pairs: ParallelSet, outputs: Sequence[str], languages: Sequence[str]) -> DirectionResult:
-    """Score given outputs of one direction (no model involved)."""
+def score_outputs(
+    pairs: ParallelSet, outputs: Sequence[str], languages: Sequence[str], decoding: str = ""
+) -> DirectionResult:
+    """Score given outputs of one direction (no model involved); `decoding` says how they were made."""
     if len(outputs) != len(pairs):
         raise DataError(f"{pairs.name or pairs.direction}: {len(outputs)} outputs for {len(pairs)} pairs")
     detected = detect(outputs, languages)
@@ -149,6 +153,7 @@ def score_outputs(pairs: ParallelSet, outputs: Sequence[str], languages: Sequenc
         scores=corpus_scores(outputs, pairs.targets, pairs.tgt_lang),
         rates=off_target_rates(detected, reference_detected, pairs.tgt_lang),
         samples=samples,
+        decoding=decoding,
     )
 
 
@@ -180,7 +185,7 @@ def evaluate_direction(
             translator.identity[:16],
             time.perf_counter() - start,
         )
-        return score_outputs(pairs, outputs, langs)
+        return score_outputs(pairs, outputs, langs, decoding_signature(translator.cache_parts()))
 
     if not use_cache:
         return compute()

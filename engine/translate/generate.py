@@ -1,10 +1,12 @@
 """Batched greedy translation with the paper's prompt, on a live model object.
 
-The protocol follows Gain, Ekbal & Singh, "One Model to Translate Them All?" (arXiv 2604.02881):
-the instruction "Translate the following <Src> sentence to <Tgt>" plus the sentence, rendered
-through the model's chat template (engine.prompts), greedy decoding, and only the first line of
-the output kept. Because the model is an object, not a path, a merge built in memory is
-evaluated without ever touching disk.
+The protocol follows Gain, Ekbal & Singh, "One Model to Translate Them All?" (arXiv 2604.02881)
+and its evaluation scripts (merging/eval_en_indic.py, eval_indic_en.py): the instruction
+"Translate the following <Src> sentence to <Tgt>" plus the sentence, rendered through the
+model's chat template (engine.prompts), greedy decoding of up to 512 new tokens, stopped at the
+end of turn; each output is cut at the first U+FFFD (a broken byte sequence), its first line
+kept, stripped of whitespace and then of surrounding quote characters. Because the model is an
+object, not a path, a merge built in memory is evaluated without ever touching disk.
 
 Anything with `identity`, `cache_parts()` and `translate(sources, src_lang, tgt_lang)` is a
 `Translator`; the scoring path (engine.translate.evaluate) only sees that interface, so tests
@@ -32,24 +34,66 @@ log = logging.getLogger(__name__)
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>")
 
 
+PAPER_MAX_NEW_TOKENS = 512  # MAX_TOKENS of the paper's merging/eval_*.py
+
+
+def paper_output(text: str) -> str:
+    """The paper's output (merging/eval_en_indic.py): generation stops at the stop string "</s>",
+    then clean_translation cuts at the first U+FFFD, keeps the first line, strips whitespace and
+    then quote characters (' and ") from both ends. Every cut keeps a prefix, so their order is free."""
+    return text.split("</s>", 1)[0].split("\ufffd", 1)[0].split("\n", 1)[0].strip().strip("'\"")
+
+
+def first_line(text: str) -> str:
+    """The first line of an output, ignoring leading whitespace (a blank first line is not a translation)."""
+    return text.lstrip().split("\n", 1)[0].strip()
+
+
+# How a decoded continuation becomes the output that is scored.
+POSTPROCESSING: dict[str, Callable[[str], str]] = {
+    "paper": paper_output,
+    "first-line": first_line,  # first non-blank line, no quote stripping or U+FFFD cut
+    "none": str.strip,  # the whole continuation up to the end of turn
+}
+
+
 @dataclass(frozen=True)
 class DecodingSettings:
-    """Greedy decoding settings; `cache_parts()` is what identifies a result in the cache."""
+    """Greedy decoding settings; `cache_parts()` is what identifies a result in the cache.
 
-    max_new_tokens: int = 128
+    The defaults are the paper's: up to 512 new tokens, its post-processing. The demo zoo sets a
+    shorter cap (engine.settings.ZOO_MAX_NEW_TOKENS) where speed matters.
+    """
+
+    max_new_tokens: int = PAPER_MAX_NEW_TOKENS
     batch_size: int = 16
-    first_line: bool = True  # the paper keeps only the first line of each output
+    postprocess: str = "paper"  # a key of POSTPROCESSING
 
     def __post_init__(self):
         for name in ("max_new_tokens", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SettingsError(f"decoding setting {name} must be a positive integer, got {value!r}")
+        if self.postprocess not in POSTPROCESSING:
+            raise SettingsError(
+                f"decoding setting postprocess must be one of {', '.join(POSTPROCESSING)}, got {self.postprocess!r}"
+            )
+
+    @property
+    def first_line_only(self) -> bool:
+        """Whether only the first line is kept, so generation may stop once it is complete."""
+        return self.postprocess != "none"
 
     def cache_parts(self) -> dict:
         # batch_size is left out on purpose: batched and one-by-one outputs are equal (tested),
         # so a result computed at one batch size serves every other.
-        return {"decoding": "greedy", "max_new_tokens": self.max_new_tokens, "first_line": self.first_line}
+        return {"decoding": "greedy", "max_new_tokens": self.max_new_tokens, "postprocess": self.postprocess}
+
+
+def decoding_signature(parts: dict) -> str:
+    """The decoding part of a translator's cache parts as a signature, e.g.
+    'decoding:greedy|max_new_tokens:512|postprocess:paper' (empty for translators without one)."""
+    return "|".join(f"{k}:{parts[k]}" for k in ("decoding", "max_new_tokens", "postprocess") if k in parts)
 
 
 class Translator(Protocol):
@@ -71,11 +115,6 @@ def prompt_signature(tokenizer) -> str:
     cover the tokenizer files, so this keeps a changed chat template from hitting stale results."""
     rendered = render_generation_prompt(tokenizer, "en", "de", "\x00SOURCE\x00")
     return hashlib.sha256(rendered.encode()).hexdigest()[:16]
-
-
-def first_line(text: str) -> str:
-    """The first line of an output, ignoring leading whitespace (a blank first line is not a translation)."""
-    return text.lstrip().split("\n", 1)[0].strip()
 
 
 # Per-tokenizer tables of which token ids hold a newline / visible text (built once: decoding a
@@ -162,7 +201,8 @@ def generate_token_ids(
     settings: DecodingSettings = DecodingSettings(),
     device: torch.device | str | None = None,
 ) -> list[list[int]]:
-    """Greedy continuations of chat-rendered prompts, each cut before its end-of-turn token.
+    """Greedy continuations of chat-rendered prompts, each cut before its end-of-turn token and
+    at most `settings.max_new_tokens` long, or as long as the model's context leaves room for.
 
     Prompts are sorted by length so each batch carries little padding, left-padded (decoder
     models continue from the right edge), decoded with the KV cache, and returned in input order.
@@ -177,7 +217,10 @@ def generate_token_ids(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     ends = set(stops) | {pad_id}
     end_ids = torch.tensor(sorted(ends))
-    tables = _token_tables(tokenizer, model.config.vocab_size) if settings.first_line else None
+    # Later lines are discarded, so a row may stop once its first line is complete: with the
+    # paper's post-processing (first line before any "\n") stopping after the first line that
+    # holds text gives the same output as running on to the end of turn or a blank line.
+    tables = _token_tables(tokenizer, model.config.vocab_size) if settings.first_line_only else None
     greedy = dict(
         do_sample=False,
         num_beams=1,
@@ -191,6 +234,15 @@ def generate_token_ids(
     )
 
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    # As vLLM in the paper's evaluation, a row stops at the model's context even below the cap.
+    context = getattr(model.config, "max_position_embeddings", None)
+    budgets = [min(settings.max_new_tokens, context - len(e)) if context else settings.max_new_tokens for e in encoded]
+    if budgets and min(budgets) < 1:
+        i = budgets.index(min(budgets))
+        raise DataError(
+            f"prompt {i + 1} renders to {len(encoded[i])} tokens, the model's whole context ({context}); "
+            "nothing can be generated"
+        )
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     outputs: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), settings.batch_size):
@@ -198,10 +250,10 @@ def generate_token_ids(
         batch = tokenizer.pad(
             {"input_ids": [encoded[i] for i in rows]}, padding=True, padding_side="left", return_tensors="pt"
         ).to(device)
-        generated = _generate_rows(
-            model, batch["input_ids"], batch["attention_mask"], settings.max_new_tokens, greedy, end_ids, tables
-        )
+        longest = max(budgets[i] for i in rows)
+        generated = _generate_rows(model, batch["input_ids"], batch["attention_mask"], longest, greedy, end_ids, tables)
         for row, tokens in zip(rows, generated):
+            tokens = tokens[: budgets[row]]
             outputs[row] = tokens[: next((k for k, t in enumerate(tokens) if t in ends), len(tokens))]
         log.debug("generated batch %d/%d", start // settings.batch_size + 1, -(-len(order) // settings.batch_size))
     return outputs
@@ -258,7 +310,7 @@ def generate_translations(
     prompts = [render_generation_prompt(tokenizer, src_lang, tgt_lang, s) for s in sources]
     ids = generate_token_ids(model, tokenizer, prompts, settings, device)
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return [first_line(t) if settings.first_line else t.strip() for t in texts]
+    return [POSTPROCESSING[settings.postprocess](t) for t in texts]
 
 
 def _device_kind(device) -> str:

@@ -16,7 +16,17 @@ from pathlib import Path
 from engine.errors import DataError
 from engine.translate.evaluate import AVERAGE, METRICS, EvaluationResult
 
-COLUMNS = ("system", "direction", "n", *METRICS, "identity", "bleu_signature", "chrf_signature", "chrfpp_signature")
+COLUMNS = (
+    "system",
+    "direction",
+    "n",
+    *METRICS,
+    "identity",
+    "bleu_signature",
+    "chrf_signature",
+    "chrfpp_signature",
+    "decoding_signature",
+)
 
 
 def long_rows(results: Sequence[EvaluationResult]) -> list[dict]:
@@ -34,12 +44,14 @@ def long_rows(results: Sequence[EvaluationResult]) -> list[dict]:
                     "bleu_signature": d.scores.bleu_signature,
                     "chrf_signature": d.scores.chrf_signature,
                     "chrfpp_signature": d.scores.chrfpp_signature,
+                    "decoding_signature": d.decoding,
                 }
             )
         signatures = {
             k: " ; ".join(sorted({getattr(d.scores, k) for d in r.directions}))
             for k in ("bleu_signature", "chrf_signature", "chrfpp_signature")
         }
+        signatures["decoding_signature"] = " ; ".join(sorted({d.decoding for d in r.directions}))
         rows.append(
             {
                 "system": r.system,
@@ -94,6 +106,7 @@ def to_markdown(results: Sequence[EvaluationResult], title: str = "") -> str:
     noise = _percent_mean([r.metric("reference_miss") for r in results])
     signatures = sorted({d.scores.bleu_signature for r in results for d in r.directions})
     chrf = sorted({d.scores.chrf_signature for r in results for d in r.directions})
+    decoding = sorted({d.decoding for r in results for d in r.directions if d.decoding})
     lines += [
         "",
         "Cells: BLEU / chrF / off-target % (output's detected language ≠ requested target; py3langid "
@@ -103,6 +116,8 @@ def to_markdown(results: Sequence[EvaluationResult], title: str = "") -> str:
         "BLEU: " + " ; ".join(signatures),
         "chrF: " + " ; ".join(chrf),
     ]
+    if decoding:
+        lines.append("Decoding: " + " ; ".join(decoding))
     return "\n".join(lines) + "\n"
 
 
