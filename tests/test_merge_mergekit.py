@@ -149,6 +149,51 @@ def _config(family_dir: Path, case: str) -> dict:
             parameters={"nuslerp_row_wise": True, "nuslerp_flatten": False},
             models=_models(family_dir, [("e1", {"weight": 1.0}), ("e3", {"weight": 0.5})]),
         ),
+        "multislerp_base": dict(
+            merge_method="multislerp",
+            base_model=b,
+            models=_models(
+                family_dir, [("e1", {"weight": 0.5}), ("e2", {"weight": [0.2, 1.0]}), ("e3", {"weight": 0.3})]
+            ),
+        ),
+        "multislerp_raw_weights": dict(
+            merge_method="multislerp",
+            parameters={"normalize_weights": False},
+            models=_models(family_dir, [("e1", {"weight": 0.4}), ("e2", {"weight": 0.5})]),
+        ),
+        "karcher": dict(
+            merge_method="karcher",
+            base_model=b,
+            parameters={"max_iter": 20, "tol": 1e-6},
+            models=_models(family_dir, [("e1", None), ("e2", None)]),
+        ),
+        "nearswap": dict(
+            merge_method="nearswap",
+            base_model=b,
+            parameters={"t": [{"filter": "mlp", "value": 0.01}, {"value": [0.005, 0.05]}]},
+            models=_models(family_dir, [("e1", None)]),
+        ),
+        "arcee_fusion": dict(
+            merge_method="arcee_fusion",
+            base_model=b,
+            models=_models(family_dir, [("e2", None)]),
+        ),
+        "passthrough_scale": dict(
+            merge_method="passthrough",
+            models=_models(family_dir, [("e3", {"scale": [{"filter": "mlp", "value": 0.5}, {"value": [1.0, 2.0]}]})]),
+        ),
+        "ram": dict(
+            merge_method="ram",
+            base_model=b,
+            parameters={"epsilon": 0.01},
+            models=_models(family_dir, [("e1", None), ("e2", None), ("e3", None)]),
+        ),
+        "ramplus_tl": dict(
+            merge_method="ramplus_tl",
+            base_model=b,
+            parameters={"epsilon": 0.015, "r": [0.5, 2.0], "alpha": 0.6},
+            models=_models(family_dir, [("e1", None), ("e2", None), ("e3", None)]),
+        ),
     }
     for name in ("dare_linear", "dare_ties", "della", "della_linear"):
         c[f"{name}_density1"] = dict(
@@ -207,6 +252,14 @@ CASES = [
     "dare_ties_density1",
     "della_density1",
     "della_linear_density1",
+    "multislerp_base",
+    "multislerp_raw_weights",
+    "karcher",
+    "nearswap",
+    "arcee_fusion",
+    "passthrough_scale",
+    "ram",
+    "ramplus_tl",
 ]
 
 
