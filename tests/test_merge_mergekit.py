@@ -17,7 +17,7 @@ import transformers
 from safetensors.torch import load_file
 
 from engine.merge import iter_merged, plan_merge, save_merge
-from engine.recipe import from_dict
+from engine.recipe import from_dict, loads
 from engine.settings import get_settings
 from tests.tiny_models import save_checkpoint
 
@@ -333,3 +333,105 @@ def test_our_yaml_runs_in_mergekit_cli_and_our_checkpoint_matches(zoo, tmp_path)
     assert max(errors.values()) <= REL_TOL
     assert (out / "mergekit_config.yml").read_text() == recipe.to_yaml()
     shutil.rmtree(tmp_path / "mk")
+
+
+def _slice_configs(family_dir: Path) -> dict[str, dict]:
+    """Recipes in mergekit's slices: syntax (the tiny models have 4 layers)."""
+
+    def src(name, start, stop, **params):
+        return {
+            "model": str(family_dir / name),
+            "layer_range": [start, stop],
+            **({"parameters": params} if params else {}),
+        }
+
+    b = str(family_dir / "base")
+    return {
+        # A frankenmerge: 3 layers of e1, then 3 of e2 overlapping them; 6 layers out.
+        "passthrough_stack": dict(
+            merge_method="passthrough",
+            slices=[
+                {"sources": [src("e1", 0, 3)]},
+                {"sources": [src("e2", 1, 4, scale=[{"filter": "mlp", "value": 0.5}, {"value": 1.0}])]},
+            ],
+        ),
+        # Layers merged across different depths, with a schedule over each slice.
+        "linear_offset": dict(
+            merge_method="linear",
+            parameters={"weight": 1.0},
+            slices=[
+                {"sources": [src("e1", 0, 2), src("e2", 2, 4, weight=[0.2, 0.8])]},
+                {"sources": [src("e3", 1, 4), src("e1", 0, 3)], "parameters": {"normalize": False, "weight": 0.5}},
+            ],
+        ),
+        # Per-slice parameters and per-slice base: slerp needs the base among each slice's sources.
+        "slerp_slices": dict(
+            merge_method="slerp",
+            base_model=b,
+            parameters={"t": 0.5},
+            slices=[
+                {"sources": [src("base", 0, 2), src("e1", 0, 2)], "parameters": {"t": [0.1, 0.9]}},
+                {"sources": [src("e2", 2, 4), src("e3", 2, 4)], "base_model": str(family_dir / "e2")},
+                {"sources": [src("base", 3, 4), src("e3", 0, 1)]},
+            ],
+        ),
+        "ties_slices": dict(
+            merge_method="ties",
+            base_model=b,
+            parameters={"density": 0.5, "weight": 0.7},
+            slices=[
+                {
+                    "sources": [src("base", 0, 4), src("e1", 0, 4, density=[0.2, 0.9]), src("e2", 0, 4)],
+                    "parameters": {"weight": [{"filter": "self_attn", "value": 1.2}, {"value": 0.4}]},
+                },
+                {"sources": [src("base", 2, 4), src("e3", 2, 4, weight=1.0)]},
+            ],
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", ["passthrough_stack", "linear_offset", "slerp_slices", "ties_slices"])
+def test_slices_equal_to_mergekit(zoo, tmp_path, case):
+    # Llama: mergekit 0.1.5 leaves Qwen2's layer_types at the input's length, and transformers
+    # then refuses to save its config (after the tensors are written).
+    cfg = {**_slice_configs(zoo / "llama")[case], "dtype": "float32"}
+    theirs = _mergekit(cfg, tmp_path / "mergekit")
+    plan = plan_merge(from_dict(cfg))
+    ours = dict(iter_merged(plan, "cpu"))
+    errors = _rel_errors(ours, theirs)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= REL_TOL, f"{case}: {worst} differs by {errors[worst]:.2e}"
+    stacked = sum(s["sources"][0]["layer_range"][1] - s["sources"][0]["layer_range"][0] for s in cfg["slices"])
+    assert plan.config["num_hidden_layers"] == stacked
+    assert {k for k in ours if ".layers." in k} == {
+        k for i in range(stacked) for k in theirs if k.startswith(f"model.layers.{i}.")
+    }
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_frankenmerge_folder_loads_in_transformers_and_runs(zoo, tmp_path, family):
+    family_dir = zoo / family
+    recipe = from_dict({**_slice_configs(family_dir)["passthrough_stack"], "dtype": "float32"})
+    out = save_merge(recipe, tmp_path / "stacked", device="cpu")
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    e1 = transformers.AutoModelForCausalLM.from_pretrained(family_dir / "e1")
+    e2 = transformers.AutoModelForCausalLM.from_pretrained(family_dir / "e2")
+    assert model.config.num_hidden_layers == 6
+    if family == "qwen2":  # per-layer attention types follow the layers they come from
+        assert model.config.layer_types == [e1.config.layer_types[i] for i in (0, 1, 2)] + [
+            e2.config.layer_types[i] for i in (1, 2, 3)
+        ]
+    # Output layer 4 is e2's layer 2 with its MLP halved; layer 1 is e1's layer 1 untouched.
+    torch.testing.assert_close(model.model.layers[4].mlp.up_proj.weight, 0.5 * e2.model.layers[2].mlp.up_proj.weight)
+    torch.testing.assert_close(
+        model.model.layers[4].self_attn.q_proj.weight, e2.model.layers[2].self_attn.q_proj.weight
+    )
+    torch.testing.assert_close(
+        model.model.layers[1].self_attn.q_proj.weight, e1.model.layers[1].self_attn.q_proj.weight
+    )
+    torch.testing.assert_close(model.lm_head.weight, e2.lm_head.weight)  # after the blocks: the last slice's model
+    torch.testing.assert_close(model.model.embed_tokens.weight, e1.model.embed_tokens.weight)
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 5, 9, 11]])).logits
+    assert logits.shape == (1, 4, model.config.vocab_size) and torch.isfinite(logits).all()
+    assert loads((out / "mergekit_config.yml").read_text()) == recipe

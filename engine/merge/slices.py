@@ -1,0 +1,100 @@
+"""Where each output tensor of a `slices:` recipe comes from, and the stacked model's config.
+
+Output layers are numbered through the slices in order: layer k of slice j reads layer
+start + k of each of the slice's sources. Tensors outside the blocks come from the first
+slice's sources when they hold embeddings (they feed the first block) and from the last
+slice's otherwise (final norm, lm_head), as mergekit plans them. Schedules run over each slice:
+t = k / (n − 1) for layer k of n (t = 1 when n = 1), and t = 0 outside the blocks.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from engine.errors import CheckpointError
+from engine.merge.params import split_layer_name
+from engine.recipe import OutputSlice, Recipe
+
+EMBEDDING_MARKERS = ("embed", "wte", "wpe")  # names of input embeddings across families
+PER_LAYER_CONFIG_KEYS = ("layer_types",)  # config lists with one entry per layer
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One output tensor: its name, schedule position, slice, and its name in each slice source."""
+
+    name: str
+    t: float
+    out_slice: OutputSlice
+    source_names: tuple[str, ...]  # aligned with out_slice.sources
+
+
+def _layers(checkpoint) -> dict[int, list[tuple[str, str, str]]]:
+    """Layer index -> (tensor name, prefix, suffix) of each of the block's tensors, in file order."""
+    found: dict[int, list[tuple[str, str, str]]] = {}
+    for name in checkpoint.tensor_names:
+        if parts := split_layer_name(name):
+            prefix, index, suffix = parts
+            found.setdefault(index, []).append((name, prefix, suffix))
+    return found
+
+
+def layer_config(config: dict) -> dict:
+    """The part of a config that holds num_hidden_layers (the top level, or text_config)."""
+    if "num_hidden_layers" in config or not isinstance(config.get("text_config"), dict):
+        return config
+    return config["text_config"]
+
+
+def plan_slices(recipe: Recipe, opened: dict) -> tuple[list[PlannedTensor], list[tuple[str, int]]]:
+    """(every output tensor in write order, (checkpoint ref, layer) behind each output layer).
+
+    CheckpointError naming the checkpoint and layer when a layer range runs past a model's
+    blocks or a source lacks a tensor the slice's first source has.
+    """
+    where = recipe.source or "recipe"
+    layers = {ref: _layers(ckpt) for ref, ckpt in opened.items()}
+    stored = {ref: set(ckpt.tensor_names) for ref, ckpt in opened.items()}
+    first = opened[recipe.slices[0].sources[0].model]
+    pre, post = [], []
+    for name in first.tensor_names:
+        if split_layer_name(name) is None:
+            (pre if any(m in name for m in EMBEDDING_MARKERS) else post).append(name)
+    planned = [PlannedTensor(n, 0.0, recipe.slices[0], (n,) * len(recipe.slices[0].sources)) for n in pre]
+    behind: list[tuple[str, int]] = []
+    for i, out_slice in enumerate(recipe.slices):
+        n = out_slice.num_layers
+        for src in out_slice.sources:
+            available = len(layers[src.model])
+            if src.layer_range[1] > available:
+                raise CheckpointError(
+                    f"{where}: slices[{i}]: layer_range {list(src.layer_range)} runs past the "
+                    f"{available} layers of {opened[src.model].path}"
+                )
+        for k in range(n):
+            out_index = len(behind)
+            lead = out_slice.sources[0]
+            behind.append((lead.model, lead.layer_range[0] + k))
+            for _, prefix, suffix in layers[lead.model][lead.layer_range[0] + k]:
+                names = tuple(f"{prefix}{s.layer_range[0] + k}{suffix}" for s in out_slice.sources)
+                for src, name in zip(out_slice.sources, names):
+                    if name not in stored[src.model]:
+                        raise CheckpointError(f"{opened[src.model].path}: no tensor {name!r} (slices[{i}])")
+                t = k / (n - 1) if n > 1 else 1.0
+                planned.append(PlannedTensor(f"{prefix}{out_index}{suffix}", t, out_slice, names))
+    last = recipe.slices[-1]
+    planned += [PlannedTensor(n, 0.0, last, (n,) * len(last.sources)) for n in post]
+    return planned, behind
+
+
+def stacked_config(config: dict, behind: list[tuple[str, int]], configs: dict[str, dict]) -> dict:
+    """The template's config with as many layers as `behind`, per-layer entries taken from the
+    source layer each output layer comes from."""
+    out = copy.deepcopy(config)
+    holder = layer_config(out)
+    holder["num_hidden_layers"] = len(behind)
+    for key in PER_LAYER_CONFIG_KEYS:
+        if isinstance(holder.get(key), list):
+            holder[key] = [layer_config(configs[ref])[key][layer] for ref, layer in behind]
+    return out
