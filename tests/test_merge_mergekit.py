@@ -16,7 +16,8 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from engine.merge import iter_merged, plan_merge, save_merge
+from engine.errors import CheckpointError
+from engine.merge import iter_merged, merge_into_model, plan_merge, save_merge
 from engine.recipe import from_dict, loads
 from engine.settings import get_settings
 from tests.tiny_models import save_checkpoint
@@ -435,3 +436,21 @@ def test_frankenmerge_folder_loads_in_transformers_and_runs(zoo, tmp_path, famil
         logits = model(torch.tensor([[1, 5, 9, 11]])).logits
     assert logits.shape == (1, 4, model.config.vocab_size) and torch.isfinite(logits).all()
     assert loads((out / "mergekit_config.yml").read_text()) == recipe
+
+
+def test_slices_merge_into_a_live_model_as_into_a_folder(zoo, tmp_path):
+    recipe = from_dict({**_slice_configs(zoo / "qwen2")["ties_slices"], "dtype": "float32"})
+    model, _ = merge_into_model(recipe, device="cpu")
+    assert model.config.num_hidden_layers == 6 and len(model.model.layers) == 6
+    written = dict(iter_merged(plan_merge(recipe), "cpu"))
+    live = model.state_dict()
+    assert set(written) <= set(live)
+    for name, tensor in written.items():
+        assert torch.equal(live[name], tensor), name
+
+
+def test_slices_past_a_models_layers_are_refused_by_name(zoo):
+    cfg = _slice_configs(zoo / "qwen2")["passthrough_stack"]
+    cfg["slices"][1]["sources"][0]["layer_range"] = [2, 5]
+    with pytest.raises(CheckpointError, match=r"slices\[1\]: layer_range \[2, 5\] runs past the 4 layers of .*e2"):
+        plan_merge(from_dict(cfg))
