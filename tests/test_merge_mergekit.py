@@ -362,7 +362,11 @@ def _slice_configs(family_dir: Path) -> dict[str, dict]:
             parameters={"weight": 1.0},
             slices=[
                 {"sources": [src("e1", 0, 2), src("e2", 2, 4, weight=[0.2, 0.8])]},
-                {"sources": [src("e3", 1, 4), src("e1", 0, 3)], "parameters": {"normalize": False, "weight": 0.5}},
+                {
+                    # Per-model filters match the name in that model: e3's layer 3 is output layer 4.
+                    "sources": [src("e3", 1, 4, weight=[{"filter": "layers.3.", "value": 2.0}]), src("e1", 0, 3)],
+                    "parameters": {"normalize": False, "weight": 0.5},
+                },
             ],
         ),
         # Per-slice parameters and per-slice base: slerp needs the base among each slice's sources.

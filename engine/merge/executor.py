@@ -245,7 +245,9 @@ def _job(
                 f"{list(other.checkpoint.tensor_shape(other.name))}, {like.checkpoint.path}'s {like.name!r} {list(shape)}"
             )
     try:
-        shared, per_model = resolve_all(spec, global_scopes, model_scopes, model_names, name, t)
+        shared, per_model = resolve_all(
+            spec, global_scopes, model_scopes, model_names, name, t, [m.name for m in model_inputs]
+        )
     except RecipeError as err:
         raise RecipeError(f"{where}: {err}") from None
     if spec.check and (problem := spec.check(shared, per_model)):

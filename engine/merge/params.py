@@ -137,15 +137,22 @@ def resolve_all(
     model_names: list[str],
     tensor_name: str,
     t: float,
+    input_names: list[str] | None = None,
 ) -> tuple[dict, dict]:
     """(global values, per-model value lists aligned with the models) for one tensor.
 
     `global_scopes` are the shared settings, most specific first (a slice's, then the recipe's);
     `model_scopes[i]` the settings model i sees, most specific first (its own, then the shared).
+    Filters of per-model values match the tensor's name in that model (`input_names`, which
+    differ from the output's name when slices move layers), as in mergekit.
     """
     shared = {p.name: resolve(p, global_scopes, tensor_name, t, "parameters") for p in spec.global_params}
+    names_in = input_names or [tensor_name] * len(model_names)
     per_model = {
-        p.name: [resolve(p, scopes, tensor_name, t, f"model {name}") for scopes, name in zip(model_scopes, model_names)]
+        p.name: [
+            resolve(p, scopes, name_in, t, f"model {name}")
+            for scopes, name, name_in in zip(model_scopes, model_names, names_in)
+        ]
         for p in spec.params
         if p.scope != Scope.GLOBAL
     }
