@@ -247,6 +247,25 @@ def test_pasted_recipe_sets_the_pickers(app, demo_env):
     assert (first["weight"], first["density"]) == (pytest.approx(0.7), pytest.approx(0.4))
 
 
+def test_pasted_passthrough_keeps_the_base_and_slices_are_sent_to_the_cli(app, demo_env):
+    models = demo_env.models
+    text = f"merge_method: passthrough\nmodels:\n  - model: {models / 'expert-en-pt'}\n    parameters: {{scale: 0.5}}\n"
+    app.text_area(key="recipe_text").input(text).run()
+    app.button(key="recipe_load").click().run()
+    assert not app.error, [e.value for e in app.error]
+    assert app.selectbox(key="method").value == "passthrough"
+    assert app.selectbox(key="base").value == "base"  # the recipe names none: the picked base stays
+    assert app.multiselect(key="experts").value == ["expert-en-pt"]
+    assert app.slider(key="p_passthrough__scale").value == pytest.approx(0.5)
+    stacked = (
+        f"merge_method: passthrough\nslices:\n  - sources:\n      - model: {models / 'expert-en-pt'}\n"
+        "        layer_range: [0, 2]\n"
+    )
+    app.text_area(key="recipe_text").input(stacked).run()
+    app.button(key="recipe_load").click().run()
+    assert "merge a slices: recipe with python -m engine merge" in app.error[0].value
+
+
 def test_a_copied_link_reproduces_the_view(app, demo_env, monkeypatch):
     pick(app, method="ties")
     app.slider(key="p_ties__density").set_value(0.5).run()
