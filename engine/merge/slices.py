@@ -18,6 +18,7 @@ from engine.recipe import OutputSlice, Recipe
 
 EMBEDDING_MARKERS = ("embed", "wte", "wpe")  # names of input embeddings across families
 PER_LAYER_CONFIG_KEYS = ("layer_types",)  # config lists with one entry per layer
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer")  # the layer count's name (GPT-2 uses n_layer)
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ def _layers(checkpoint) -> dict[int, list[tuple[str, str, str]]]:
 
 
 def layer_config(config: dict) -> dict:
-    """The part of a config that holds num_hidden_layers (the top level, or text_config)."""
-    if "num_hidden_layers" in config or not isinstance(config.get("text_config"), dict):
+    """The part of a config that holds the layer count (the top level, or text_config)."""
+    if any(k in config for k in LAYER_COUNT_KEYS) or not isinstance(config.get("text_config"), dict):
         return config
     return config["text_config"]
 
@@ -93,7 +94,8 @@ def stacked_config(config: dict, behind: list[tuple[str, int]], configs: dict[st
     source layer each output layer comes from."""
     out = copy.deepcopy(config)
     holder = layer_config(out)
-    holder["num_hidden_layers"] = len(behind)
+    key = next((k for k in LAYER_COUNT_KEYS if k in holder), LAYER_COUNT_KEYS[0])
+    holder[key] = len(behind)
     for key in PER_LAYER_CONFIG_KEYS:
         if isinstance(holder.get(key), list):
             holder[key] = [layer_config(configs[ref])[key][layer] for ref, layer in behind]
