@@ -2,8 +2,8 @@
 
 Output layers are numbered through the slices in order: layer k of slice j reads layer
 start + k of each of the slice's sources. Tensors outside the blocks come from the first
-slice's sources when they hold embeddings (they feed the first block) and from the last
-slice's otherwise (final norm, lm_head), as mergekit plans them. Schedules run over each slice:
+slice's sources when they are input embeddings (they feed the first block) and from the last
+slice's otherwise (final norm, the head), as mergekit plans them. Schedules run over each slice:
 t = k / (n − 1) for layer k of n (t = 1 when n = 1), and t = 0 outside the blocks.
 """
 
@@ -16,7 +16,7 @@ from engine.errors import CheckpointError
 from engine.merge.params import split_layer_name
 from engine.recipe import OutputSlice, Recipe
 
-EMBEDDING_MARKERS = ("embed", "wte", "wpe")  # names of input embeddings across families
+INPUT_EMBEDDINGS = ("embed_tokens", "embed_in", "wte", "wpe")  # across families; GPT-NeoX's head is embed_out
 PER_LAYER_CONFIG_KEYS = ("layer_types",)  # config lists with one entry per layer
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer")  # the layer count's name (GPT-2 uses n_layer)
 
@@ -61,7 +61,7 @@ def plan_slices(recipe: Recipe, opened: dict) -> tuple[list[PlannedTensor], list
     pre, post = [], []
     for name in first.tensor_names:
         if split_layer_name(name) is None:
-            (pre if any(m in name for m in EMBEDDING_MARKERS) else post).append(name)
+            (pre if any(m in name for m in INPUT_EMBEDDINGS) else post).append(name)
     planned = [PlannedTensor(n, 0.0, recipe.slices[0], (n,) * len(recipe.slices[0].sources)) for n in pre]
     behind: list[tuple[str, int]] = []
     for i, out_slice in enumerate(recipe.slices):
