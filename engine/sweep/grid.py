@@ -84,7 +84,7 @@ def validate_grid(method: str, grid: Any, where: str = "grid") -> dict[str, list
         spec = get_method(method)
     except RecipeError as err:
         raise RecipeError(f"{where}: {err}") from None
-    if spec.base_use == BaseUse.INPUT:  # multislerp and nuslerp take the base as their origin; linear averages it in
+    if spec.base_use == BaseUse.INPUT:  # linear, karcher: the base is one more averaged input, not an origin
         raise RecipeError(
             f"{where}: method {method!r} does not merge task vectors on a base; sweeps merge experts on the base model"
         )
