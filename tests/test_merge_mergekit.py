@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, RecipeError
 from engine.merge import iter_merged, merge_into_model, plan_merge, save_merge
 from engine.recipe import from_dict, loads
 from engine.settings import get_settings
@@ -458,3 +458,23 @@ def test_slices_past_a_models_layers_are_refused_by_name(zoo):
     cfg["slices"][1]["sources"][0]["layer_range"] = [2, 5]
     with pytest.raises(CheckpointError, match=r"slices\[1\]: layer_range \[2, 5\] runs past the 4 layers of .*e2"):
         plan_merge(from_dict(cfg))
+
+
+def test_multislerp_names_the_tensor_whose_directions_cancel(zoo):
+    """Task vectors d, −d and 0 (on a zero base, so exactly) with equal weights have no spherical
+    mean; the error says which tensor."""
+    family_dir = zoo / "llama"
+    delta = load_file(family_dir / "e1" / "model.safetensors")
+    for name, sign in (("base", 0.0), ("plus", 1.0), ("minus", -1.0), ("zero", 0.0)):
+        folder = family_dir / f"cancel-{name}"
+        if not folder.exists():
+            shutil.copytree(family_dir / "base", folder)
+            save_file({k: sign * v for k, v in delta.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    cfg = dict(
+        merge_method="multislerp",
+        base_model=str(family_dir / "cancel-base"),
+        models=_models(family_dir, [("cancel-plus", None), ("cancel-minus", None), ("cancel-zero", None)]),
+        parameters={"weight": 1.0},
+    )
+    with pytest.raises(RecipeError, match=r"cancel.yaml: tensor '[^']+': multislerp: the weighted mean of the inputs"):
+        dict(iter_merged(plan_merge(from_dict(cfg, source="cancel.yaml")), "cpu"))
