@@ -31,13 +31,13 @@ class PlannedTensor:
     source_names: tuple[str, ...]  # aligned with out_slice.sources
 
 
-def _layers(checkpoint) -> dict[int, list[tuple[str, str, str]]]:
-    """Layer index -> (tensor name, prefix, suffix) of each of the block's tensors, in file order."""
-    found: dict[int, list[tuple[str, str, str]]] = {}
+def _layers(checkpoint) -> dict[int, list[tuple[str, str]]]:
+    """Layer index -> (prefix, suffix) of each of the block's tensor names, in file order."""
+    found: dict[int, list[tuple[str, str]]] = {}
     for name in checkpoint.tensor_names:
         if parts := split_layer_name(name):
             prefix, index, suffix = parts
-            found.setdefault(index, []).append((name, prefix, suffix))
+            found.setdefault(index, []).append((prefix, suffix))
     return found
 
 
@@ -57,15 +57,21 @@ def plan_slices(recipe: Recipe, opened: dict) -> tuple[list[PlannedTensor], list
     where = recipe.source or "recipe"
     layers = {ref: _layers(ckpt) for ref, ckpt in opened.items()}
     stored = {ref: set(ckpt.tensor_names) for ref, ckpt in opened.items()}
+
+    def planned(name: str, t: float, index: int, names: tuple[str, ...]) -> PlannedTensor:
+        out_slice = recipe.slices[index]
+        for src, name_in in zip(out_slice.sources, names):
+            if name_in not in stored[src.model]:
+                raise CheckpointError(f"{opened[src.model].path}: no tensor {name_in!r} (slices[{index}])")
+        return PlannedTensor(name, t, out_slice, names)
+
     first = opened[recipe.slices[0].sources[0].model]
-    pre, post = [], []
-    for name in first.tensor_names:
-        if split_layer_name(name) is None:
-            (pre if any(m in name for m in INPUT_EMBEDDINGS) else post).append(name)
-    planned = [PlannedTensor(n, 0.0, recipe.slices[0], (n,) * len(recipe.slices[0].sources)) for n in pre]
+    outside = [name for name in first.tensor_names if split_layer_name(name) is None]
+    embeddings = [name for name in outside if any(m in name for m in INPUT_EMBEDDINGS)]
+    plan = [planned(name, 0.0, 0, (name,) * len(recipe.slices[0].sources)) for name in embeddings]
     behind: list[tuple[str, int]] = []
     for i, out_slice in enumerate(recipe.slices):
-        n = out_slice.num_layers
+        length = out_slice.num_layers
         for src in out_slice.sources:
             available = len(layers[src.model])
             if src.layer_range[1] > available:
@@ -73,20 +79,18 @@ def plan_slices(recipe: Recipe, opened: dict) -> tuple[list[PlannedTensor], list
                     f"{where}: slices[{i}]: layer_range {list(src.layer_range)} runs past the "
                     f"{available} layers of {opened[src.model].path}"
                 )
-        for k in range(n):
+        lead = out_slice.sources[0]
+        for k in range(length):
             out_index = len(behind)
-            lead = out_slice.sources[0]
             behind.append((lead.model, lead.layer_range[0] + k))
-            for _, prefix, suffix in layers[lead.model][lead.layer_range[0] + k]:
+            t = k / (length - 1) if length > 1 else 1.0
+            for prefix, suffix in layers[lead.model][lead.layer_range[0] + k]:
                 names = tuple(f"{prefix}{s.layer_range[0] + k}{suffix}" for s in out_slice.sources)
-                for src, name in zip(out_slice.sources, names):
-                    if name not in stored[src.model]:
-                        raise CheckpointError(f"{opened[src.model].path}: no tensor {name!r} (slices[{i}])")
-                t = k / (n - 1) if n > 1 else 1.0
-                planned.append(PlannedTensor(f"{prefix}{out_index}{suffix}", t, out_slice, names))
-    last = recipe.slices[-1]
-    planned += [PlannedTensor(n, 0.0, last, (n,) * len(last.sources)) for n in post]
-    return planned, behind
+                plan.append(planned(f"{prefix}{out_index}{suffix}", t, i, names))
+    last = len(recipe.slices) - 1
+    width = len(recipe.slices[last].sources)
+    plan += [planned(name, 0.0, last, (name,) * width) for name in outside if name not in embeddings]
+    return plan, behind
 
 
 def stacked_config(config: dict, behind: list[tuple[str, int]], configs: dict[str, dict]) -> dict:
