@@ -22,6 +22,7 @@ PAGES = [
     st.Page("views/layers.py", title="Layers", url_path="layers"),
     st.Page("views/neurons.py", title="Neurons", url_path="neurons"),
     st.Page("views/samples.py", title="Samples", url_path="samples"),
+    st.Page("views/patch.py", title="Patch", url_path="patch"),
 ]
 
 common.engine_logging()

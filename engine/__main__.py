@@ -19,6 +19,8 @@ COMMANDS = {
     "merge": "merge checkpoints from a mergekit YAML recipe",
     "analyze": "capture activations and compute CKA / neuron selectivity",
     "evaluate": "translate and score models on parallel data",
+    "patch": "layer patching routed by target language, with random-block controls",
+    "schedule": "depth-scheduled recipes (LiNeS, layer swapping) as mergekit YAML",
     "sweep": "grid-search merge hyperparameters and build the paper-style table",
     "zoo": "build or check the demo zoo",
     "cache": "list, verify or clean the content-addressed cache",

@@ -37,6 +37,8 @@ EXPECTED_OUTPUT = {
     "evaluate": lambda cwd: "chrF" in (cwd / "scores.md").read_text(),
     "analyze": lambda cwd: json.loads((cwd / "report.json").read_text()),
     "sweep examples": lambda cwd: (cwd / "sweep-small" / "table.md").is_file(),
+    "patch": lambda cwd: "| en-es |" in (cwd / "patch.md").read_text(),
+    "schedule": lambda cwd: "merge_method: task_arithmetic" in (cwd / "lines.yaml").read_text(),
 }
 
 

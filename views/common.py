@@ -287,6 +287,9 @@ def systems(include_merge: bool = True) -> list[System]:
             out.append(checkpoint_system(by_label[name]))
     if include_merge and (merge := merged_system()) is not None:
         out.append(merge)
+        from views.patch_systems import routed_systems  # the Patch page's patched merges, one per direction
+
+        out += routed_systems(merge, out)
     return out
 
 

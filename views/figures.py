@@ -470,3 +470,90 @@ def samples_html(frame: pd.DataFrame) -> str:
         f'{_TABLE_CSS}<div class="samples-scroll"><table class="samples-table"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
+
+
+# ----------------------------------------------------------------- layer patching
+
+PATCH_SYSTEMS = {
+    "base": "base",
+    "merge": "merge",
+    "patched": "patched (routed)",
+    "control": "random",
+    "expert": "expert",
+}
+
+
+def patch_frame(table: Sequence[dict], metric: str) -> pd.DataFrame:
+    """The patching table for one metric: one row per routed set and direction, one column per system
+    (random: mean and spread over seeds), in percent for off-target."""
+    frame = pd.DataFrame(table)
+    scale = 100 if metric.startswith("off_target") else 1
+    out = frame[["layers", "direction", "controls"]].copy()
+    for role, label in PATCH_SYSTEMS.items():
+        if role == "control":
+            out[f"{label} mean"] = frame[f"control_mean_{metric}"].astype(float) * scale
+            out[f"{label} sd"] = frame[f"control_spread_{metric}"].astype(float) * scale
+        else:
+            out[label] = frame[f"{role}_{metric}"] * scale
+    return out.round(2)
+
+
+def patch_bars(table: Sequence[dict], layers: str, metric: str) -> go.Figure:
+    """Per direction: base, merge, patched, random (mean, error bar ± one sd over seeds), expert."""
+    frame = patch_frame([r for r in table if r["layers"] == layers], metric)
+    unit = " (%)" if metric.startswith("off_target") else ""
+    fig = go.Figure()
+    for role, label in PATCH_SYSTEMS.items():
+        column = f"{label} mean" if role == "control" else label
+        error = {"type": "data", "array": frame[f"{label} sd"]} if role == "control" else None
+        fig.add_bar(
+            name=label,
+            x=frame["direction"],
+            y=frame[column],
+            error_y=error,
+            hovertemplate=f"{label}<br>%{{x}}: %{{y:.2f}}<extra></extra>",
+        )
+    controls = int(frame["controls"].iloc[0]) if len(frame) else 0
+    fig.update_layout(
+        barmode="group",
+        title=_title(
+            f"{SCORE_COLUMNS.get(metric, metric)}{unit}: merge patched with {layers} from each direction's expert",
+            f"random: {controls} seed(s) of as many blocks, mean ± sd",
+        ),
+        yaxis_title=SCORE_COLUMNS.get(metric, metric) + unit,
+        legend_title="system",
+        height=420,
+    )
+    return fig
+
+
+def patch_k_curve(table: Sequence[dict], metric: str, side: str = "last") -> go.Figure:
+    """Average score against k (blocks patched from the `side` of the stack): patched and random
+    (band ± one sd), with merge and expert as reference lines."""
+    frame = patch_frame([r for r in table if r["direction"] == "avg"], metric)
+    frame["k"] = [int(text.split(":")[1].split("+")[0]) for text in frame["layers"]]
+    frame = frame.sort_values("k")
+    unit = " (%)" if metric.startswith("off_target") else ""
+    fig = go.Figure()
+    random_ = frame.dropna(subset=["random mean"])
+    upper, lower = random_["random mean"] + random_["random sd"], random_["random mean"] - random_["random sd"]
+    fig.add_scatter(
+        x=[*random_["k"], *random_["k"][::-1]],
+        y=[*upper, *lower[::-1]],
+        fill="toself",
+        line={"width": 0},
+        opacity=0.2,
+        name="random ± sd",
+        hoverinfo="skip",
+    )
+    fig.add_scatter(x=random_["k"], y=random_["random mean"], mode="lines+markers", name="random (mean)")
+    fig.add_scatter(x=frame["k"], y=frame["patched (routed)"], mode="lines+markers", name=f"patched ({side} k)")
+    for label, dash in (("merge", "dot"), ("expert", "dash"), ("base", "dashdot")):
+        fig.add_scatter(x=frame["k"], y=frame[label], mode="lines", name=label, line={"dash": dash, "width": 1})
+    fig.update_layout(
+        title=_title(f"{SCORE_COLUMNS.get(metric, metric)}{unit} (average over directions) against k", ""),
+        xaxis_title=f"k: blocks patched from the {side} of the stack",
+        yaxis_title=SCORE_COLUMNS.get(metric, metric) + unit,
+        height=400,
+    )
+    return fig

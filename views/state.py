@@ -90,6 +90,16 @@ VIEW_KEYS: dict[str, Codec] = {
     "sample_direction": TEXT,
     "sample_systems": LIST,
     "off_target_only": BOOL,
+    # Patch
+    "patch_side": TEXT,
+    "patch_k": INT,
+    "patch_blocks": TEXT,
+    "patch_parts": LIST,
+    "patch_controls": INT,
+    "patch_from": TEXT,
+    "patch_curve": BOOL,
+    "patch_metric": TEXT,
+    "patch_run": TEXT,  # the routed set that was run; a link re-draws it (from the cache)
 }
 
 

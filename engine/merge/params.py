@@ -14,6 +14,12 @@ from engine.merge.spec import Param, Scope
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 
 
+def layer_index(tensor_name: str) -> int | None:
+    """The block a tensor belongs to ('model.layers.3.mlp...' -> 3); None outside the blocks."""
+    match = _LAYER.search(tensor_name)
+    return int(match.group(1)) if match else None
+
+
 def split_layer_name(tensor_name: str) -> tuple[str, int, str] | None:
     """("model.layers.", 3, ".mlp.up_proj.weight") for a block's tensor; None outside the blocks."""
     match = _LAYER.search(tensor_name)
@@ -27,12 +33,12 @@ def layer_position(tensor_name: str, num_layers: int) -> float:
 
     Tensors outside the blocks (embeddings, final norm, lm_head) get 0, as mergekit gives them.
     """
-    match = _LAYER.search(tensor_name)
-    if not match:
+    index = layer_index(tensor_name)
+    if index is None:
         return 0.0
     if num_layers <= 1:
         return 1.0
-    return int(match.group(1)) / (num_layers - 1)
+    return index / (num_layers - 1)
 
 
 def coerce(value: Any, kind: type, where: str) -> Any:

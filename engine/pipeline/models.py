@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import threading
@@ -75,6 +76,15 @@ class ModelCache:
             return identity in self._models
 
     def _build(self, system: System) -> LoadedModel:
+        if system.patch is not None:  # a copy of the cached merge, patched: the merge is not run again
+            from engine.patch.patching import apply_patch
+
+            merged = self.get(system.patch.merge)
+            with merged.lock:
+                model = copy.deepcopy(merged.model)
+            log.info("patching %s", system.identity[:12])
+            apply_patch(model, system.patch.source.checkpoint, system.patch.layers)
+            return LoadedModel(model, merged.tokenizer, system.identity)
         if system.is_merge:
             from engine.merge import merge_into_model  # imported on first merge: keeps app start-up light
 

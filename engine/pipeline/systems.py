@@ -22,6 +22,7 @@ class System:
     checkpoint: Checkpoint | None = None
     recipe: object | None = field(default=None, compare=False)
     direction: str | None = None  # the direction an expert was trained for
+    patch: object | None = field(default=None, compare=False)  # engine.patch.Patch of a patched merge
 
     @property
     def is_merge(self) -> bool:
