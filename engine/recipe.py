@@ -1,10 +1,17 @@
 """Merge recipes in mergekit's YAML: read, validate, write back, and hash for the cache.
 
-Supported keys: merge_method, base_model, models (each `model` with optional `parameters`),
-parameters, dtype, out_dtype, tokenizer_source / tokenizer.source ("base" or a referenced
-model; every input must share one vocabulary), chat_template (a Jinja string or "auto").
-Not supported, refused with a RecipeError: slices, modules, LoRA references (`path+lora`),
-tokenizer_source "union" and token surgery.
+Supported keys: merge_method, base_model, models (each `model` with optional `parameters`) or
+slices (each with `sources`: `model`, `layer_range: [start, stop)` and optional `parameters`,
+and optionally its own `base_model` and `parameters`), parameters, dtype, out_dtype,
+tokenizer_source / tokenizer.source ("base" or a referenced model; every input must share one
+vocabulary), chat_template (a Jinja string or "auto").
+Not supported, refused with a RecipeError: modules, LoRA references (`path+lora`),
+tokenizer_source "union", token surgery and a slice's residual_weight (unused by mergekit 0.1.5).
+
+Slices stack layer ranges: output layer k of a slice is merged from layer start + k of each of
+its sources, and the output has as many layers as the slices' ranges together (mergekit's
+frankenmerge / layer-stacking syntax). Parameters are looked up in a source's own, then its
+slice's, then the top-level parameters.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ _KEYS = {
     "merge_method",
     "base_model",
     "models",
+    "slices",
     "parameters",
     "dtype",
     "out_dtype",
@@ -49,8 +57,32 @@ class ModelEntry:
 
 
 @dataclass
+class SliceSource:
+    """Layers [start, stop) of one model, as one input of an output slice."""
+
+    model: str
+    layer_range: tuple[int, int]
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OutputSlice:
+    """A run of output layers merged from equally long layer ranges of its sources."""
+
+    sources: list[SliceSource]
+    base_model: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        start, stop = self.sources[0].layer_range
+        return stop - start
+
+
+@dataclass
 class Recipe:
-    """A parsed, validated recipe; model references are paths as written."""
+    """A parsed, validated recipe; model references are paths as written. Either `models`
+    (whole models) or `slices` (layer ranges) is non-empty."""
 
     merge_method: str
     models: list[ModelEntry]
@@ -60,6 +92,7 @@ class Recipe:
     out_dtype: str | None = None
     tokenizer_source: str | None = None
     chat_template: str | None = None
+    slices: list[OutputSlice] = field(default_factory=list)
     source: str | None = field(default=None, compare=False)  # the file it came from, for messages
 
     @property
@@ -79,21 +112,39 @@ class Recipe:
             return None, inputs
         return self.base_model, [m for m in self.models if m.model != self.base_model]
 
+    def slice_inputs(self, out_slice: OutputSlice) -> tuple[SliceSource | None, list[SliceSource]]:
+        """(the base source or None, the sources merged against it) of one slice.
+
+        As in mergekit, a slice's base (its own base_model, else the recipe's) must be one of
+        its sources, and methods that treat the base as an ordinary input see every source.
+        """
+        if self.method.base_use == BaseUse.INPUT:
+            return None, list(out_slice.sources)
+        base_ref = out_slice.base_model or self.base_model
+        base = next((s for s in out_slice.sources if s.model == base_ref), None)
+        return base, [s for s in out_slice.sources if s is not base]
+
     def referenced_models(self) -> list[str]:
         seen = [self.base_model] if self.base_model else []
-        for m in self.models:
-            if m.model not in seen:
-                seen.append(m.model)
+        refs = [m.model for m in self.models]
+        for out_slice in self.slices:
+            refs += ([out_slice.base_model] if out_slice.base_model else []) + [s.model for s in out_slice.sources]
+        for ref in refs:
+            if ref not in seen:
+                seen.append(ref)
         return seen
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"merge_method": self.merge_method}
         if self.base_model:
             out["base_model"] = self.base_model
-        out["models"] = [
-            {"model": m.model, **({"parameters": copy.deepcopy(m.parameters)} if m.parameters else {})}
-            for m in self.models
-        ]
+        if self.slices:
+            out["slices"] = [_slice_dict(s) for s in self.slices]
+        else:
+            out["models"] = [
+                {"model": m.model, **({"parameters": copy.deepcopy(m.parameters)} if m.parameters else {})}
+                for m in self.models
+            ]
         if self.parameters:
             out["parameters"] = copy.deepcopy(self.parameters)
         for key in ("dtype", "out_dtype", "tokenizer_source", "chat_template"):
@@ -107,6 +158,23 @@ class Recipe:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+
+def _slice_dict(out_slice: OutputSlice) -> dict:
+    sources = [
+        {
+            "model": s.model,
+            "layer_range": list(s.layer_range),
+            **({"parameters": copy.deepcopy(s.parameters)} if s.parameters else {}),
+        }
+        for s in out_slice.sources
+    ]
+    out: dict[str, Any] = {"sources": sources}
+    if out_slice.base_model:
+        out["base_model"] = out_slice.base_model
+    if out_slice.parameters:
+        out["parameters"] = copy.deepcopy(out_slice.parameters)
+    return out
 
 
 class _Dumper(yaml.SafeDumper):
@@ -136,8 +204,10 @@ def from_dict(data: Any, source: str | None = None) -> Recipe:
     where = source or "recipe"
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
-    if "slices" in data or "modules" in data:
-        raise RecipeError(f"{where}: 'slices' and 'modules' are not supported; list whole models under 'models'")
+    if "modules" in data:
+        raise RecipeError(
+            f"{where}: 'modules' is not supported; list whole models under 'models' or layers under 'slices'"
+        )
     if unknown := sorted(set(data) - _KEYS):
         raise RecipeError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
     if "merge_method" not in data:
@@ -146,19 +216,22 @@ def from_dict(data: Any, source: str | None = None) -> Recipe:
         spec = get_method(data["merge_method"])
     except RecipeError as err:
         raise RecipeError(f"{where}: {err}") from None
-    models_raw = data.get("models")
-    if not isinstance(models_raw, list) or not models_raw:
-        raise RecipeError(f"{where}: 'models' must be a non-empty list of {{model: PATH, parameters: ...}}")
-    models = []
-    for i, entry in enumerate(models_raw):
-        if not isinstance(entry, dict) or "model" not in entry:
-            raise RecipeError(f"{where}: models[{i}] must be a mapping with a 'model' path")
-        if extra := set(entry) - {"model", "parameters"}:
-            raise RecipeError(f"{where}: models[{i}] has unknown key(s) {sorted(extra)}")
-        params = entry.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise RecipeError(f"{where}: models[{i}].parameters must be a mapping")
-        models.append(ModelEntry(_model_ref(entry["model"], f"{where}: models[{i}].model"), dict(params)))
+    if ("models" in data) == ("slices" in data):
+        raise RecipeError(f"{where}: give exactly one of 'models' (whole models) and 'slices' (layer ranges)")
+    models, slices = [], []
+    if "slices" in data:
+        slices = _slices(data["slices"], where)
+    else:
+        models_raw = data.get("models")
+        if not isinstance(models_raw, list) or not models_raw:
+            raise RecipeError(f"{where}: 'models' must be a non-empty list of {{model: PATH, parameters: ...}}")
+        for i, entry in enumerate(models_raw):
+            if not isinstance(entry, dict) or "model" not in entry:
+                raise RecipeError(f"{where}: models[{i}] must be a mapping with a 'model' path")
+            if extra := set(entry) - {"model", "parameters"}:
+                raise RecipeError(f"{where}: models[{i}] has unknown key(s) {sorted(extra)}")
+            params = _mapping(entry.get("parameters"), f"{where}: models[{i}].parameters")
+            models.append(ModelEntry(_model_ref(entry["model"], f"{where}: models[{i}].model"), params))
     base = _model_ref(data["base_model"], f"{where}: base_model") if data.get("base_model") else None
     parameters = data.get("parameters") or {}
     if not isinstance(parameters, dict):
@@ -181,35 +254,84 @@ def from_dict(data: Any, source: str | None = None) -> Recipe:
         out_dtype=data.get("out_dtype"),
         tokenizer_source=tokenizer_source,
         chat_template=data.get("chat_template"),
+        slices=slices,
         source=source,
     )
     validate(recipe)
     return recipe
 
 
+def _mapping(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where} must be a mapping")
+    return dict(value)
+
+
+def _layer_range(value: Any, where: str) -> tuple[int, int]:
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        or not 0 <= value[0] < value[1]
+    ):
+        raise RecipeError(f"{where}: expected [start, stop] with 0 <= start < stop, got {value!r}")
+    return value[0], value[1]
+
+
+def _slices(raw: Any, where: str) -> list[OutputSlice]:
+    """The `slices:` list of mergekit's frankenmerge syntax, checked entry by entry."""
+    if not isinstance(raw, list) or not raw:
+        raise RecipeError(f"{where}: 'slices' must be a non-empty list of {{sources: [...]}}")
+    slices = []
+    for i, entry in enumerate(raw):
+        at = f"{where}: slices[{i}]"
+        if not isinstance(entry, dict) or "sources" not in entry:
+            raise RecipeError(f"{at} must be a mapping with 'sources'")
+        if "residual_weight" in entry:
+            raise RecipeError(f"{at}: residual_weight is not supported (mergekit 0.1.5 does not use it)")
+        if extra := set(entry) - {"sources", "base_model", "parameters"}:
+            raise RecipeError(f"{at} has unknown key(s) {sorted(extra)}")
+        if not isinstance(entry["sources"], list) or not entry["sources"]:
+            raise RecipeError(f"{at}.sources must be a non-empty list of {{model, layer_range}}")
+        sources = []
+        for j, src in enumerate(entry["sources"]):
+            sat = f"{at}.sources[{j}]"
+            if not isinstance(src, dict) or not {"model", "layer_range"} <= set(src):
+                raise RecipeError(f"{sat} must be a mapping with 'model' and 'layer_range'")
+            if extra := set(src) - {"model", "layer_range", "parameters"}:
+                raise RecipeError(f"{sat} has unknown key(s) {sorted(extra)}")
+            sources.append(
+                SliceSource(
+                    _model_ref(src["model"], f"{sat}.model"),
+                    _layer_range(src["layer_range"], f"{sat}.layer_range"),
+                    _mapping(src.get("parameters"), f"{sat}.parameters"),
+                )
+            )
+        lengths = {s.layer_range[1] - s.layer_range[0] for s in sources}
+        if len(lengths) > 1:
+            raise RecipeError(f"{at}: every source must span the same number of layers, got {sorted(lengths)}")
+        base = _model_ref(entry["base_model"], f"{at}.base_model") if entry.get("base_model") else None
+        slices.append(OutputSlice(sources, base, _mapping(entry.get("parameters"), f"{at}.parameters")))
+    return slices
+
+
 def validate(recipe: Recipe) -> None:
     """Structure checks that need no checkpoint: method, base, counts, parameters, dtypes."""
     where = recipe.source or "recipe"
     spec = recipe.method
-    if spec.base_use == BaseUse.REQUIRED and not recipe.base_model:
-        raise RecipeError(f"{where}: merge_method {spec.name!r} needs a base_model")
-    base, inputs = recipe.merge_inputs()
-    names = [m.model for m in inputs]
-    if len(set(names)) != len(names):
-        raise RecipeError(f"{where}: a model is listed twice: {sorted({n for n in names if names.count(n) > 1})}")
-    count = len(inputs)
-    if count < spec.min_models or (spec.max_models is not None and count > spec.max_models):
-        wanted = (
-            f"exactly {spec.min_models}"
-            if spec.max_models == spec.min_models
-            else (
-                f"at least {spec.min_models}" if spec.max_models is None else f"{spec.min_models} to {spec.max_models}"
-            )
-        )
-        besides = "" if spec.base_use == BaseUse.INPUT else " besides the base"
-        raise RecipeError(
-            f"{where}: merge_method {spec.name!r} takes {wanted} model(s){besides}; the recipe gives {count}"
-        )
+    if recipe.slices:
+        for i, out_slice in enumerate(recipe.slices):
+            _validate_slice(recipe, i, out_slice)
+    else:
+        if spec.base_use == BaseUse.REQUIRED and not recipe.base_model:
+            raise RecipeError(f"{where}: merge_method {spec.name!r} needs a base_model")
+        _, inputs = recipe.merge_inputs()
+        _check_count(spec, [m.model for m in inputs], where, "the recipe")
+        scopes = [("parameters", recipe.parameters)] + [(f"model {m.model}", m.parameters) for m in recipe.models]
+        _check_parameters(spec, scopes, where)
+        _check_required(spec, [(m.model, [m.parameters, recipe.parameters]) for m in inputs], recipe.parameters, where)
     for dtype_key in ("dtype", "out_dtype"):
         value = getattr(recipe, dtype_key)
         if value is not None and value not in DTYPES:
@@ -224,8 +346,46 @@ def validate(recipe: Recipe) -> None:
             f"{where}: chat_template must be 'auto' or a Jinja template string; named templates are not supported"
         )
 
+
+def _validate_slice(recipe: Recipe, index: int, out_slice: OutputSlice) -> None:
+    spec = recipe.method
+    where = f"{recipe.source or 'recipe'}: slices[{index}]"
+    base_ref = out_slice.base_model or recipe.base_model
+    base, inputs = recipe.slice_inputs(out_slice)
+    if spec.base_use == BaseUse.REQUIRED and not base_ref:
+        raise RecipeError(f"{where}: merge_method {spec.name!r} needs a base_model")
+    if spec.base_use != BaseUse.INPUT and base_ref and base is None:
+        raise RecipeError(f"{where}: the base model {base_ref} must be one of the slice's sources, as in mergekit")
+    _check_count(spec, [s.model for s in inputs], where, "the slice")
+    scopes = [("parameters", recipe.parameters), ("slice parameters", out_slice.parameters)]
+    scopes += [(f"source {s.model}", s.parameters) for s in out_slice.sources]
+    _check_parameters(spec, scopes, where)
+    _check_required(
+        spec,
+        [(s.model, [s.parameters, out_slice.parameters, recipe.parameters]) for s in inputs],
+        {**recipe.parameters, **out_slice.parameters},
+        where,
+    )
+
+
+def _check_count(spec: MethodSpec, names: list[str], where: str, what: str) -> None:
+    if len(set(names)) != len(names):
+        raise RecipeError(f"{where}: a model is listed twice: {sorted({n for n in names if names.count(n) > 1})}")
+    count = len(names)
+    if count < spec.min_models or (spec.max_models is not None and count > spec.max_models):
+        wanted = (
+            f"exactly {spec.min_models}"
+            if spec.max_models == spec.min_models
+            else (
+                f"at least {spec.min_models}" if spec.max_models is None else f"{spec.min_models} to {spec.max_models}"
+            )
+        )
+        besides = "" if spec.base_use == BaseUse.INPUT else " besides the base"
+        raise RecipeError(f"{where}: merge_method {spec.name!r} takes {wanted} model(s){besides}; {what} gives {count}")
+
+
+def _check_parameters(spec: MethodSpec, scopes: list[tuple[str, dict]], where: str) -> None:
     known = {p.name: p for p in spec.params}
-    scopes = [("parameters", recipe.parameters)] + [(f"model {m.model}", m.parameters) for m in recipe.models]
     for label, params in scopes:
         for name, setting in params.items():
             if name not in known:
@@ -233,20 +393,24 @@ def validate(recipe: Recipe) -> None:
                     "%s: %s: parameter %r is not used by %s (mergekit ignores it too)", where, label, name, spec.name
                 )
                 continue
-            if label != "parameters" and known[name].scope == Scope.GLOBAL:
+            if label.startswith(("model ", "source ")) and known[name].scope == Scope.GLOBAL:
                 log.warning("%s: %s: %r is a global parameter; set it under top-level 'parameters'", where, label, name)
             check_setting(setting, known[name].kind, f"{where}: {label}: parameter {name!r}")
+
+
+def _check_required(spec: MethodSpec, inputs: list[tuple[str, list[dict]]], shared: dict, where: str) -> None:
+    """RecipeError for a required parameter that no scope of some input (or no shared scope) sets."""
     for p in spec.params:
         if not p.required:
             continue
         if p.scope == Scope.GLOBAL:
-            if p.name not in recipe.parameters:
+            if p.name not in shared:
                 raise RecipeError(f"{where}: merge_method {spec.name!r} needs parameter {p.name!r} under 'parameters'")
             continue
-        for m in inputs:
-            if p.name not in m.parameters and p.name not in recipe.parameters:
+        for model, scopes in inputs:
+            if not any(p.name in scope for scope in scopes):
                 raise RecipeError(
-                    f"{where}: model {m.model}: missing required parameter {p.name!r} "
+                    f"{where}: model {model}: missing required parameter {p.name!r} "
                     "(set it under the model's parameters or in the top-level parameters)"
                 )
 
@@ -292,8 +456,13 @@ def content_hash(recipe: Recipe, fingerprint: Callable[[str], str] | None = None
     prints = {ref: fingerprint(ref) for ref in recipe.referenced_models()}
     data = recipe.to_dict()
     data["base_model"] = prints.get(recipe.base_model)
-    for entry in data["models"]:
+    for entry in data.get("models", []):
         entry["model"] = prints[entry["model"]]
+    for out_slice in data.get("slices", []):
+        for entry in out_slice["sources"]:
+            entry["model"] = prints[entry["model"]]
+        if "base_model" in out_slice:
+            out_slice["base_model"] = prints[out_slice["base_model"]]
     if recipe.tokenizer_source in prints:
         data["tokenizer_source"] = prints[recipe.tokenizer_source]
     data["seed"] = seed if recipe.method.random else None

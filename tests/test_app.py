@@ -164,6 +164,44 @@ def test_sliders_come_from_the_registry_and_drive_the_recipe(app):
     assert app.query_params["p_ties__density"] == "0.3"
 
 
+@pytest.mark.parametrize(
+    "method,experts",
+    [
+        ("multislerp", ("expert-en-es", "expert-en-pt")),
+        ("karcher", ("expert-en-es", "expert-en-pt")),
+        ("nearswap", ("expert-en-es",)),
+        ("arcee_fusion", ("expert-en-es",)),
+        ("passthrough", ("expert-en-es",)),
+        ("ram", ("expert-en-es", "expert-en-pt")),
+        ("ramplus_tl", ("expert-en-es", "expert-en-pt")),
+    ],
+)
+def test_mergekits_remaining_methods_get_their_sliders_and_recipe(app, method, experts):
+    pick(app, experts=experts, method=method)
+    assert not app.error, [e.value for e in app.error]
+    spec = method_specs()[method]
+    assert {s.label for s in app.slider} >= {p.name for p in spec.params if p.kind is not bool}
+    assert {t.label for t in app.toggle} >= {p.name for p in spec.params if p.kind is bool}
+    values = {p.name: app.slider(key=f"p_{method}__{p.name}").value for p in spec.params if p.kind is not bool}
+    values |= {p.name: app.toggle(key=f"p_{method}__{p.name}").value for p in spec.params if p.kind is bool}
+    shown = yaml.safe_load(app.code[0].value)
+    assert shown == build_recipe("base", list(experts), method, values).to_dict()
+    # passthrough copies its one input, so the recipe names no base (mergekit would add it as a second input).
+    assert ("base_model" in shown) == (method != "passthrough")
+    if method == "karcher":  # the base is one of the averaged inputs, as in mergekit
+        assert [m["model"].rsplit("/", 1)[-1] for m in shown["models"]] == [*experts, "base"]
+    if method == "nearswap":  # t is a distance between weights here, not slerp's 0..1 position
+        assert shown["parameters"]["t"] == pytest.approx(0.001)
+        app.slider(key="p_nearswap__t").set_value(0.002).run()
+        assert yaml.safe_load(app.code[0].value)["parameters"]["t"] == pytest.approx(0.002)
+        assert app.query_params["p_nearswap__t"] == "0.002"
+    if method == "ram":
+        assert shown["parameters"]["epsilon"] == pytest.approx(1e-5)
+    if method in ("ram", "passthrough"):
+        merge(app)
+        assert app.query_params["merged"]
+
+
 def test_per_layer_schedule_goes_into_the_yaml(app):
     pick(app, method="task_arithmetic")
     app.toggle(key="schedule_on").set_value(True).run()
@@ -208,6 +246,25 @@ def test_pasted_recipe_sets_the_pickers(app, demo_env):
     assert app.slider(key="p_dare_linear__weight").value == pytest.approx(0.7)
     first = yaml.safe_load(app.code[0].value)["models"][0]["parameters"]
     assert (first["weight"], first["density"]) == (pytest.approx(0.7), pytest.approx(0.4))
+
+
+def test_pasted_passthrough_keeps_the_base_and_slices_are_sent_to_the_cli(app, demo_env):
+    models = demo_env.models
+    text = f"merge_method: passthrough\nmodels:\n  - model: {models / 'expert-en-pt'}\n    parameters: {{scale: 0.5}}\n"
+    app.text_area(key="recipe_text").input(text).run()
+    app.button(key="recipe_load").click().run()
+    assert not app.error, [e.value for e in app.error]
+    assert app.selectbox(key="method").value == "passthrough"
+    assert app.selectbox(key="base").value == "base"  # the recipe names none: the picked base stays
+    assert app.multiselect(key="experts").value == ["expert-en-pt"]
+    assert app.slider(key="p_passthrough__scale").value == pytest.approx(0.5)
+    stacked = (
+        f"merge_method: passthrough\nslices:\n  - sources:\n      - model: {models / 'expert-en-pt'}\n"
+        "        layer_range: [0, 2]\n"
+    )
+    app.text_area(key="recipe_text").input(stacked).run()
+    app.button(key="recipe_load").click().run()
+    assert "merge a slices: recipe with python -m engine merge" in app.error[0].value
 
 
 def test_a_copied_link_reproduces_the_view(app, demo_env, monkeypatch):

@@ -102,10 +102,20 @@ def test_sharded_output_holds_the_same_tensors(zoo, tmp_path):
     assert transformers.AutoModelForCausalLM.from_pretrained(sharded).dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("method", ["ties", "task_arithmetic"])
-def test_row_chunk_streaming_from_checkpoints_equals_whole_tensors(zoo, monkeypatch, method):
+# RAM+ counts each model's shared and unique entries over the whole tensor before merging any block;
+# epsilon near the task vectors' scale (0.05) makes both kinds of entry common.
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("ties", ""),
+        ("task_arithmetic", ""),
+        ("ram", "parameters: {epsilon: 0.05}"),
+        ("ramplus_tl", "parameters: {epsilon: 0.05, r: 0.5, alpha: 0.5}"),
+    ],
+)
+def test_row_chunk_streaming_from_checkpoints_equals_whole_tensors(zoo, monkeypatch, method, extra):
     root, _ = zoo
-    recipe = _recipe(root, method=method)
+    recipe = _recipe(root, method=method, extra=extra)
     monkeypatch.setattr(executor, "ONE_PASS_CHUNK_ELEMENTS", 1 << 30)  # one-pass methods too: matrices whole
     whole = dict(iter_merged(plan_merge(recipe), "cpu"))
     monkeypatch.setattr(executor, "CHUNK_ELEMENTS", 100)  # every matrix in several row blocks

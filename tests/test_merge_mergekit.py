@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from engine.merge import iter_merged, plan_merge, save_merge
-from engine.recipe import from_dict
+from engine.errors import CheckpointError, RecipeError
+from engine.merge import iter_merged, merge_into_model, plan_merge, save_merge
+from engine.recipe import from_dict, loads
 from engine.settings import get_settings
 from tests.tiny_models import save_checkpoint
 
@@ -149,6 +150,51 @@ def _config(family_dir: Path, case: str) -> dict:
             parameters={"nuslerp_row_wise": True, "nuslerp_flatten": False},
             models=_models(family_dir, [("e1", {"weight": 1.0}), ("e3", {"weight": 0.5})]),
         ),
+        "multislerp_base": dict(
+            merge_method="multislerp",
+            base_model=b,
+            models=_models(
+                family_dir, [("e1", {"weight": 0.5}), ("e2", {"weight": [0.2, 1.0]}), ("e3", {"weight": 0.3})]
+            ),
+        ),
+        "multislerp_raw_weights": dict(
+            merge_method="multislerp",
+            parameters={"normalize_weights": False},
+            models=_models(family_dir, [("e1", {"weight": 0.4}), ("e2", {"weight": 0.5})]),
+        ),
+        "karcher": dict(
+            merge_method="karcher",
+            base_model=b,
+            parameters={"max_iter": 20, "tol": 1e-6},
+            models=_models(family_dir, [("e1", None), ("e2", None)]),
+        ),
+        "nearswap": dict(
+            merge_method="nearswap",
+            base_model=b,
+            parameters={"t": [{"filter": "mlp", "value": 0.01}, {"value": [0.005, 0.05]}]},
+            models=_models(family_dir, [("e1", None)]),
+        ),
+        "arcee_fusion": dict(
+            merge_method="arcee_fusion",
+            base_model=b,
+            models=_models(family_dir, [("e2", None)]),
+        ),
+        "passthrough_scale": dict(
+            merge_method="passthrough",
+            models=_models(family_dir, [("e3", {"scale": [{"filter": "mlp", "value": 0.5}, {"value": [1.0, 2.0]}]})]),
+        ),
+        "ram": dict(
+            merge_method="ram",
+            base_model=b,
+            parameters={"epsilon": 0.01},
+            models=_models(family_dir, [("e1", None), ("e2", None), ("e3", None)]),
+        ),
+        "ramplus_tl": dict(
+            merge_method="ramplus_tl",
+            base_model=b,
+            parameters={"epsilon": 0.015, "r": [0.5, 2.0], "alpha": 0.6},
+            models=_models(family_dir, [("e1", None), ("e2", None), ("e3", None)]),
+        ),
     }
     for name in ("dare_linear", "dare_ties", "della", "della_linear"):
         c[f"{name}_density1"] = dict(
@@ -207,6 +253,14 @@ CASES = [
     "dare_ties_density1",
     "della_density1",
     "della_linear_density1",
+    "multislerp_base",
+    "multislerp_raw_weights",
+    "karcher",
+    "nearswap",
+    "arcee_fusion",
+    "passthrough_scale",
+    "ram",
+    "ramplus_tl",
 ]
 
 
@@ -280,3 +334,147 @@ def test_our_yaml_runs_in_mergekit_cli_and_our_checkpoint_matches(zoo, tmp_path)
     assert max(errors.values()) <= REL_TOL
     assert (out / "mergekit_config.yml").read_text() == recipe.to_yaml()
     shutil.rmtree(tmp_path / "mk")
+
+
+def _slice_configs(family_dir: Path) -> dict[str, dict]:
+    """Recipes in mergekit's slices: syntax (the tiny models have 4 layers)."""
+
+    def src(name, start, stop, **params):
+        return {
+            "model": str(family_dir / name),
+            "layer_range": [start, stop],
+            **({"parameters": params} if params else {}),
+        }
+
+    b = str(family_dir / "base")
+    return {
+        # A frankenmerge: 3 layers of e1, then 3 of e2 overlapping them; 6 layers out.
+        "passthrough_stack": dict(
+            merge_method="passthrough",
+            slices=[
+                {"sources": [src("e1", 0, 3)]},
+                {"sources": [src("e2", 1, 4, scale=[{"filter": "mlp", "value": 0.5}, {"value": 1.0}])]},
+            ],
+        ),
+        # Layers merged across different depths, with a schedule over each slice.
+        "linear_offset": dict(
+            merge_method="linear",
+            parameters={"weight": 1.0},
+            slices=[
+                {"sources": [src("e1", 0, 2), src("e2", 2, 4, weight=[0.2, 0.8])]},
+                {
+                    # Per-model filters match the name in that model: e3's layer 3 is output layer 4.
+                    "sources": [src("e3", 1, 4, weight=[{"filter": "layers.3.", "value": 2.0}]), src("e1", 0, 3)],
+                    "parameters": {"normalize": False, "weight": 0.5},
+                },
+            ],
+        ),
+        # Per-slice parameters and per-slice base: slerp needs the base among each slice's sources.
+        "slerp_slices": dict(
+            merge_method="slerp",
+            base_model=b,
+            parameters={"t": 0.5},
+            slices=[
+                {"sources": [src("base", 0, 2), src("e1", 0, 2)], "parameters": {"t": [0.1, 0.9]}},
+                {"sources": [src("e2", 2, 4), src("e3", 2, 4)], "base_model": str(family_dir / "e2")},
+                {"sources": [src("base", 3, 4), src("e3", 0, 1)]},
+            ],
+        ),
+        "ties_slices": dict(
+            merge_method="ties",
+            base_model=b,
+            parameters={"density": 0.5, "weight": 0.7},
+            slices=[
+                {
+                    "sources": [src("base", 0, 4), src("e1", 0, 4, density=[0.2, 0.9]), src("e2", 0, 4)],
+                    "parameters": {"weight": [{"filter": "self_attn", "value": 1.2}, {"value": 0.4}]},
+                },
+                {"sources": [src("base", 2, 4), src("e3", 2, 4, weight=1.0)]},
+            ],
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", ["passthrough_stack", "linear_offset", "slerp_slices", "ties_slices"])
+def test_slices_equal_to_mergekit(zoo, tmp_path, case):
+    # Llama: mergekit 0.1.5 leaves Qwen2's layer_types at the input's length, and transformers
+    # then refuses to save its config (after the tensors are written).
+    cfg = {**_slice_configs(zoo / "llama")[case], "dtype": "float32"}
+    theirs = _mergekit(cfg, tmp_path / "mergekit")
+    plan = plan_merge(from_dict(cfg))
+    ours = dict(iter_merged(plan, "cpu"))
+    errors = _rel_errors(ours, theirs)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= REL_TOL, f"{case}: {worst} differs by {errors[worst]:.2e}"
+    stacked = sum(s["sources"][0]["layer_range"][1] - s["sources"][0]["layer_range"][0] for s in cfg["slices"])
+    assert plan.config["num_hidden_layers"] == stacked
+    assert {k for k in ours if ".layers." in k} == {
+        k for i in range(stacked) for k in theirs if k.startswith(f"model.layers.{i}.")
+    }
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_frankenmerge_folder_loads_in_transformers_and_runs(zoo, tmp_path, family):
+    family_dir = zoo / family
+    recipe = from_dict({**_slice_configs(family_dir)["passthrough_stack"], "dtype": "float32"})
+    out = save_merge(recipe, tmp_path / "stacked", device="cpu")
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    e1 = transformers.AutoModelForCausalLM.from_pretrained(family_dir / "e1")
+    e2 = transformers.AutoModelForCausalLM.from_pretrained(family_dir / "e2")
+    assert model.config.num_hidden_layers == 6
+    if family == "qwen2":  # per-layer attention types follow the layers they come from
+        assert model.config.layer_types == [e1.config.layer_types[i] for i in (0, 1, 2)] + [
+            e2.config.layer_types[i] for i in (1, 2, 3)
+        ]
+    # Output layer 4 is e2's layer 2 with its MLP halved; layer 1 is e1's layer 1 untouched.
+    torch.testing.assert_close(model.model.layers[4].mlp.up_proj.weight, 0.5 * e2.model.layers[2].mlp.up_proj.weight)
+    torch.testing.assert_close(
+        model.model.layers[4].self_attn.q_proj.weight, e2.model.layers[2].self_attn.q_proj.weight
+    )
+    torch.testing.assert_close(
+        model.model.layers[1].self_attn.q_proj.weight, e1.model.layers[1].self_attn.q_proj.weight
+    )
+    torch.testing.assert_close(model.lm_head.weight, e2.lm_head.weight)  # after the blocks: the last slice's model
+    torch.testing.assert_close(model.model.embed_tokens.weight, e1.model.embed_tokens.weight)
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 5, 9, 11]])).logits
+    assert logits.shape == (1, 4, model.config.vocab_size) and torch.isfinite(logits).all()
+    assert loads((out / "mergekit_config.yml").read_text()) == recipe
+
+
+def test_slices_merge_into_a_live_model_as_into_a_folder(zoo, tmp_path):
+    recipe = from_dict({**_slice_configs(zoo / "qwen2")["ties_slices"], "dtype": "float32"})
+    model, _ = merge_into_model(recipe, device="cpu")
+    assert model.config.num_hidden_layers == 6 and len(model.model.layers) == 6
+    written = dict(iter_merged(plan_merge(recipe), "cpu"))
+    live = model.state_dict()
+    assert set(written) <= set(live)
+    for name, tensor in written.items():
+        assert torch.equal(live[name], tensor), name
+
+
+def test_slices_past_a_models_layers_are_refused_by_name(zoo):
+    cfg = _slice_configs(zoo / "qwen2")["passthrough_stack"]
+    cfg["slices"][1]["sources"][0]["layer_range"] = [2, 5]
+    with pytest.raises(CheckpointError, match=r"slices\[1\]: layer_range \[2, 5\] runs past the 4 layers of .*e2"):
+        plan_merge(from_dict(cfg))
+
+
+def test_multislerp_names_the_tensor_whose_directions_cancel(zoo):
+    """Task vectors d, −d and 0 (on a zero base, so exactly) with equal weights have no spherical
+    mean; the error says which tensor."""
+    family_dir = zoo / "llama"
+    delta = load_file(family_dir / "e1" / "model.safetensors")
+    for name, sign in (("base", 0.0), ("plus", 1.0), ("minus", -1.0), ("zero", 0.0)):
+        folder = family_dir / f"cancel-{name}"
+        if not folder.exists():
+            shutil.copytree(family_dir / "base", folder)
+            save_file({k: sign * v for k, v in delta.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    cfg = dict(
+        merge_method="multislerp",
+        base_model=str(family_dir / "cancel-base"),
+        models=_models(family_dir, [("cancel-plus", None), ("cancel-minus", None), ("cancel-zero", None)]),
+        parameters={"weight": 1.0},
+    )
+    with pytest.raises(RecipeError, match=r"cancel.yaml: tensor '[^']+': multislerp: the weighted mean of the inputs"):
+        dict(iter_merged(plan_merge(from_dict(cfg, source="cancel.yaml")), "cpu"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -70,6 +71,13 @@ def test_registry_has_mergekits_names_with_papers():
         "slerp",
         "model_stock",
         "nuslerp",
+        "multislerp",
+        "karcher",
+        "nearswap",
+        "arcee_fusion",
+        "passthrough",
+        "ram",
+        "ramplus_tl",
     }
     for spec in methods().values():
         assert spec.display_name and spec.paper.startswith("https://")
@@ -236,3 +244,148 @@ def test_magnitude_dropper_rescale_matches_l1_norm():
     out = d.start()(delta)
     assert int((out != 0).sum()) == int(0.25 * delta.numel())
     assert out.abs().double().sum().item() == pytest.approx(delta.abs().double().sum().item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- mergekit's remaining methods
+
+
+@SETTINGS
+@given(shape=shapes, seed=seeds, n=st.integers(2, 4))
+def test_remaining_methods_merge_copies_of_one_model_to_that_model(shape, seed, n):
+    base, x = _tensors(shape, seed, 2)
+    copies = [x.clone() for _ in range(n)]
+    torch.testing.assert_close(_merge("multislerp", base, copies, weight=0.4), x)
+    torch.testing.assert_close(_merge("multislerp", None, copies, weight=0.4), x)
+    torch.testing.assert_close(_merge("karcher", None, copies), x)
+    torch.testing.assert_close(_merge("ram", base, copies), x)
+    torch.testing.assert_close(_merge("ramplus_tl", base, copies), x)
+    torch.testing.assert_close(_merge("nearswap", x, copies[:1], t=0.01), x)
+    torch.testing.assert_close(_merge("arcee_fusion", x, copies[:1]), x)
+
+
+@SETTINGS
+@given(shape=shapes, seed=seeds)
+def test_remaining_methods_with_one_expert_or_weight_zero(shape, seed):
+    base, x, y = _tensors(shape, seed, 3)
+    # One expert: the barycentre of one point is that point; RAM keeps its whole task vector.
+    torch.testing.assert_close(_merge("multislerp", base, [x], weight=0.3), x, rtol=0, atol=0)
+    torch.testing.assert_close(_merge("karcher", None, [x]), x, rtol=0, atol=0)
+    torch.testing.assert_close(_merge("ram", base, [x], epsilon=0.0), x)
+    torch.testing.assert_close(_merge("ramplus_tl", base, [x], epsilon=0.0), x)
+    torch.testing.assert_close(_merge("passthrough", None, [x]), x, rtol=0, atol=0)
+    torch.testing.assert_close(_merge("passthrough", None, [x], scale=[-0.5]), -0.5 * x)
+    # Weight 0 on the second model: Multi-SLERP lands on the first (a task vector from the base).
+    torch.testing.assert_close(_merge("multislerp", base, [x, y], weight=[0.8, 0.0]), x)
+    torch.testing.assert_close(_merge("multislerp", None, [x, y], weight=[0.8, 0.0]), x)
+    # NearSwap: t = 0 never moves; a t beyond every distance swaps everything.
+    torch.testing.assert_close(_merge("nearswap", base, [x], t=0.0), base, rtol=0, atol=0)
+    far = float((x - base).abs().max()) + 1
+    torch.testing.assert_close(_merge("nearswap", base, [x], t=far), x)
+
+
+def test_spherical_means_of_orthogonal_vectors_lie_halfway_at_the_mean_norm():
+    a = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    b = torch.tensor([0.0, 3.0], dtype=torch.float64)
+    halfway = torch.tensor([1.0, 1.0], dtype=torch.float64) / math.sqrt(2) * 2.0  # direction 45°, norm (1 + 3) / 2
+    torch.testing.assert_close(_merge("karcher", None, [a, b]), halfway)
+    torch.testing.assert_close(_merge("multislerp", None, [a, b], weight=1.0), halfway)
+    # Weights 2:1: the weighted mean of the unit vectors, (2/3, 1/3), sets the direction (the
+    # tangent-space average at that mean is zero), at the weighted mean norm (2·1 + 1·3) / 3.
+    lopsided = _merge("multislerp", None, [a, b], weight=[2.0, 1.0], eps=0.0)
+    assert math.atan2(lopsided[1].item(), lopsided[0].item()) == pytest.approx(math.atan2(1, 2), abs=1e-12)
+    assert lopsided.norm().item() == pytest.approx(5 / 3, abs=1e-12)
+
+
+def test_multislerp_refuses_directions_that_cancel():
+    a = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(RecipeError, match="weighted mean of the inputs' directions is zero"):
+        _merge("multislerp", None, [a, -a, torch.zeros(2, dtype=torch.float64)], weight=[1.0, 1.0, 0.5])
+    # Two antipodal inputs fall back to the straight line between them.
+    torch.testing.assert_close(_merge("multislerp", None, [a, -a], weight=1.0), torch.zeros(2, dtype=torch.float64))
+
+
+def _sparse_task_vectors(seed: int, n: int, shape=(12, 9)):
+    """A base and n models whose task vectors are zero at about half the entries."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g, dtype=torch.float64)
+    tvs = [
+        torch.randn(shape, generator=g, dtype=torch.float64) * (torch.rand(shape, generator=g) < 0.5) for _ in range(n)
+    ]
+    return base, [base + tv for tv in tvs]
+
+
+def _ram_reference(base, models, epsilon, r=None, alpha=None):
+    """RAM / RAM+ from the definitions, in float64 NumPy."""
+    b = base.numpy()
+    tv = np.stack([m.numpy() - b for m in models])  # (n, ...)
+    changed = np.abs(tv) > epsilon
+    count = changed.sum(0)
+    if r is None:
+        return b + (tv * changed).sum(0) / np.maximum(count, 1)
+    out = b.copy()
+    for i in range(len(models)):
+        shared = (changed[i] & (count > 1)).sum()
+        unique = (changed[i] & (count == 1)).sum()
+        lam = 1 + r * min(max(shared / max(unique, epsilon), 0), alpha)
+        out += np.where(count == 1, lam, 1 / np.maximum(count, 1)) * tv[i] * changed[i]
+    return out
+
+
+@pytest.mark.parametrize("seed,n", [(0, 2), (1, 3), (2, 4)])
+def test_ram_and_ram_plus_equal_a_numpy_reference(seed, n):
+    base, models = _sparse_task_vectors(seed, n)
+    for epsilon in (1e-5, 0.3):
+        expected = _ram_reference(base, models, epsilon)
+        np.testing.assert_allclose(_merge("ram", base, models, epsilon=epsilon).numpy(), expected, rtol=1e-12)
+        expected = _ram_reference(base, models, epsilon, r=0.7, alpha=0.9)
+        got = _merge("ramplus_tl", base, models, epsilon=epsilon, r=0.7, alpha=0.9)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+    # An entry only one model changed keeps that model's full change under RAM (not 1/n of it).
+    only_first = (models[0] != base) & (models[1] == base)
+    for m in models[2:]:
+        only_first &= m == base
+    merged = _merge("ram", base, models)
+    assert only_first.any()
+    torch.testing.assert_close(merged[only_first], models[0][only_first])
+
+
+def test_arcee_fusion_equals_a_numpy_reference():
+    g = torch.Generator().manual_seed(9)
+    base = torch.randn(40, 30, generator=g, dtype=torch.float64)
+    model = base + torch.randn(40, 30, generator=g, dtype=torch.float64) * torch.linspace(0.01, 1.0, 40)[:, None]
+    a, b = base.numpy(), model.numpy()
+
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    p, q = softmax(b) + 1e-8, softmax(a) + 1e-8
+    importance = np.abs(b - a) * (p * np.log(p / q)).sum(-1, keepdims=True)
+    ranked = np.sort(importance.ravel())
+    q1, q2, q3 = (ranked[int(f * (ranked.size - 1))] for f in (0.25, 0.5, 0.75))
+    keep = importance >= q2 + 1.5 * (q3 - q1)
+    expected = np.where(keep, b, a)
+    got = _merge("arcee_fusion", base, [model]).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert 0 < keep.mean() < 0.5  # some entries kept, most not
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("nearswap", {"t": 0.3}),
+        ("ram", {}),
+        ("ramplus_tl", {"r": 0.5, "alpha": 0.8}),
+        ("passthrough", {"scale": [2.0]}),
+    ],
+)
+def test_remaining_streaming_methods_in_row_chunks_equal_whole_tensor(name, params, chunk_rows):
+    base, models = _sparse_task_vectors(3, 1 if name in ("nearswap", "passthrough") else 3, shape=(11, 6))
+    spec = get_method(name)
+    params = {**{p.name: p.default for p in spec.params if not p.required}, **params}
+    source_base = None if name == "passthrough" else base
+    whole = torch.cat(list(spec.stream(MemorySource(source_base, models), **params)))
+    chunked = torch.cat(list(spec.stream(MemorySource(source_base, models, chunk_rows=chunk_rows), **params)))
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(whole, spec.merge(source_base, models, **params))

@@ -30,7 +30,10 @@ EXERCISED_ELSEWHERE = {
 
 # What each command run here must leave behind, beyond exiting 0.
 EXPECTED_OUTPUT = {
-    "merge": lambda cwd: (cwd / "merged" / "ties-en-x" / "mergekit_config.yml").is_file(),
+    "merge examples/ties-en-x": lambda cwd: (cwd / "merged" / "ties-en-x" / "mergekit_config.yml").is_file(),
+    "merge examples/stack-en-es": lambda cwd: (
+        json.loads((cwd / "merged" / "stack-en-es" / "config.json").read_text())["num_hidden_layers"] == 12
+    ),
     "evaluate": lambda cwd: "chrF" in (cwd / "scores.md").read_text(),
     "analyze": lambda cwd: json.loads((cwd / "report.json").read_text()),
     "sweep examples": lambda cwd: (cwd / "sweep-small" / "table.md").is_file(),

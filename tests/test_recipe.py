@@ -70,10 +70,47 @@ def test_file_load_names_the_file(tmp_path):
         load(tmp_path / "missing.yaml")
 
 
+def test_slices_round_trip_here_and_through_mergekit():
+    from mergekit.config import MergeConfiguration
+
+    text = """
+merge_method: slerp
+base_model: /m/base
+parameters: {t: 0.5}
+slices:
+  - sources:
+    - {model: /m/base, layer_range: [0, 4]}
+    - {model: /m/a, layer_range: [0, 4]}
+    parameters:
+      t: [{filter: mlp, value: 0.2}, {value: [0.1, 0.9]}]
+  - sources:
+    - {model: /m/b, layer_range: [2, 4], parameters: {t: 0.7}}
+    - {model: /m/c, layer_range: [4, 6]}
+    base_model: /m/b
+dtype: float32
+"""
+    recipe = loads(text)
+    assert [s.num_layers for s in recipe.slices] == [4, 2]
+    assert recipe.slices[1].sources[0].layer_range == (2, 4)
+    assert recipe.referenced_models() == ["/m/base", "/m/a", "/m/b", "/m/c"]
+    assert loads(recipe.to_yaml()) == recipe
+    theirs = MergeConfiguration.model_validate(yaml.safe_load(recipe.to_yaml()))
+    assert loads(theirs.to_yaml()) == recipe
+    assert [s.sources[1].layer_range for s in theirs.slices] == [(0, 4), (4, 6)]
+
+
 def _edit(text: str, old: str, new: str) -> str:
     assert old in text
     return text.replace(old, new)
 
+
+SLICES = """merge_method: passthrough
+slices:
+  - sources:
+    - {model: /m/a, layer_range: [0, 2]}
+  - sources:
+    - {model: /m/b, layer_range: [1, 3]}
+"""
 
 INVALID = [
     ("unknown method", _edit(BASE, "merge_method: ties", "merge_method: average"), "unknown merge_method 'average'"),
@@ -90,7 +127,34 @@ INVALID = [
     ("bool as number", _edit(BASE, "density: 0.5", "density: true"), "parameter 'density': expected a number"),
     ("number as switch", _edit(BASE, "normalize: true", "normalize: 0.5"), "expected true or false"),
     ("no base", _edit(BASE, "base_model: /m/base\n", ""), "'ties' needs a base_model"),
-    ("slices", "merge_method: ties\nslices: []\n", "'slices' and 'modules' are not supported"),
+    ("modules", "merge_method: ties\nmodules: {}\n", "'modules' is not supported"),
+    ("empty slices", "merge_method: passthrough\nslices: []\n", "'slices' must be a non-empty list"),
+    ("models and slices", SLICES + "models:\n - model: /m/a\n", "exactly one of 'models'"),
+    (
+        "bad layer range",
+        _edit(SLICES, "[0, 2]", "[2, 1]"),
+        r"slices\[0\].sources\[0\].layer_range: expected \[start, stop\]",
+    ),
+    (
+        "uneven slice",
+        _edit(SLICES, "[1, 3]}\n", "[1, 3]}\n    - {model: /m/a, layer_range: [0, 3]}\n"),
+        r"slices\[1\]: every source must span the same number",
+    ),
+    (
+        "two inputs to passthrough",
+        _edit(
+            SLICES,
+            "  - sources:\n",
+            "  - sources:\n    - {model: /m/b, layer_range: [0, 2]}\n",
+        ),
+        r"slices\[0\]: merge_method 'passthrough' takes exactly 1",
+    ),
+    ("residual weight", SLICES + "    residual_weight: 0.5\n", "residual_weight is not supported"),
+    (
+        "slice base not a source",
+        "merge_method: ties\nbase_model: /m/b\nslices:\n  - sources:\n    - {model: /m/a, layer_range: [0, 2], parameters: {weight: 1, density: 0.5}}\n",
+        r"slices\[0\]: the base model /m/b must be one of the slice's sources",
+    ),
     ("bad dtype", _edit(BASE, "bfloat16", "int8"), "dtype 'int8' is not one of"),
     ("union tokenizer", BASE + "tokenizer_source: union\n", "tokenizer_source 'union' is not supported"),
     ("lora", _edit(BASE, "/m/a", "/m/a+/m/lora"), "LoRA references"),

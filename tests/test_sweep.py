@@ -16,7 +16,7 @@ from engine.__main__ import main
 from engine.errors import RecipeError
 from engine.parallel import ParallelSet, save_jsonl
 from engine.settings import cache_store
-from engine.sweep import PAPER_GRIDS, expand, load, run_sweep, validate_grid, write_sweep
+from engine.sweep import PAPER_GRIDS, SMALL_GRIDS, expand, load, run_sweep, validate_grid, write_sweep
 from tests.tiny_models import make_model, make_tokenizer, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -57,6 +57,25 @@ def test_paper_grids_have_the_papers_sizes():
     assert validate_grid("ties", "paper")["weight"][-1] == 2.5
 
 
+def test_mergekits_remaining_methods_sweep_with_the_base_as_their_origin(grid_file):
+    """multislerp takes the base as its origin, RAM and NearSwap task vectors on it: each sweep
+    point's recipe puts the group's experts on the base, as for the paper's methods."""
+    assert len(expand("ramplus_tl", validate_grid("ramplus_tl", SMALL_GRIDS["ramplus_tl"]))) == 4
+    data = yaml.safe_load(grid_file.read_text())
+    data["methods"] = {"multislerp": {"weight": [1.0]}, "ram": {"epsilon": [0.001, 0.01]}}
+    grid_file.write_text(yaml.safe_dump(data))
+    config = load(grid_file)
+    points = [p for grid in config.grids.values() for p in grid]
+    assert [p.label for p in points] == ["multislerp weight=1.0", "ram epsilon=0.001", "ram epsilon=0.01"]
+    (group,) = config.groups
+    for point in points:
+        recipe = sweep_run.build_recipe(config, group, point)
+        assert recipe.base_model == str(config.base_model)
+        assert [m.model for m in recipe.models] == [str(p) for p in config.groups[group].values()]
+    multislerp = sweep_run.build_recipe(config, group, points[0])
+    assert [m.parameters for m in multislerp.models] == [{"weight": 1.0}] * 2
+
+
 @pytest.mark.parametrize(
     "method, grid, message",
     [
@@ -65,6 +84,9 @@ def test_paper_grids_have_the_papers_sizes():
         ("ties", {"density": [0.5]}, "weight"),
         ("sce", {"select_topk": ["lots"]}, "select_topk"),
         ("linear", {"weight": [1.0]}, "base"),
+        ("karcher", {"max_iter": [10]}, "base"),
+        ("nearswap", {"t": []}, "nearswap.t: empty list"),
+        ("ram", {"epsilon": ["tiny"]}, "ram.epsilon"),
     ],
 )
 def test_bad_grids_are_refused_by_name(method, grid, message):
@@ -212,7 +234,15 @@ def test_zoo_grid_uses_the_experts_present(grid_file, tmp_path):
 
     config = from_dict(zoo_grid(tmp_path, dev_limit=1), tmp_path)
     assert {g: sorted(e) for g, e in config.groups.items()} == {"en-x": ["en-es", "en-ru"]}
-    assert {m: len(p) for m, p in config.grids.items()} == {"task_arithmetic": 5, "ties": 6, "dare_linear": 3, "sce": 3}
+    assert {m: len(p) for m, p in config.grids.items()} == {
+        "task_arithmetic": 5,
+        "ties": 6,
+        "dare_linear": 3,
+        "sce": 3,
+        "multislerp": 1,
+        "ram": 3,
+        "ramplus_tl": 4,
+    }
     assert all(len(s) == 1 for s in config.dev.values()) and config.joint is None
 
 

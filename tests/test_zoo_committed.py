@@ -94,24 +94,33 @@ def test_merge_table_single_model_rows_are_the_builds_scores(merge_table, manife
     assert checked == 30  # 3 systems × 5 directions × 2 groups
 
 
-def test_merge_table_row_is_reproduced_from_the_committed_models(merge_table, manifest, monkeypatch, one_torch_thread):
-    """The X→En task-arithmetic row, merged again from the committed files and scored on de-en."""
+@pytest.mark.parametrize("method", ["task_arithmetic", "ram"])
+def test_merge_table_row_is_reproduced_from_the_committed_models(
+    merge_table, manifest, monkeypatch, one_torch_thread, method
+):
+    """An X→En row, merged again from the committed files and scored on de-en."""
     from engine.merge import merge_into_model
+    from engine.merge.registry import get_method
+    from engine.merge.spec import Scope
     from engine.recipe import from_dict
     from engine.settings import get_settings
 
     monkeypatch.setenv("MERGESCOPE_MODEL_ROOTS", str(ZOO_DIR / "models"))
     get_settings.cache_clear()
-    row = next(r for r in merge_table["rows"] if r["group"] == "x-en" and r["system"] == "task_arithmetic")
+    row = next(r for r in merge_table["rows"] if r["group"] == "x-en" and r["system"] == method)
+    spec = get_method(method)
+    shared = {k: v for k, v in row["setting"].items() if spec.param(k).scope == Scope.GLOBAL}
+    per_model = {k: v for k, v in row["setting"].items() if k not in shared}
     models = ZOO_DIR / "models"
     recipe = from_dict(
         {
-            "merge_method": "task_arithmetic",
+            "merge_method": method,
             "base_model": str(models / "base"),
             "models": [
-                {"model": str(models / f"expert-{d}"), "parameters": dict(row["setting"])}
+                {"model": str(models / f"expert-{d}"), **({"parameters": per_model} if per_model else {})}
                 for d in sorted(row["scores"])
             ],
+            **({"parameters": shared} if shared else {}),
         },
         source="test",
     )

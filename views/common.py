@@ -180,19 +180,34 @@ RANGES = {
     "gamma": (0.0, 0.2, 0.005),
     "epsilon": (0.0, 0.5, 0.01),
 }
+# Where one name means another scale in another method: NearSwap's t is a distance between
+# weights, RAM's epsilon a threshold on single task-vector entries.
+METHOD_RANGES = {
+    ("nearswap", "t"): (0.0, 0.05, 0.0005),
+    ("ram", "epsilon"): (0.0, 0.001, 0.00001),
+    ("ramplus_tl", "epsilon"): (0.0, 0.001, 0.00001),
+    ("ramplus_tl", "r"): (0.0, 1.0, 0.01),
+    ("ramplus_tl", "alpha"): (0.0, 1.0, 0.01),
+    ("karcher", "max_iter"): (1, 50, 1),
+    ("karcher", "tol"): (0.0, 0.001, 0.00001),
+    ("multislerp", "eps"): (0.0, 0.000001, 0.000000001),
+}
 FALLBACK_RANGE = (0.0, 2.0, 0.01)
 REQUIRED_DEFAULTS = {"weight": 0.5, "t": 0.5}
+METHOD_DEFAULTS = {("nearswap", "t"): 0.001, ("passthrough", "scale"): 1.0}  # scale 1 copies, as no scale does
 
 
-def param_range(name: str) -> tuple[float, float, float]:
-    return RANGES.get(name, FALLBACK_RANGE)
+def param_range(method: str, name: str) -> tuple[float, float, float]:
+    return METHOD_RANGES.get((method, name), RANGES.get(name, FALLBACK_RANGE))
 
 
-def param_default(p):
+def param_default(method: str, p):
     """A parameter's starting value: its declared default, or ours for required ones."""
     if p.kind is bool:
         return bool(p.default) if not p.required else False
-    return float(REQUIRED_DEFAULTS.get(p.name, param_range(p.name)[0]) if p.required else p.default)
+    if (method, p.name) in METHOD_DEFAULTS:
+        return float(METHOD_DEFAULTS[(method, p.name)])
+    return float(REQUIRED_DEFAULTS.get(p.name, param_range(method, p.name)[0]) if p.required else p.default)
 
 
 def recipe_parts() -> tuple[str, list[str], str, dict, dict] | None:
@@ -211,7 +226,7 @@ def recipe_parts() -> tuple[str, list[str], str, dict, dict] | None:
     for p in specs[method].params:
         # Every parameter, drawn yet or not: a Merge click can land before the sliders of a newly
         # chosen method were drawn, and the recipe (and its hash) must not depend on that.
-        params[p.name] = p.kind(st.session_state.get(state.param_key(method, p.name), param_default(p)))
+        params[p.name] = p.kind(st.session_state.get(state.param_key(method, p.name), param_default(method, p)))
         skey = state.schedule_key(method, p.name)
         if st.session_state.get("schedule_on") and p.kind is float and st.session_state.get(skey, "").strip():
             schedules[p.name] = parse_schedule(st.session_state[skey], p.name)

@@ -19,7 +19,9 @@ def load_recipe_into_view(text: str, source: str) -> None:
     except MergeScopeError as err:
         st.session_state["_recipe_error"] = str(err)
         return
-    st.session_state.update(base=view.base, experts=view.experts, method=view.method, merged="")
+    st.session_state.update(experts=view.experts, method=view.method, merged="")
+    if view.base is not None:  # a single-input recipe (passthrough) names no base: keep the picked one
+        st.session_state["base"] = view.base
     for name, value in view.params.items():
         st.session_state[state.param_key(view.method, name)] = value if isinstance(value, bool) else float(value)
     st.session_state["schedule_on"] = bool(view.schedules)
@@ -64,14 +66,20 @@ def draw_checkpoints(discovery) -> None:
 
 def draw_param(method: str, p) -> None:
     key = state.param_key(method, p.name)
-    state.default(key, common.param_default(p))
+    state.default(key, common.param_default(method, p))
     if p.kind is bool:
         st.session_state[key] = bool(st.session_state[key])
         st.toggle(p.name, key=key, help=p.doc or None)
         return
-    low, high, step = common.param_range(p.name)
-    st.session_state[key] = min(high, max(low, float(st.session_state[key])))  # a link may carry any number
-    st.slider(p.name, low, high, step=step, key=key, help=p.doc or None)
+    low, high, step = common.param_range(method, p.name)
+    value = min(high, max(low, float(st.session_state[key])))  # a link may carry any number
+    if p.kind is int:
+        st.session_state[key] = int(round(value))
+        st.slider(p.name, int(low), int(high), step=int(step), key=key, help=p.doc or None)
+        return
+    st.session_state[key] = value
+    # Thresholds like 1e-5 would read 0.00 in the slider's default format.
+    st.slider(p.name, low, high, step=step, key=key, help=p.doc or None, format="%.1e" if step < 1e-3 else None)
 
 
 st.title("Models & merge")

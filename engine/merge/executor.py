@@ -24,8 +24,15 @@ import torch
 
 from engine.checkpoints import Checkpoint, check_compatible, check_finite, config_size, open_checkpoint
 from engine.device import resolve_device
-from engine.errors import CheckpointError, InsufficientMemoryError, MergeScopeError, RecipeError
+from engine.errors import (
+    CheckpointError,
+    IncompatibleModelsError,
+    InsufficientMemoryError,
+    MergeScopeError,
+    RecipeError,
+)
 from engine.merge.params import layer_position, resolve_all
+from engine.merge.slices import PER_LAYER_CONFIG_KEYS, layer_config, plan_slices, stacked_config
 from engine.merge.spec import BaseUse, MethodSpec
 from engine.recipe import Recipe, content_hash
 
@@ -64,9 +71,18 @@ TOKENIZER_FILES = (
 Progress = Callable[[str, int], None]  # (tensor name, number of entries) after each merged tensor
 
 
+@dataclass(frozen=True)
+class TensorInput:
+    """One input of an output tensor: the checkpoint and the tensor's name in it (another
+    layer's name when slices stack layers)."""
+
+    checkpoint: Checkpoint
+    name: str
+
+
 @dataclass
 class TensorJob:
-    """One output tensor: its name, shape, dtypes, layer position and resolved parameters."""
+    """One output tensor: its name, shape, dtypes, layer position, inputs and resolved parameters."""
 
     name: str
     shape: tuple[int, ...]
@@ -75,6 +91,8 @@ class TensorJob:
     global_params: dict
     model_params: dict
     floating: bool
+    base_input: TensorInput | None
+    model_inputs: tuple[TensorInput, ...]
 
     @property
     def numel(self) -> int:
@@ -89,9 +107,10 @@ class MergePlan:
     spec: MethodSpec
     base: Checkpoint | None
     models: list[Checkpoint]
-    template: Checkpoint  # where config, tokenizer and tensor names come from
+    template: Checkpoint  # where config, tokenizer and (without slices) tensor names come from
     jobs: list[TensorJob]
     out_dtype: torch.dtype | None  # None: each tensor keeps its stored dtype
+    config: dict  # the output's config.json: the template's, with the stacked layer count for slices
     seed: int = 0
     key: str = ""
     _entries: dict = field(default_factory=dict, repr=False)
@@ -110,41 +129,128 @@ def plan_merge(recipe: Recipe, seed: int = 0) -> MergePlan:
     Raises RecipeError (missing parameter for some tensor, bad values), CheckpointError,
     PathNotAllowedError or IncompatibleModelsError before any work starts.
     """
-    spec = recipe.method
-    base_ref, inputs = recipe.merge_inputs()
     opened: dict[str, Checkpoint] = {}
     for ref in recipe.referenced_models():
         opened[ref] = open_checkpoint(ref)
+    if recipe.slices:
+        plan = _plan_slices(recipe, opened, seed)
+    else:
+        plan = _plan_models(recipe, opened, seed)
+    plan._entries = {id(c): c.entries() for c in opened.values()}
+    return plan
+
+
+def _plan_models(recipe: Recipe, opened: dict[str, Checkpoint], seed: int) -> MergePlan:
+    """Whole models: every tensor of the template, merged from the same tensor of each input."""
+    base_ref, inputs = recipe.merge_inputs()
     base = opened[base_ref] if base_ref else None
     models = [opened[m.model] for m in inputs]
     check_compatible(([base] if base else []) + models)
     template = opened[recipe.base_model] if recipe.base_model else models[0]
     num_layers = config_size(template.config, "num_hidden_layers") or 1
-    dtype = DTYPE_NAMES[recipe.dtype] if recipe.dtype else None
-    out_dtype = DTYPE_NAMES[recipe.out_dtype] if recipe.out_dtype else dtype
-    where = recipe.source or "recipe"
-    jobs = []
-    for name in template.tensor_names:
-        stored = SAFETENSORS_DTYPES.get(template.tensor_dtype(name))
-        if stored is None:
-            raise CheckpointError(
-                f"{template.shard_of(name)}: tensor {name!r} has unsupported dtype {template.tensor_dtype(name)}"
-            )
-        t = layer_position(name, num_layers)
-        try:
-            shared, per_model = resolve_all(
-                spec, recipe.parameters, [m.parameters for m in inputs], [m.model for m in inputs], name, t
-            )
-        except RecipeError as err:
-            raise RecipeError(f"{where}: {err}") from None
-        if spec.check and (problem := spec.check(shared, per_model)):
-            raise RecipeError(f"{where}: {spec.name} on tensor {name!r}: {problem}")
-        jobs.append(
-            TensorJob(name, tuple(template.tensor_shape(name)), stored, t, shared, per_model, stored.is_floating_point)
+    model_scopes = [[m.parameters, recipe.parameters] for m in inputs]
+    jobs = [
+        _job(
+            recipe,
+            name,
+            layer_position(name, num_layers),
+            TensorInput(template, name),
+            TensorInput(base, name) if base else None,
+            [TensorInput(m, name) for m in models],
+            [recipe.parameters],
+            model_scopes,
+            [m.model for m in inputs],
         )
-    plan = MergePlan(recipe, spec, base, models, template, jobs, out_dtype, seed)
-    plan._entries = {id(c): c.entries() for c in plan.inputs}
-    return plan
+        for name in template.tensor_names
+    ]
+    return MergePlan(recipe, recipe.method, base, models, template, jobs, _out_dtype(recipe), template.config, seed)
+
+
+def _plan_slices(recipe: Recipe, opened: dict[str, Checkpoint], seed: int) -> MergePlan:
+    """Layer ranges stacked slice by slice (see engine.merge.slices)."""
+    checkpoints = list(opened.values())
+    problems = [
+        f"{c.path}: {what} {mine} vs {theirs} in {checkpoints[0].path}"
+        for c in checkpoints[1:]
+        for what, mine, theirs in (
+            ("architecture", c.summary.architecture, checkpoints[0].summary.architecture),
+            ("vocabulary size", c.summary.vocab_size, checkpoints[0].summary.vocab_size),
+        )
+        if mine != theirs
+    ]
+    if problems:
+        raise IncompatibleModelsError("checkpoints are not compatible:\n- " + "\n- ".join(problems))
+    planned, behind = plan_slices(recipe, opened)
+    jobs = []
+    for item in planned:
+        out_slice = item.out_slice
+        name_in = dict(zip(map(id, out_slice.sources), item.source_names))
+        base_src, inputs = recipe.slice_inputs(out_slice)
+        base_input = TensorInput(opened[base_src.model], name_in[id(base_src)]) if base_src else None
+        model_inputs = [TensorInput(opened[s.model], name_in[id(s)]) for s in inputs]
+        jobs.append(
+            _job(
+                recipe,
+                item.name,
+                item.t,
+                base_input or model_inputs[0],
+                base_input,
+                model_inputs,
+                [out_slice.parameters, recipe.parameters],
+                [[s.parameters, out_slice.parameters, recipe.parameters] for s in inputs],
+                [s.model for s in inputs],
+            )
+        )
+    template = opened[recipe.base_model] if recipe.base_model else opened[recipe.slices[0].sources[0].model]
+    base = opened.get(recipe.base_model) if recipe.base_model else None
+    models = [c for ref, c in opened.items() if ref != recipe.base_model]
+    config = stacked_config(template.config, behind, {ref: c.config for ref, c in opened.items()})
+    return MergePlan(recipe, recipe.method, base, models, template, jobs, _out_dtype(recipe), config, seed)
+
+
+def _out_dtype(recipe: Recipe) -> torch.dtype | None:
+    """out_dtype, else dtype, else None (each tensor keeps its stored dtype)."""
+    dtype = DTYPE_NAMES[recipe.dtype] if recipe.dtype else None
+    return DTYPE_NAMES[recipe.out_dtype] if recipe.out_dtype else dtype
+
+
+def _job(
+    recipe: Recipe,
+    name: str,
+    t: float,
+    like: TensorInput,
+    base_input: TensorInput | None,
+    model_inputs: list[TensorInput],
+    global_scopes: list[dict],
+    model_scopes: list[list[dict]],
+    model_names: list[str],
+) -> TensorJob:
+    """One output tensor, shaped and typed like `like`, with its parameters resolved."""
+    spec, where = recipe.method, recipe.source or "recipe"
+    code = like.checkpoint.tensor_dtype(like.name)
+    stored = SAFETENSORS_DTYPES.get(code)
+    if stored is None:
+        raise CheckpointError(
+            f"{like.checkpoint.shard_of(like.name)}: tensor {like.name!r} has unsupported dtype {code}"
+        )
+    shape = tuple(like.checkpoint.tensor_shape(like.name))
+    for other in ([base_input] if base_input else []) + model_inputs:
+        if tuple(other.checkpoint.tensor_shape(other.name)) != shape:
+            raise IncompatibleModelsError(
+                f"{other.checkpoint.path}: tensor {other.name!r} has shape "
+                f"{list(other.checkpoint.tensor_shape(other.name))}, {like.checkpoint.path}'s {like.name!r} {list(shape)}"
+            )
+    try:
+        shared, per_model = resolve_all(
+            spec, global_scopes, model_scopes, model_names, name, t, [m.name for m in model_inputs]
+        )
+    except RecipeError as err:
+        raise RecipeError(f"{where}: {err}") from None
+    if spec.check and (problem := spec.check(shared, per_model)):
+        raise RecipeError(f"{where}: {spec.name} on tensor {name!r}: {problem}")
+    return TensorJob(
+        name, shape, stored, t, shared, per_model, stored.is_floating_point, base_input, tuple(model_inputs)
+    )
 
 
 # ---------------------------------------------------------------------------- memory
@@ -297,7 +403,7 @@ class _CheckpointSource:
     def __init__(self, plan: MergePlan, job: TensorJob, reader: _ShardReader, device: torch.device):
         self.plan, self.job, self.reader, self.device = plan, job, reader, device
         self.shape = job.shape
-        self.n_models = len(plan.models)
+        self.n_models = len(job.model_inputs)
         rows = job.shape[0] if job.shape else 1
         step = _stream_rows(plan.spec, job.shape) or rows
         self.row_chunks = [(s, min(s + step, rows)) for s in range(0, rows, step)] or [(0, 0)]
@@ -310,11 +416,11 @@ class _CheckpointSource:
         self._work = torch.float64 if torch.float64 in (recipe_dtype, job.stored_dtype) else torch.float32
         self._single = len(self.row_chunks) == 1
 
-    def _read(self, ckpt: Checkpoint, start: int, stop: int) -> torch.Tensor:
-        key = (id(ckpt), start)
+    def _read(self, tensor: TensorInput, start: int, stop: int) -> torch.Tensor:
+        key = (id(tensor.checkpoint), tensor.name, start)
         if key in self._cache:
             return self._cache[key]
-        shard, entry = self.plan._entries[id(ckpt)][self.job.name]
+        shard, entry = self.plan._entries[id(tensor.checkpoint)][tensor.name]
         stored = SAFETENSORS_DTYPES[entry.dtype]
         rounds = _rounding(stored, self._round_to)
         on_host = self.device.type == "cpu" and not rounds
@@ -323,7 +429,7 @@ class _CheckpointSource:
         if self._check_inputs and key not in self._checked:  # multi-pass methods re-read a block; once is enough
             # A sum is NaN/Inf whenever an entry is (or on overflow, which the full check then clears).
             if not torch.isfinite(x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)):
-                check_finite(x, self.job.name, shard)
+                check_finite(x, tensor.name, shard)
             self._checked.add(key)
         x = x.to(self.device, non_blocking=True)
         if rounds:
@@ -334,26 +440,27 @@ class _CheckpointSource:
         return x
 
     def base(self, start: int, stop: int) -> torch.Tensor:
-        return self._read(self.plan.base, start, stop)
+        return self._read(self.job.base_input, start, stop)
 
     def model(self, index: int, start: int, stop: int) -> torch.Tensor:
-        return self._read(self.plan.models[index], start, stop)
+        return self._read(self.job.model_inputs[index], start, stop)
 
-    def whole(self, ckpt: Checkpoint) -> torch.Tensor:
+    def whole(self, tensor: TensorInput) -> torch.Tensor:
         rows = self.job.shape[0] if self.job.shape else 1
-        return self._read(ckpt, 0, rows)
+        return self._read(tensor, 0, rows)
 
     def refuse_nonfinite(self) -> None:
         """CheckpointError naming the first input whose tensor holds NaN/Inf (counted block by block)."""
-        for ckpt in self.plan.inputs:
-            shard, entry = self.plan._entries[id(ckpt)][self.job.name]
+        inputs = ([self.job.base_input] if self.job.base_input else []) + list(self.job.model_inputs)
+        for tensor in inputs:
+            shard, entry = self.plan._entries[id(tensor.checkpoint)][tensor.name]
             bad = 0
             for s, e in self.row_chunks:
                 x = self.reader.read(shard, entry, s, e if self.shape else 1)
                 bad += int((~torch.isfinite(x)).sum())
             if bad:
                 raise CheckpointError(
-                    f"{shard}: tensor {self.job.name!r} holds {bad} NaN/Inf value(s); refusing to use it"
+                    f"{shard}: tensor {tensor.name!r} holds {bad} NaN/Inf value(s); refusing to use it"
                 )
 
 
@@ -403,22 +510,27 @@ def _merge_chunks(
     spec = plan.spec
     out_dtype = plan.output_dtype(job)
     rows = job.shape[0] if job.shape else 1
-    if not job.floating:  # integer buffers are copied from the template, never averaged
-        shard, entry = plan._entries[id(plan.template)][job.name]
+    first = job.base_input or job.model_inputs[0]
+    if not job.floating:  # integer buffers are copied from the first input, never averaged
+        shard, entry = plan._entries[id(first.checkpoint)][first.name]
         yield reader.read(shard, entry, 0, rows).reshape(job.shape).to(device)
         return
     source = _CheckpointSource(plan, job, reader, device)
     params = {**job.global_params, **job.model_params}
     seed = _tensor_seed(plan.seed, job.name)
-    if spec.base_use == BaseUse.REQUIRED and not plan.models:
-        yield _checked_output(source, source.whole(plan.base)).reshape(job.shape).to(out_dtype)
+    if spec.base_use == BaseUse.REQUIRED and not job.model_inputs:
+        yield _checked_output(source, source.whole(job.base_input)).reshape(job.shape).to(out_dtype)
     elif spec.stream is not None:
         for (s, e), chunk in zip(source.row_chunks, spec.stream(source, seed=seed, **params)):
             yield _checked_output(source, chunk).reshape(((e - s),) + job.shape[1:] if job.shape else ()).to(out_dtype)
     else:
-        base = source.whole(plan.base) if plan.base else None
-        models = [source.whole(m) for m in plan.models]
-        yield spec.merge(base, models, seed=seed, **params).reshape(job.shape).to(out_dtype)
+        base = source.whole(job.base_input) if job.base_input else None
+        models = [source.whole(m) for m in job.model_inputs]
+        try:
+            merged = spec.merge(base, models, seed=seed, **params)
+        except RecipeError as err:  # a method that cannot merge these values says why; add where
+            raise RecipeError(f"{plan.recipe.source or 'recipe'}: tensor {job.name!r}: {err}") from None
+        yield merged.reshape(job.shape).to(out_dtype)
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -448,6 +560,13 @@ def merge_into_model(
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else (plan.out_dtype or plan.jobs[0].stored_dtype)
     config = transformers.AutoConfig.from_pretrained(plan.template.path, local_files_only=True, trust_remote_code=False)
+    if plan.recipe.slices:  # stacked layers: the layer count (and per-layer entries) of the output
+        holder = config.get_text_config()
+        holder.num_hidden_layers = config_size(plan.config, "num_hidden_layers")
+        for key in PER_LAYER_CONFIG_KEYS:
+            value = layer_config(plan.config).get(key)
+            if value is not None and hasattr(holder, key):
+                setattr(holder, key, value)
     with MODEL_CONSTRUCTION_LOCK:  # transformers' init and tie patches are process-wide
         with no_init_weights(), torch.device(device):
             # Weights are overwritten below, so skip random init; buffers (rotary) still get built.
@@ -593,7 +712,7 @@ def _write_checkpoint(
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
-    config = dict(plan.template.config)
+    config = dict(plan.config)
     if plan.out_dtype is not None:
         name = next(k for k, v in DTYPE_NAMES.items() if v == plan.out_dtype)
         config["dtype"] = name

@@ -20,6 +20,14 @@ def layer_index(tensor_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def split_layer_name(tensor_name: str) -> tuple[str, int, str] | None:
+    """("model.layers.", 3, ".mlp.up_proj.weight") for a block's tensor; None outside the blocks."""
+    match = _LAYER.search(tensor_name)
+    if not match:
+        return None
+    return tensor_name[: match.start(1)], int(match.group(1)), tensor_name[match.end(1) :]
+
+
 def layer_position(tensor_name: str, num_layers: int) -> float:
     """Where a tensor sits in the stack for schedules: layer i of L gives i / (L - 1).
 
@@ -130,18 +138,26 @@ def resolve(param: Param, scopes: list[dict | None], tensor_name: str, t: float,
 
 def resolve_all(
     spec,
-    global_params: dict | None,
-    model_params: list[dict | None],
+    global_scopes: list[dict | None],
+    model_scopes: list[list[dict | None]],
     model_names: list[str],
     tensor_name: str,
     t: float,
+    input_names: list[str] | None = None,
 ) -> tuple[dict, dict]:
-    """(global values, per-model value lists aligned with the models) for one tensor."""
-    shared = {p.name: resolve(p, [global_params], tensor_name, t, "parameters") for p in spec.global_params}
+    """(global values, per-model value lists aligned with the models) for one tensor.
+
+    `global_scopes` are the shared settings, most specific first (a slice's, then the recipe's);
+    `model_scopes[i]` the settings model i sees, most specific first (its own, then the shared).
+    Filters of per-model values match the tensor's name in that model (`input_names`, which
+    differ from the output's name when slices move layers), as in mergekit.
+    """
+    shared = {p.name: resolve(p, global_scopes, tensor_name, t, "parameters") for p in spec.global_params}
+    names_in = input_names or [tensor_name] * len(model_names)
     per_model = {
         p.name: [
-            resolve(p, [own, global_params], tensor_name, t, f"model {name}")
-            for own, name in zip(model_params, model_names)
+            resolve(p, scopes, name_in, t, f"model {name}")
+            for scopes, name, name_in in zip(model_scopes, model_names, names_in)
         ]
         for p in spec.params
         if p.scope != Scope.GLOBAL

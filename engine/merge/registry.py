@@ -28,6 +28,13 @@ _MODULES = (
     "slerp",
     "model_stock",
     "nuslerp",
+    "multislerp",
+    "karcher",
+    "nearswap",
+    "arcee_fusion",
+    "passthrough",
+    "ram",
+    "ramplus_tl",
 )
 
 

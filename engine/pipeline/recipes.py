@@ -40,7 +40,10 @@ def build_recipe(base: str, experts: Sequence[str], method: str, params: dict, s
             if e != base
         ],
     }
-    if spec.base_use.value == "input":  # linear: the base is an ordinary weighted input
+    if spec.base_use.value == "input" and spec.max_models == 1:
+        # passthrough copies its one input; a base_model would be a second input in mergekit.
+        del data["base_model"]
+    elif spec.base_use.value == "input":  # linear: the base is an ordinary weighted input
         data["models"].append(
             {"model": str(by_label[base].path), **({"parameters": dict(per_model)} if per_model else {})}
         )
@@ -72,7 +75,7 @@ def recipe_hash(recipe) -> str:
 class RecipeView:
     """What the Models page's pickers need to show a loaded recipe."""
 
-    base: str
+    base: str | None  # None: the recipe names no base (a single-input passthrough)
     experts: list[str]
     method: str
     params: dict  # scalar values, one per parameter (the first expert's, then the global ones)
@@ -92,9 +95,16 @@ def recipe_view(recipe) -> RecipeView:
             raise RecipeError(f"{recipe.source or 'recipe'}: {ref} is not a checkpoint under the model roots")
         return by_path[real]
 
-    if not recipe.base_model:
-        raise RecipeError(f"{recipe.source or 'recipe'}: the dashboard needs a base_model to compare against")
-    base = label(recipe.base_model)
+    where = recipe.source or "recipe"
+    if recipe.slices:
+        raise RecipeError(
+            f"{where}: the pickers show whole-model recipes; merge a slices: recipe with "
+            "python -m engine merge and add the output folder under a model root"
+        )
+    single = recipe.method.base_use.value == "input" and recipe.method.max_models == 1
+    if not recipe.base_model and not single:
+        raise RecipeError(f"{where}: the dashboard needs a base_model to compare against")
+    base = label(recipe.base_model) if recipe.base_model else None
     experts = [label(m.model) for m in recipe.models if m.model != recipe.base_model]
     params, schedules, notes = {}, {}, []
     for scope in ([recipe.models[0].parameters] if recipe.models else []) + [recipe.parameters]:

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from engine.errors import DataError
+from engine.settings import REPO_ROOT
 
 log = logging.getLogger(__name__)
 TABLE_NAME = "merge_table.json"
@@ -26,7 +27,10 @@ def run_table(zoo_dir: Path, device: str = "cpu", use_cache: bool = True):
     """engine.sweep's run over the zoo's small grid; DataError if any point or row failed."""
     from engine.sweep import from_dict, run_sweep, zoo_grid
 
-    config = from_dict(zoo_grid(zoo_dir), Path(zoo_dir), source=f"demo zoo {zoo_dir} (small grid)")
+    # The table names the zoo by its path in the repository, so it reads the same from any checkout.
+    shown = Path(zoo_dir).resolve()
+    shown = shown.relative_to(REPO_ROOT) if shown.is_relative_to(REPO_ROOT) else shown
+    config = from_dict(zoo_grid(zoo_dir), Path(zoo_dir), source=f"demo zoo {shown} (small grid)")
     result = run_sweep(config, device=device, use_cache=use_cache)
     problems = [f"{p.group} {p.point.label}: {p.error}" for p in result.failed] + result.errors
     if problems or result.stopped:
