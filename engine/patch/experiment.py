@@ -95,7 +95,8 @@ def run_patch_experiment(
     total = len(plan) * len(sets) + 1
     if progress:
         progress(0, total, "scoring base, merge and experts")
-    fixed = evaluate_systems([base, merge, *routes.values()], sets, models)
+    # Each expert's row is its own direction, the bar a patch is measured against.
+    fixed = evaluate_systems([base, merge, *routes.values()], sets, models, experts_everywhere=False)
     by_direction = {
         role: {d.direction: d for d in r.directions} for role, r in zip(["base", "merge"], fixed[:2], strict=True)
     }
