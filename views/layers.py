@@ -6,7 +6,7 @@ import streamlit as st
 
 from engine.pipeline.analyses import SPANS, cka_pair
 from engine.pipeline.systems import MERGE
-from views import common, figures, state
+from views import common, figures, interference_panels, state
 
 ALL = "all chosen directions"
 
@@ -116,3 +116,4 @@ for side, m in (("left", pair_a), ("right", pair_b)):
     frames.append(f.assign(side=side, rows=m.labels[0], columns=m.labels[1], signature=m.signature))
 common.download_csv(pd.concat(frames), "cka_matrices", key="cka_csv")
 st.caption(f"Layer 0 is the embedding output; layer l the output of block l. {pair_a.signature}")
+interference_panels.draw_layer_profile([pair_a, pair_b], chosen_sets, models)

@@ -400,9 +400,7 @@ def _checked_output(source: _CheckpointSource, chunk: torch.Tensor) -> torch.Ten
     return chunk
 
 
-def _merge_chunks(
-    plan: MergePlan, job: TensorJob, reader: ShardReader, device: torch.device
-) -> Iterator[torch.Tensor]:
+def _merge_chunks(plan: MergePlan, job: TensorJob, reader: ShardReader, device: torch.device) -> Iterator[torch.Tensor]:
     """The merged tensor as row blocks in order, in its output dtype: writers never hold it whole."""
     spec = plan.spec
     out_dtype = plan.output_dtype(job)
