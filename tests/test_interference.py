@@ -231,7 +231,9 @@ def test_streamed_sharded_bf16_checkpoints_equal_the_whole_tensor_result(bf16_zo
     base, experts = open_checkpoint(base_path), [open_checkpoint(p) for p in expert_paths]
     assert len(base.shards) > 2
     settings = InterferenceSettings(density=0.3, rank=4)
-    streamed = analyse_checkpoints(base, experts, settings, chunk_elements=2000)  # several blocks per matrix
+    streamed = analyse_checkpoints(
+        base, experts, settings, chunk_elements=2000, stream_above=0
+    )  # several blocks per matrix
     whole_base, whole_experts = _whole_tensors(base_path), [_whole_tensors(p) for p in expert_paths]
     stats = [
         tensor_stats(

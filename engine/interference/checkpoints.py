@@ -16,7 +16,7 @@ from engine.checkpoints import Checkpoint, check_compatible, check_finite
 from engine.errors import CheckpointError
 from engine.interference.measures import tensor_stats
 from engine.interference.profile import InterferenceProfile, build_profile
-from engine.merge.executor import CHUNK_ELEMENTS, SAFETENSORS_DTYPES, ShardReader
+from engine.merge.executor import CHUNK_ELEMENTS, SAFETENSORS_DTYPES, STREAM_ABOVE, ShardReader
 from engine.settings import cache_store
 
 INTERFERENCE_VERSION = "1"
@@ -47,8 +47,9 @@ class InterferenceSettings:
 
 
 class CheckpointTensorSource:
-    """A TensorSource (engine.merge.spec) over one tensor of a base and experts on disk, in float32
-    row blocks of about CHUNK_ELEMENTS entries; a block holding NaN/Inf is refused, naming file and tensor."""
+    """A TensorSource (engine.merge.spec) over one tensor of a base and experts on disk, in float32: whole
+    up to `stream_above` entries, else in row blocks of about `chunk_elements` entries (as the merge
+    executor reads). A block holding NaN/Inf is refused, naming file and tensor."""
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class CheckpointTensorSource:
         name: str,
         reader: ShardReader,
         chunk_elements: int = CHUNK_ELEMENTS,
+        stream_above: int = STREAM_ABOVE,
     ):
         self.name, self.reader = name, reader
         self.inputs = [base, *experts]
@@ -64,7 +66,11 @@ class CheckpointTensorSource:
         self.shape = tuple(base.tensor_shape(name))
         self.n_models = len(experts)
         rows = self.shape[0] if self.shape else 1
-        step = max(1, chunk_elements // (math.prod(self.shape[1:]) or 1))
+        step = (
+            rows
+            if math.prod(self.shape) <= stream_above
+            else max(1, chunk_elements // (math.prod(self.shape[1:]) or 1))
+        )
         self.row_chunks = [(s, min(s + step, rows)) for s in range(0, rows, step)]
 
     def _read(self, index: int, start: int, stop: int) -> torch.Tensor:
@@ -92,8 +98,10 @@ def analyse_checkpoints(
     settings: InterferenceSettings = InterferenceSettings(),
     progress: Progress | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
+    stream_above: int = STREAM_ABOVE,
 ) -> InterferenceProfile:
-    """The profile computed from the files (no cache): every floating tensor of the base, streamed."""
+    """The profile computed from the files (no cache): every floating tensor of the base, read whole up to
+    `stream_above` entries and in blocks of about `chunk_elements` above."""
     if not experts:
         raise CheckpointError(f"{base.path}: interference needs at least one expert besides the base")
     check_compatible([base, *experts])
@@ -104,7 +112,7 @@ def analyse_checkpoints(
         for done, name in enumerate(names):
             if progress:
                 progress(done, len(names), f"task vectors of {name}")
-            source = CheckpointTensorSource(base, experts, name, reader, chunk_elements)
+            source = CheckpointTensorSource(base, experts, name, reader, chunk_elements, stream_above)
             stats.append(
                 tensor_stats(source, name, settings.density, settings.rank, settings.power_iters, settings.seed)
             )

@@ -19,7 +19,7 @@ import torch
 
 from engine.interference.subspace import singular_subspaces, subspace_overlap
 from engine.merge.generalized import SAMPLE_ROWS
-from engine.merge.sparsify import TopK, top_k, top_k_masks
+from engine.merge.sparsify import TopK, top_k
 from engine.merge.spec import TensorSource, work_dtype
 
 
@@ -47,23 +47,58 @@ def subspace_rank(shape: tuple[int, ...], rank: int) -> int:
     return min(rank, min(shape) // 2)
 
 
-def _held_top_k(deltas: torch.Tensor, k: int) -> list[TopK]:
-    """The keep rules of engine.merge.sparsify.top_k for task vectors held in memory, (experts, entries),
-    all experts in one kthvalue: the same threshold and the same tie rule, without its passes."""
-    if k >= deltas.shape[1]:
-        return [TopK(0, 0, keep_all=True)] * deltas.shape[0]
-    magnitude = deltas.abs().to(torch.float32)
-    threshold = magnitude.kthvalue(deltas.shape[1] - k + 1, dim=1, keepdim=True).values  # (experts, 1)
-    greater = (magnitude > threshold).sum(1).tolist()
-    equal = (magnitude == threshold).sum(1).tolist()
-    bits = threshold.view(torch.int32).reshape(-1).tolist()
-    return [TopK(b, k - g, all_equal_kept=k - g == e) for b, g, e in zip(bits, greater, equal)]
+SLICE = 1 << 16  # entries per expert in one step of the sums: a step's temporaries stay in the CPU cache
+EXACT_BELOW = 1 << 20  # tensors this small find TIES's threshold among all their entries, no sample
+SAMPLE_ENTRIES = 1 << 14  # |τ| entries sampled per expert to bracket the threshold of a larger tensor
+
+
+def _delta_slices(base: torch.Tensor, experts: list[torch.Tensor]):
+    """(base slice, task-vector slice (experts, entries)) over flat tensors; the second lives in one
+    buffer reused from slice to slice, so a caller keeps nothing of it beyond the step."""
+    buffer = torch.empty((len(experts), min(SLICE, base.numel())), dtype=base.dtype, device=base.device)
+    for start in range(0, base.numel(), SLICE):
+        part_base = base[start : start + SLICE]
+        part = buffer[:, : part_base.numel()]
+        for i, expert in enumerate(experts):
+            torch.sub(expert[start : start + SLICE], part_base, out=part[i])
+        yield part_base, part
+
+
+def _brackets(samples: torch.Tensor, k: int, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) per expert, each (experts, 1): sample quantiles around the share kept, 5 binomial sigmas
+    wide (engine.merge.sparsify brackets a merge's threshold the same way), so the k-th largest |τ_i|
+    almost surely lies inside and only the few entries inside are searched."""
+    m = samples.shape[1]
+    below = 1 - k / numel
+    margin = 5 * math.sqrt(max(below * (1 - below), 1 / m) / m) + 2 / m
+    ordered = samples.sort(dim=1).values
+    lo = ordered[:, max(0, math.floor((below - margin) * (m - 1)))]
+    hi = ordered[:, min(m - 1, math.ceil((below + margin) * (m - 1)))]
+    return lo[:, None], hi[:, None]
+
+
+def _rule(candidates: torch.Tensor, above: int, k: int) -> TopK | None:
+    """engine.merge.sparsify's keep rule from the entries above a bracket and those inside it;
+    None when the k-th largest is not inside."""
+    need = k - above
+    if not 1 <= need <= candidates.numel():
+        return None
+    threshold = candidates.kthvalue(candidates.numel() - need + 1).values
+    greater = above + int((candidates > threshold).sum())
+    equal = int((candidates == threshold).sum())
+    bits = int(threshold.reshape(1).view(torch.int32))
+    return TopK(bits, k - greater, all_equal_kept=k - greater == equal)
 
 
 def tensor_stats(
     source: TensorSource, name: str, density: float, rank: int, power_iters: int = 1, seed: int = 0
 ) -> TensorStats:
-    """Every sum for one tensor. `density` in (0, 1]: the share TIES keeps per expert; `rank` 0 skips subspaces."""
+    """Every sum for one tensor. `density` in (0, 1]: the share TIES keeps per expert; `rank` 0 skips subspaces.
+
+    Two walks over the tensor's blocks (one read when it is held whole): the first forms the norms,
+    cosines and sign conflicts and brackets each expert's TIES threshold; the second counts what
+    TIES keeps. Sums run over cache-sized slices of each block.
+    """
     if not 0 < density <= 1:
         raise ValueError(f"TIES density must lie in (0, 1], got {density}")
     n = source.n_models
@@ -71,12 +106,9 @@ def tensor_stats(
     chunks = source.row_chunks
     wd = work_dtype(source.base(0, 1))  # one row says the stored dtype
 
-    def block(s: int, e: int) -> tuple[torch.Tensor, torch.Tensor]:
-        base = source.base(s, e).to(wd)
-        deltas = torch.empty((n,) + tuple(base.shape), dtype=wd, device=base.device)  # (experts, rows, ...)
-        for i in range(n):
-            torch.sub(source.model(i, s, e).to(wd), base, out=deltas[i])
-        return base, deltas
+    def block(s: int, e: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(base, experts) of rows [s, e), flattened."""
+        return source.base(s, e).to(wd).reshape(-1), [source.model(i, s, e).to(wd).reshape(-1) for i in range(n)]
 
     held = block(*chunks[0]) if len(chunks) == 1 else None  # a small tensor is read once for every pass
 
@@ -85,42 +117,68 @@ def tensor_stats(
 
     def expert_chunks(i: int):
         if held is not None:
-            return lambda: iter([held[1][i]])
+            delta = (held[1][i] - held[0]).reshape(source.shape)
+            return lambda: iter([delta])
         return lambda: (source.model(i, s, e).to(wd) - source.base(s, e).to(wd) for s, e in chunks)
 
-    def sample(i: int) -> torch.Tensor:
-        # |τ_i| at rows spread over a streamed tensor, to bracket the top-k threshold in one pass.
-        rows = chunks[-1][1]
-        picks = sorted({r * rows // SAMPLE_ROWS for r in range(SAMPLE_ROWS)})
-        return torch.cat(
-            [(source.model(i, r, r + 1).to(wd) - source.base(r, r + 1).to(wd)).reshape(-1) for r in picks]
-        ).abs()
-
     keep_count = max(1, int(density * numel))  # as TIES's magnitude sparsifier counts
-    if held is not None:
-        rules = _held_top_k(held[1].reshape(n, -1), keep_count)
+    if numel < EXACT_BELOW or keep_count >= numel:
+        lo = torch.zeros(n, 1, dtype=wd)
+        hi = torch.full((n, 1), math.inf, dtype=wd)
     else:
-        rules = [top_k(expert_chunks(i), keep_count, numel, sample(i)) for i in range(n)]
-    masks = [top_k_masks(rule) for rule in rules]
+        lo, hi = _brackets(_sample(source, held, wd, numel), keep_count, numel)
 
-    base_sq = mass = conflict_mass = ties_kept_mass = 0.0
-    conflict_entries = ties_kept_entries = 0
-    gram = np.zeros((n, n))
-    for base, deltas in blocks():
-        flat = deltas.reshape(n, -1)  # (experts, entries)
-        base_sq += float(base.reshape(-1).to(torch.float64).square().sum())
-        gram += (flat @ flat.T).to(torch.float64).numpy()
-        magnitude = flat.abs()
-        entry_mass = magnitude.sum(0)  # (entries,)
-        mass += float(entry_mass.sum(dtype=torch.float64))
-        conflict = (flat > 0).any(0) & (flat < 0).any(0)
-        conflict_entries += int(conflict.sum())
-        conflict_mass += float(entry_mass[conflict].sum(dtype=torch.float64))
-        trimmed = flat * torch.stack([masks[i](deltas[i]).reshape(-1) for i in range(n)])
-        # The elected sign of a zero sum is +, and a trimmed-out (zero) entry never agrees, as in the merge.
-        agree = torch.where(trimmed.sum(0) >= 0, trimmed > 0, trimmed < 0)  # (experts, entries)
-        ties_kept_entries += int(agree.sum())
-        ties_kept_mass += float((magnitude * agree).sum(dtype=torch.float64))
+    base_sq = mass = conflict_mass = 0.0
+    conflict_entries = 0
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    above = [0] * n
+    inside: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    for base, experts in blocks():
+        for part_base, part in _delta_slices(base, experts):
+            base_sq += float(torch.dot(part_base, part_base))
+            gram += (part @ part.T).to(torch.float64)
+            magnitude = part.abs()
+            entry_mass = magnitude.sum(0)  # (entries,)
+            mass += float(entry_mass.sum(dtype=torch.float64))
+            conflict = (part.amax(0) > 0) & (part.amin(0) < 0)
+            conflict_entries += int(conflict.sum())
+            conflict_mass += float(torch.dot(entry_mass, conflict.to(entry_mass.dtype)))
+            over = magnitude > hi
+            candidate = (magnitude >= lo) & ~over
+            for i, count in enumerate(over.sum(1).tolist()):
+                above[i] += count
+                inside[i].append(magnitude[i][candidate[i]])
+    if keep_count >= numel:
+        rules = [TopK(0, 0, keep_all=True)] * n
+    else:
+        rules = [_rule(torch.cat(inside[i]).to(torch.float32), above[i], keep_count) for i in range(n)]
+        # A sample that misled the bracket: the exact radix select of a merge's sparsifier.
+        rules = [rule or top_k(expert_chunks(i), keep_count, numel) for i, rule in enumerate(rules)]
+    del inside
+
+    ties_kept_entries, ties_kept_mass = 0, 0.0
+    thresholds = torch.tensor(
+        [-math.inf if r.keep_all else _float_of(r.bits) for r in rules], dtype=torch.float32
+    ).reshape(n, 1)
+    # A rule with ties to break keeps what lies above its threshold plus the first `ties` entries equal
+    # to it in flat order (engine.merge.sparsify.top_k_masks), counted down across slices.
+    remaining = {i: r.ties for i, r in enumerate(rules) if not (r.keep_all or r.all_equal_kept)}
+    for base, experts in blocks():
+        for _, part in _delta_slices(base, experts):
+            magnitude = part.abs().to(torch.float32)
+            kept = magnitude >= thresholds
+            for i in remaining:
+                kept[i] = magnitude[i] > thresholds[i]
+                if remaining[i] > 0:
+                    tied = (magnitude[i] == thresholds[i]).nonzero().squeeze(1)[: remaining[i]]
+                    kept[i, tied] = True
+                    remaining[i] -= len(tied)
+            trimmed = part.mul_(kept)
+            # Positive where an entry agrees with the elected sign (a zero sum elects +), so what TIES
+            # keeps is where this is > 0, and |τ| there is this value; trimmed-out zeros never agree.
+            signed = trimmed.mul_(torch.where(trimmed.sum(0) >= 0, 1.0, -1.0).to(part.dtype))
+            ties_kept_entries += int((signed > 0).sum())
+            ties_kept_mass += float(signed.clamp_(min=0).sum(dtype=torch.float64))
 
     k = subspace_rank(source.shape, rank)
     subspace = None
@@ -135,7 +193,7 @@ def tensor_stats(
         name,
         numel,
         base_sq,
-        gram,
+        gram.numpy(),
         mass,
         conflict_entries,
         conflict_mass,
@@ -144,3 +202,22 @@ def tensor_stats(
         subspace,
         k,
     )
+
+
+def _float_of(bits: int) -> float:
+    return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32))
+
+
+def _sample(source: TensorSource, held, wd: torch.dtype, numel: int) -> torch.Tensor:
+    """|τ_i| at entries spread over the tensor: (experts, entries), strided when held, whole rows when streamed."""
+    if held is not None:
+        base, experts = held
+        step = max(1, numel // SAMPLE_ENTRIES)
+        return torch.stack([x[::step] - base[::step] for x in experts]).abs()
+    rows = source.row_chunks[-1][1]
+    picks = sorted({r * rows // SAMPLE_ROWS for r in range(SAMPLE_ROWS)})
+    parts = []
+    for r in picks:
+        base = source.base(r, r + 1).to(wd)
+        parts.append(torch.stack([source.model(i, r, r + 1).to(wd) - base for i in range(source.n_models)]))
+    return torch.cat([p.reshape(source.n_models, -1) for p in parts], dim=1).abs()
