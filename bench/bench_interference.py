@@ -2,8 +2,8 @@
 ~0.6B Qwen2 (Qwen2.5-0.5B shapes, untied head: bench_merge.py's checkpoints), bf16 on disk,
 against the floor of reading the five checkpoints once.
 
-    .venv/bin/python bench/bench_interference.py              # 2 torch threads, 2 rounds
-    .venv/bin/python bench/bench_interference.py --threads 1 --rounds 1
+    .venv/bin/python bench/bench_interference.py --rounds 1   # 1 torch thread
+    .venv/bin/python bench/bench_interference.py --threads 2 --rounds 2
 
 Each measurement is a child process on warm page cache, run in turn (read, weights, full, read,
 ...) so drifting load from other work hits each alike: `read` reads every tensor of the five
@@ -71,7 +71,12 @@ def run_child(mode: str, folders: list[Path], env: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (OMP_NUM_THREADS)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (OMP_NUM_THREADS); 1 suits a machine shared with other work",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--child", choices=(*MODES, "idle"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)

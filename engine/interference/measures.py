@@ -139,15 +139,16 @@ def tensor_stats(
             gram += (part @ part.T).to(torch.float64)
             magnitude = part.abs()
             entry_mass = magnitude.sum(0)  # (entries,)
-            mass += float(entry_mass.sum(dtype=torch.float64))
+            mass += float(entry_mass.sum())  # a slice's float32 sum; slices add in float64
             conflict = (part.amax(0) > 0) & (part.amin(0) < 0)
             conflict_entries += int(conflict.sum())
             conflict_mass += float(torch.dot(entry_mass, conflict.to(entry_mass.dtype)))
             over = magnitude > hi
             candidate = (magnitude >= lo) & ~over
+            found = magnitude.masked_select(candidate).split(candidate.sum(1).tolist())  # expert by expert
             for i, count in enumerate(over.sum(1).tolist()):
                 above[i] += count
-                inside[i].append(magnitude[i][candidate[i]])
+                inside[i].append(found[i])
     if keep_count >= numel:
         rules = [TopK(0, 0, keep_all=True)] * n
     else:
@@ -178,7 +179,7 @@ def tensor_stats(
             # keeps is where this is > 0, and |τ| there is this value; trimmed-out zeros never agree.
             signed = trimmed.mul_(torch.where(trimmed.sum(0) >= 0, 1.0, -1.0).to(part.dtype))
             ties_kept_entries += int((signed > 0).sum())
-            ties_kept_mass += float(signed.clamp_(min=0).sum(dtype=torch.float64))
+            ties_kept_mass += float(signed.clamp_(min=0).sum())
 
     k = subspace_rank(source.shape, rank)
     subspace = None
