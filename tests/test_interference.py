@@ -180,7 +180,7 @@ def test_neuron_overlap_is_the_jaccard_of_each_pair_and_joins_the_score():
     ]
     overlap = neuron_set_overlap(sets)
     assert overlap[0, 0, 1] == pytest.approx(2 / 5) and overlap[0, 0, 0] == 1.0
-    assert np.isnan(overlap[1]).all()  # two empty sets: no overlap to speak of
+    assert (overlap[1] == 0).all()  # two empty sets share nothing
     base, experts = random_tensors((8, 8), n=2)
     stats = [tensor_stats(MemorySource(base, experts), f"model.layers.{b}.mlp.up_proj.weight", 0.5, 2) for b in (0, 1)]
     profile = with_neuron_overlap(build_profile(stats, ["a", "b"], 2, "w"), overlap, "lape")

@@ -162,9 +162,10 @@ def build_profile(
 
 def neuron_set_overlap(sets: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
     """Jaccard overlap of experts' neuron sets per block: sets[i][b] holds expert i's neuron indices in
-    block b; (blocks, n, n), NaN where both sets are empty."""
+    block b; (blocks, n, n). Two empty sets share nothing: 0, so a block where LAPE assigns no neuron
+    lowers the score like one where the experts' neurons are disjoint, instead of leaving the score."""
     n, blocks = len(sets), len(sets[0])
-    out = np.full((blocks, n, n), np.nan)
+    out = np.zeros((blocks, n, n))
     for b in range(blocks):
         members = [set(np.asarray(sets[i][b]).tolist()) for i in range(n)]
         for i in range(n):
