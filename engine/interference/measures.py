@@ -22,6 +22,10 @@ from engine.merge.generalized import SAMPLE_ROWS
 from engine.merge.sparsify import TopK, top_k
 from engine.merge.spec import TensorSource, work_dtype
 
+SLICE = 1 << 16  # entries per expert in one step of the sums: a step's temporaries stay in the CPU cache
+EXACT_BELOW = 1 << 20  # tensors this small find TIES's threshold among all their entries, no sample
+SAMPLE_ENTRIES = 1 << 14  # |τ| entries sampled per expert to bracket the threshold of a larger tensor
+
 
 @dataclass
 class TensorStats:
@@ -45,11 +49,6 @@ def subspace_rank(shape: tuple[int, ...], rank: int) -> int:
     if len(shape) != 2:
         return 0
     return min(rank, min(shape) // 2)
-
-
-SLICE = 1 << 16  # entries per expert in one step of the sums: a step's temporaries stay in the CPU cache
-EXACT_BELOW = 1 << 20  # tensors this small find TIES's threshold among all their entries, no sample
-SAMPLE_ENTRIES = 1 << 14  # |τ| entries sampled per expert to bracket the threshold of a larger tensor
 
 
 def _delta_slices(base: torch.Tensor, experts: list[torch.Tensor]):
