@@ -1,4 +1,4 @@
-"""Language-specific neurons (LAPE) and neuron-usage alignment (NUA).
+"""Language-specific neurons (LAPE) and how two selections of them overlap.
 
 LAPE, "language activation probability entropy" (Tang et al., 2024, "Language-Specific Neurons:
 The Key to Multilingual Capabilities in Large Language Models"): a neuron's activation
@@ -7,8 +7,10 @@ act(gate_proj(x)) is positive. Normalising p over languages and taking the entro
 language-specific the neuron is; the lowest-entropy `top_rate` of all neurons are kept and each
 is assigned to every language whose p clears the `activation_bar` quantile of all p.
 
-NUA and the base-vs-fine-tune comparison follow the MergeScope paper (Gain et al.,
-arXiv 2604.02881), which reads p from the source or target span of teacher-forced pairs.
+The base-vs-fine-tune comparison and the source-span vs target-span overlap follow the MergeScope
+paper (Gain et al., arXiv 2604.02881; babangain/mt-model-merging, analysis/compare_base_vs_ft.py
+and analysis/src/indic_en_compare_src_tgt.py), which reads p from the source or target span of
+teacher-forced pairs, one language condition per data set. NUA is in engine/nua.py.
 
 Everything here takes plain arrays of counts or rates (layers, neurons, languages) and returns
 dataclasses carrying a settings signature.
@@ -97,14 +99,18 @@ class LapeResult:
     filter_value: float | None
     settings: LapeSettings
     signature: str
+    conditions: str = ""  # how data sets became conditions (engine/activations/conditions.py)
 
     def assigned(self, layer: int) -> set[tuple[int, str]]:
         """(neuron, language) pairs of one layer."""
         return {(int(i), lang) for lang, idx in self.neurons[layer].items() for i in idx}
 
 
-def select_language_neurons(rates, languages, settings: LapeSettings | str = "paper", span: str = "") -> LapeResult:
-    """LAPE selection over rates p of shape (layers, neurons, languages)."""
+def select_language_neurons(
+    rates, languages, settings: LapeSettings | str = "paper", span: str = "", conditions: str = ""
+) -> LapeResult:
+    """LAPE selection over rates p of shape (layers, neurons, languages); `span` and `conditions`
+    (how the languages were formed) only label the result."""
     if isinstance(settings, str):
         if settings not in PRESETS:
             raise ValueError(f"unknown LAPE preset {settings!r}; choose from {', '.join(PRESETS)}")
@@ -140,8 +146,10 @@ def select_language_neurons(rates, languages, settings: LapeSettings | str = "pa
     neurons = [
         {lang: np.flatnonzero(assigned[layer, :, j]) for j, lang in enumerate(languages)} for layer in range(n_layers)
     ]
-    sig = settings.signature() + (f"|span:{span}" if span else "")
-    return LapeResult(languages, neurons, assigned.sum(axis=1), selected, entropy, bar, filter_value, settings, sig)
+    sig = settings.signature() + (f"|span:{span}" if span else "") + (f"|conditions:{conditions}" if conditions else "")
+    return LapeResult(
+        languages, neurons, assigned.sum(axis=1), selected, entropy, bar, filter_value, settings, sig, conditions
+    )
 
 
 @dataclass
@@ -180,9 +188,15 @@ class SelectionComparison:
     gained: np.ndarray  # (layers,): in the fine-tune only
     lost: np.ndarray  # (layers,): in the base only
     overlap: np.ndarray  # (layers,)
-    jaccard: np.ndarray  # (layers,): overlap / union (NaN when both are empty)
+    jaccard: np.ndarray  # (layers,): overlap / union (1.0 when both are empty, the paper's convention)
     per_language: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # lang -> field -> (layers,)
     signature: str = ""
+
+
+def jaccard_index(overlap, union) -> np.ndarray:
+    """|A ∩ B| / |A ∪ B|, and 1.0 for two empty sets (as the paper's indic_en_compare_src_tgt.py)."""
+    overlap, union = np.asarray(overlap, dtype=np.float64), np.asarray(union, dtype=np.float64)
+    return np.where(union > 0, overlap / np.where(union > 0, union, 1.0), 1.0)
 
 
 def _compare_sets(pairs_a: list[set], pairs_b: list[set]) -> dict[str, np.ndarray]:
@@ -190,8 +204,7 @@ def _compare_sets(pairs_a: list[set], pairs_b: list[set]) -> dict[str, np.ndarra
     tuned = np.array([len(b) for b in pairs_b])
     overlap = np.array([len(a & b) for a, b in zip(pairs_a, pairs_b)])
     union = base + tuned - overlap
-    with np.errstate(invalid="ignore", divide="ignore"):
-        jaccard = np.where(union > 0, overlap / np.where(union > 0, union, 1), np.nan)
+    jaccard = jaccard_index(overlap, union)
     return dict(
         base=base, finetune=tuned, gained=tuned - overlap, lost=base - overlap, overlap=overlap, jaccard=jaccard
     )
@@ -217,42 +230,38 @@ def compare_selections(base: LapeResult, finetune: LapeResult) -> SelectionCompa
 
 
 @dataclass
-class NUAResult:
-    """Neuron-usage alignment: cosine of per-layer activation-rate vectors of two models."""
+class SpanOverlap:
+    """One model's language-specific neurons read from the source span vs from the target span."""
 
-    per_layer: np.ndarray  # (layers,)
-    lower: float
-    middle: float
-    upper: float
-    mean: float
-    thirds: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # [start, end) layer ranges
+    languages: tuple[str, ...]
+    source: np.ndarray  # (layers, languages): neurons per condition, source span
+    target: np.ndarray  # (layers, languages): neurons per condition, target span
+    jaccard: np.ndarray  # (layers, languages): |S ∩ T| / |S ∪ T|, 1.0 when both are empty
+    per_language: np.ndarray  # (languages,): Jaccard averaged over layers
+    mean: float  # over every layer and language
     signature: str
 
 
-def neuron_usage_alignment(rates_a, rates_b, span: str = "") -> NUAResult:
-    """NUA per layer and averaged over the lower / middle / upper thirds of the stack.
-
-    Rates are (layers, neurons) or (layers, neurons, languages); everything after the layer axis
-    forms that layer's vector. A layer where a model never fires gives NaN (cosine undefined).
-    Thirds split the layers as evenly as possible, earlier thirds taking the extra layer.
-    """
-    a = np.asarray(rates_a, dtype=np.float64)
-    b = np.asarray(rates_b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"activation rates of shapes {a.shape} and {b.shape} cannot be aligned neuron by neuron")
-    if a.ndim < 2 or a.shape[0] < 3:
-        raise ValueError(f"NUA needs (layers ≥ 3, neurons, ...) rates, got shape {a.shape}")
-    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)  # (layers, features)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_layer = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1.0), np.nan)
-    bounds = np.cumsum([0] + [len(c) for c in np.array_split(np.arange(a.shape[0]), 3)])
-    thirds = tuple((int(bounds[i]), int(bounds[i + 1])) for i in range(3))
-    lower, middle, upper = (
-        float(np.nanmean(per_layer[s:e])) if np.isfinite(per_layer[s:e]).any() else float("nan") for s, e in thirds
+def compare_spans(source: LapeResult, target: LapeResult) -> SpanOverlap:
+    """Per layer and condition, how far the neurons found on the source span are those found on
+    the target span (the paper's indic_en_compare_src_tgt.py)."""
+    if source.languages != target.languages:
+        raise ValueError(f"conditions differ: source span {source.languages} vs target span {target.languages}")
+    if len(source.neurons) != len(target.neurons):
+        raise ValueError(f"source-span selection has {len(source.neurons)} layers, target-span {len(target.neurons)}")
+    layers = range(len(source.neurons))
+    jaccard = np.stack(
+        [
+            _compare_sets(
+                [set(source.neurons[l][lang].tolist()) for l in layers],
+                [set(target.neurons[l][lang].tolist()) for l in layers],
+            )["jaccard"]
+            for lang in source.languages
+        ],
+        axis=1,
+    )  # (layers, languages)
+    sig = source.settings.signature() + "|span:source vs target"
+    sig += f"|conditions:{source.conditions}" if source.conditions else ""
+    return SpanOverlap(
+        source.languages, source.counts, target.counts, jaccard, jaccard.mean(axis=0), float(jaccard.mean()), sig
     )
-    mean = float(np.nanmean(per_layer)) if np.isfinite(per_layer).any() else float("nan")
-    sig = f"nua|cosine|thirds:{bounds[1]}/{bounds[2] - bounds[1]}/{bounds[3] - bounds[2]}|v:{LAPE_VERSION}" + (
-        f"|span:{span}" if span else ""
-    )
-    return NUAResult(per_layer, lower, middle, upper, mean, thirds, sig)

@@ -20,7 +20,7 @@ import yaml
 from streamlit.testing.v1 import AppTest
 
 from engine.neurons import PRESETS
-from engine.pipeline.analyses import cka_pair, neuron_report
+from engine.pipeline.analyses import cka_pair, neuron_report, nua_groups, span_overlap, subspace_geometry
 from engine.pipeline.catalog import checkpoints_by_label
 from engine.pipeline.data import data_sets
 from engine.pipeline.memo import clear_memo
@@ -330,6 +330,63 @@ def test_neurons_page_counts_equal_the_engines(app):
     lape = neuron_report(systems["base"], systems[MERGE], sets, "target", PRESETS["lape"], ModelCache())
     z = array([f for f in charts(app) if f["data"][0]["type"] == "heatmap"][1]["data"][0]["z"])
     np.testing.assert_array_equal(z, lape.finetune.counts)
+
+
+def test_neurons_page_source_span_on_en_x_shows_the_papers_analyses(app):
+    merge(pick(app))
+    app.switch_page("views/neurons.py").run()
+    app.segmented_control(key="neuron_span").set_value("source").run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    systems = {s.name: s for s in systems_of(app)}
+    base, merged = systems["base"], systems[MERGE]
+    unmerged = [s for s in systems.values() if s.name != MERGE]
+    sets = data_sets("devtest", ["en-es", "en-pt"], 32)
+    models = ModelCache()
+
+    def figure(title: str) -> dict:
+        return next(f for f in charts(app) if f["layout"]["title"]["text"].startswith(title))
+
+    # English sources of En→es and En→pt: the conditions are the data sets' languages.
+    report = neuron_report(base, merged, sets, "source", PRESETS["paper"], models)
+    counts = figure("merge: neurons per block")
+    assert (
+        counts["data"][0]["x"] == ["es", "pt"]
+        and "each data set's non-English language" in counts["layout"]["title"]["text"]
+    )
+    np.testing.assert_array_equal(array(counts["data"][0]["z"]), report.finetune.counts)
+    np.testing.assert_allclose(array(figure("Neuron usage alignment")["data"][0]["y"]), report.nua.per_layer, rtol=1e-9)
+
+    groups = nua_groups(unmerged, base, sets, "source", models)
+    traces = {t["name"]: t for t in figure("Mean NUA")["data"]}
+    np.testing.assert_allclose(array(traces["base–fine-tune"]["y"]), groups.base_finetune, rtol=1e-9)
+    np.testing.assert_allclose(array(traces["fine-tune–fine-tune"]["y"]), groups.finetune_finetune, rtol=1e-9)
+
+    overlap = span_overlap(merged, sets, PRESETS["paper"], models)
+    np.testing.assert_allclose(array(figure("Jaccard of source- and target-span")["data"][0]["z"]), overlap.jaccard)
+
+    geometry = subspace_geometry(list(systems.values()), sets, "source", models)
+    angles = figure("Median principal angle")["data"]
+    assert [t["name"] for t in angles] == [f"{a} vs {b}" for a, b in geometry.pairs]
+    for p, trace in enumerate(angles):
+        np.testing.assert_allclose(array(trace["y"]), geometry.median_angle[:, p], rtol=1e-9)
+    layer = app.slider(key="geometry_layer").value
+    points = figure("Subspace map")["data"][0]
+    assert points["text"] == list(geometry.names)
+    xy = geometry.mds_coordinates(layer)
+    np.testing.assert_allclose(array(points["x"]), xy[:, 0], atol=1e-12)
+    np.testing.assert_allclose(array(points["y"]), xy[:, 1], atol=1e-12)
+
+    # The concatenated NUA option, and span-language conditions (the option), which on English sources
+    # leave one condition: the page says so.
+    app.selectbox(key="nua_mode").set_value("concat").run()
+    concat = neuron_report(base, merged, sets, "source", PRESETS["paper"], models, nua_mode="concat")
+    np.testing.assert_allclose(array(figure("Neuron usage alignment")["data"][0]["y"]), concat.nua.per_layer, rtol=1e-9)
+    app.segmented_control(key="neuron_conditions").set_value("span").run()
+    assert any("give only en" in e.value for e in app.error)
+    app.segmented_control(key="neuron_span").set_value("target").run()
+    assert not app.error
+    assert app.query_params["neuron_conditions"] == "span" and app.query_params["nua_mode"] == "concat"
+    assert "the language of the span's text" in figure("merge: neurons per block")["layout"]["title"]["text"]
 
 
 class _TableReader(HTMLParser):

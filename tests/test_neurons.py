@@ -121,18 +121,41 @@ def test_compare_base_and_finetune():
     assert cmp.per_language["de"]["gained"][0] == 1
 
 
-def test_nua_per_layer_and_thirds():
-    rng = np.random.default_rng(0)
-    a = rng.uniform(size=(7, 50))
-    b = a.copy()
-    b[5:] = rng.uniform(size=(2, 50))  # the top two layers differ
-    b[0] *= 3.0  # cosine ignores scale
-    result = neurons.neuron_usage_alignment(a, b)
-    expected = [np.dot(x, y) / np.linalg.norm(x) / np.linalg.norm(y) for x, y in zip(a, b)]
-    np.testing.assert_allclose(result.per_layer, expected, atol=1e-12)
-    assert result.thirds == ((0, 3), (3, 5), (5, 7))
-    assert result.lower == pytest.approx(1.0) and result.middle == pytest.approx(1.0)
-    assert result.upper == pytest.approx(np.mean(expected[5:]))
-    assert result.mean == pytest.approx(np.mean(expected))
-    with pytest.raises(ValueError, match="cannot be aligned"):
-        neurons.neuron_usage_alignment(a, b[:, :40])
+def test_jaccard_of_two_empty_sets_is_one():
+    rates, _ = planted()
+    empty = rates.copy()
+    empty[2] = 0.4  # layer 2 has no language-specific neuron in either selection
+    a = neurons.select_language_neurons(empty, LANGS)
+    b = neurons.select_language_neurons(empty, LANGS)
+    assert len(a.assigned(2)) == 0
+    cmp = neurons.compare_selections(a, b)
+    assert cmp.jaccard[2] == 1.0 and cmp.per_language["de"]["jaccard"][2] == 1.0
+    np.testing.assert_array_equal(neurons.jaccard_index([0, 1, 2], [0, 4, 2]), [1.0, 0.25, 1.0])
+
+
+def test_source_target_overlap_per_layer_and_language():
+    src_rates, expected = planted(seed=0)
+    tgt_rates = src_rates.copy()
+    # On the target span two (layer, language) cells lose every planted neuron.
+    moved = [cell for cell in sorted(expected) if expected[cell]][:2]
+    for layer, lang in moved:
+        for neuron in expected[layer, lang]:
+            tgt_rates[layer, neuron] = 0.4
+    source = neurons.select_language_neurons(src_rates, LANGS, span="source", conditions="dataset")
+    target = neurons.select_language_neurons(tgt_rates, LANGS, span="target", conditions="dataset")
+    overlap = neurons.compare_spans(source, target)
+    # Independent: the paper's jaccard over Python sets, 1.0 for two empty sets.
+    want = np.zeros((4, len(LANGS)))
+    for layer in range(4):
+        for j, lang in enumerate(LANGS):
+            s, t = set(source.neurons[layer][lang].tolist()), set(target.neurons[layer][lang].tolist())
+            want[layer, j] = 1.0 if not s and not t else len(s & t) / len(s | t)
+    np.testing.assert_allclose(overlap.jaccard, want, rtol=0, atol=0)
+    for layer, lang in moved:
+        assert overlap.jaccard[layer, LANGS.index(lang)] < 1.0
+    np.testing.assert_allclose(overlap.per_language, want.mean(axis=0))
+    assert overlap.mean == pytest.approx(want.mean())
+    np.testing.assert_array_equal(overlap.source, source.counts)
+    assert "span:source vs target" in overlap.signature and "conditions:dataset" in overlap.signature
+    with pytest.raises(ValueError, match="conditions differ"):
+        neurons.compare_spans(source, neurons.select_language_neurons(src_rates[..., :3], LANGS[:3]))

@@ -305,6 +305,105 @@ def nua_figure(nua, title: str) -> go.Figure:
     return fig
 
 
+def nua_groups_figure(groups, title: str) -> go.Figure:
+    """Mean NUA per block over base–fine-tune pairs and over fine-tune–fine-tune pairs, with third averages."""
+    blocks = list(range(1, len(groups.base_finetune) + 1))
+    fig = go.Figure()
+    series = (
+        ("base–fine-tune", groups.base_finetune, groups.base_finetune_thirds, "#1f77b4"),
+        ("fine-tune–fine-tune", groups.finetune_finetune, groups.finetune_finetune_thirds, "#ff7f0e"),
+    )
+    for name, values, thirds, colour in series:
+        fig.add_scatter(
+            x=blocks,
+            y=values,
+            name=name,
+            mode="lines+markers",
+            line={"color": colour},
+            hovertemplate=f"{name}<br>block %{{x}}: NUA %{{y:.4f}}<extra></extra>",
+        )
+        for (start, end), value in zip(groups.thirds, thirds):
+            fig.add_scatter(
+                x=[start + 0.5, end + 0.5],
+                y=[value, value],
+                mode="lines",
+                line={"color": colour, "dash": "dot", "width": 3},
+                name=f"{name} third mean",
+                showlegend=start == 0,
+                hovertemplate=f"{name}, blocks {start + 1}–{end}: %{{y:.4f}}<extra></extra>",
+            )
+    fig.update_layout(
+        title=_title(title, groups.signature), xaxis_title="block", yaxis_title="mean NUA (cosine)", height=380
+    )
+    return fig
+
+
+def span_overlap_heatmap(overlap, title: str) -> go.Figure:
+    """Blocks × conditions Jaccard of source-span and target-span neurons, each cell annotated."""
+    jaccard = np.asarray(overlap.jaccard)
+    fig = go.Figure(
+        go.Heatmap(
+            z=jaccard,
+            x=list(overlap.languages),
+            y=[f"{l + 1}" for l in range(jaccard.shape[0])],
+            zmin=0.0,
+            zmax=1.0,
+            colorscale="Greens",
+            text=np.round(jaccard, 2),
+            texttemplate="%{text}",
+            colorbar={"title": "Jaccard"},
+            hovertemplate="block %{y}, %{x}: Jaccard %{z:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=_title(title, overlap.signature), height=max(320, 28 * jaccard.shape[0] + 160), margin={"t": 110}
+    )
+    fig.update_xaxes(side="top")
+    fig.update_yaxes(title="block", autorange="reversed", dtick=1)
+    return fig
+
+
+def principal_angle_curves(geometry, title: str) -> go.Figure:
+    """Median principal angle per layer, one line per pair of systems (layer 0: embeddings)."""
+    layers = list(range(geometry.median_angle.shape[0]))
+    fig = go.Figure()
+    for p, (a, b) in enumerate(geometry.pairs):
+        fig.add_scatter(
+            x=layers,
+            y=geometry.median_angle[:, p],
+            name=f"{a} vs {b}",
+            mode="lines+markers",
+            customdata=geometry.distance[:, p],
+            hovertemplate=f"{a} vs {b}<br>layer %{{x}}: %{{y:.2f}}°, distance %{{customdata:.3f}}<extra></extra>",
+        )
+    fig.update_layout(
+        title=_title(title, geometry.signature),
+        xaxis_title="layer",
+        yaxis_title="median principal angle (°)",
+        height=400,
+    )
+    return fig
+
+
+def subspace_map(coords: np.ndarray, names: Sequence[str], title: str, signature: str = "") -> go.Figure:
+    """Systems placed in 2-D by MDS of their subspace distances, each point labelled."""
+    coords = np.asarray(coords)
+    fig = go.Figure(
+        go.Scatter(
+            x=coords[:, 0],
+            y=coords[:, 1],
+            mode="markers+text",
+            text=list(names),
+            textposition="top center",
+            marker={"size": 12},
+            hovertemplate="%{text}: (%{x:.3f}, %{y:.3f})<extra></extra>",
+        )
+    )
+    fig.update_layout(title=_title(title, signature), xaxis_title="MDS 1", yaxis_title="MDS 2", height=400)
+    fig.update_yaxes(scaleanchor="x", scaleratio=1)  # distances read the same in both directions
+    return fig
+
+
 # ----------------------------------------------------------------- samples
 
 

@@ -84,6 +84,9 @@ VIEW_KEYS: dict[str, Codec] = {
     "neuron_model": TEXT,
     "neuron_span": TEXT,
     "neuron_layer": INT,
+    "neuron_conditions": TEXT,
+    "nua_mode": TEXT,
+    "geometry_layer": INT,
     # Samples
     "sample_direction": TEXT,
     "sample_systems": LIST,

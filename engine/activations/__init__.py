@@ -7,12 +7,13 @@ from engine.activations.capture import (
     capture_cached,
     capture_hooks,
     capture_key,
-    language_rates,
     model_blocks,
 )
+from engine.activations.conditions import CONDITIONS, condition_labels, condition_rates, dataset_condition
 from engine.activations.spans import SPANS, EncodedPair, encode_pair, encode_pairs, span_mask
 
 __all__ = [
+    "CONDITIONS",
     "SPANS",
     "Capture",
     "CaptureSettings",
@@ -21,8 +22,10 @@ __all__ = [
     "capture_cached",
     "capture_hooks",
     "capture_key",
+    "condition_labels",
+    "condition_rates",
+    "dataset_condition",
     "encode_pair",
-    "language_rates",
     "encode_pairs",
     "model_blocks",
     "span_mask",

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 import cache
+from engine.activations.families import LAYOUTS, attribute, layout_of, out_features
 from engine.activations.spans import SPANS, EncodedPair, encode_pairs
 from engine.errors import DataError, UnsupportedModelError
 from engine.parallel import ParallelSet
@@ -93,6 +95,7 @@ class Capture:
 
 @dataclass
 class _Blocks:
+    decoder: nn.Module  # runs the blocks without the LM head
     layers: list[nn.Module]
     final: nn.Module  # the module whose output is layer L
     activations: list[tuple[nn.Module, Callable | None]]  # per block: (module to hook, act to apply or None)
@@ -101,42 +104,51 @@ class _Blocks:
 
 
 def model_blocks(model: nn.Module, final_norm: bool = True) -> _Blocks:
-    """Locate blocks, gated MLPs and the final norm; UnsupportedModelError names what is missing."""
+    """Locate blocks, MLP activations and the final norm through the family's layout
+    (engine.activations.families); UnsupportedModelError names what is missing."""
     name = type(model).__name__
-    decoder = getattr(model, "model", model)
-    layers = getattr(decoder, "layers", None)
+    layout = layout_of(model)
+    decoder = getattr(model, layout.decoder, model)  # a bare decoder (no LM head) is its own decoder
+    layers = attribute(decoder, layout.blocks)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
         raise UnsupportedModelError(
-            f"{name}: no decoder block list at .model.layers; capture supports Llama/Qwen2/Mistral/Gemma-style models"
+            f"{name}: no decoder block list at .{layout.decoder}.{layout.blocks}; capture reads "
+            f"Llama-style models and {', '.join(sorted(LAYOUTS))}"
         )
-    activations, seen_acts = [], set()
+    found = []  # per block: (first projection, activation, neurons)
     for i, layer in enumerate(layers):
-        mlp = getattr(layer, "mlp", None)
-        gate = getattr(mlp, "gate_proj", None)
-        act = getattr(mlp, "act_fn", None)
-        missing = [n for n, v in (("mlp", mlp), ("mlp.gate_proj", gate), ("mlp.act_fn", act)) if v is None]
+        projection, act = attribute(layer, layout.projection), attribute(layer, layout.activation)
+        missing = [path for path, v in ((layout.projection, projection), (layout.activation, act)) if v is None]
         if missing:
             raise UnsupportedModelError(
-                f"{name}: block {i} has no {missing[0]}; neuron counts need a gated MLP "
-                "(act_fn(gate_proj(x)) * up_proj(x), as in Llama/Qwen2/Mistral/Gemma)"
+                f"{name}: block {i} has no {missing[0]}; neuron counts need the MLP's first projection "
+                f"and its activation ({layout.activation}({layout.projection}(x)))"
             )
-        if isinstance(act, nn.Module) and id(act) not in seen_acts:
-            # The activation module's own output is act(gate_proj(x)): hooking it costs nothing extra.
+        found.append((projection, act, out_features(projection, layout, f"{name} block {i} {layout.projection}")))
+    act_users = Counter(id(act) for _, act, _ in found)
+    activations, widths = [], {width for _, _, width in found}
+    for projection, act, width in found:
+        if isinstance(act, nn.Module) and act_users[id(act)] == 1:
+            # The activation module's own output is the neurons' activation: hooking it costs nothing extra.
             activations.append((act, None))
-            seen_acts.add(id(act))
+        elif layout.fused_gate:
+            # A plain function or one module shared across blocks cannot tell blocks apart: hook the
+            # projection and apply the activation ourselves, to the gate half of the fused output.
+            activations.append((projection, lambda out, act=act, width=width: act(out[..., :width])))
         else:
-            # A plain function or one module shared across blocks cannot tell blocks apart:
-            # hook gate_proj and apply the activation ourselves.
-            activations.append((gate, act))
-    norm = getattr(decoder, "norm", None)
-    final = norm if final_norm and isinstance(norm, nn.Module) else layers[-1]
-    if final_norm and norm is None:
-        raise UnsupportedModelError(f"{name}: no final norm at .model.norm; capture with final_norm=False instead")
+            activations.append((projection, act))
+    if len(widths) > 1:
+        raise UnsupportedModelError(f"{name}: blocks have MLPs of different widths {sorted(widths)}")
+    norm = attribute(decoder, layout.norm)
+    if final_norm and not isinstance(norm, nn.Module):
+        raise UnsupportedModelError(
+            f"{name}: no final norm at .{layout.decoder}.{layout.norm}; capture with final_norm=False instead"
+        )
+    final = norm if final_norm else layers[-1]
     d_model = getattr(model.config, "hidden_size", None)
-    d_mlp = getattr(model.config, "intermediate_size", None)
-    if d_model is None or d_mlp is None:
-        raise UnsupportedModelError(f"{name}: config lacks hidden_size or intermediate_size")
-    return _Blocks(list(layers), final, activations, int(d_model), int(d_mlp))
+    if d_model is None:
+        raise UnsupportedModelError(f"{name}: config lacks hidden_size")
+    return _Blocks(decoder, list(layers), final, activations, int(d_model), widths.pop())
 
 
 class _Recorder:
@@ -266,7 +278,6 @@ def capture(
     hidden = torch.zeros(len(spans), n_layers + 1, n, blocks.d_model)  # (spans, layers + 1, n, d_model)
     tokens = torch.tensor([[sum(e.masks[s]) for e in encoded] for s in spans], dtype=torch.long)  # (spans, n)
     recorder = _Recorder(len(spans), n_layers, blocks.d_mlp, device)
-    decoder = getattr(model, "model", model)
     was_training = model.training
     model.eval()
     done = 0
@@ -276,7 +287,7 @@ def capture(
                 ids, attention, masks = make_batch([encoded[i] for i in index], spans, _pad_id(tokenizer), device)
                 recorder.set_batch(masks)
                 # The decoder alone: the LM head's logits are never needed here.
-                decoder(input_ids=ids, attention_mask=attention, use_cache=False)
+                blocks.decoder(input_ids=ids, attention_mask=attention, use_cache=False)
                 pooled = torch.stack(recorder.pooled, dim=0).cpu()  # (layers + 1, batch, spans, d_model)
                 counts = tokens[:, index].T.float()  # (batch, spans)
                 hidden[:, :, index] = (pooled / counts[None, :, :, None]).permute(2, 0, 1, 3)
@@ -301,30 +312,6 @@ def capture(
             "settings": asdict(settings),
         },
     )
-
-
-def language_rates(captures: Sequence[Capture], span: str) -> tuple[tuple[str, ...], torch.Tensor]:
-    """LAPE input from captures of one model on several data sets: (languages, rates).
-
-    rates is (layers, d_mlp, languages) float64; data sets whose `span` is in the same language
-    are pooled (their counts summed) before dividing. Languages are sorted by code.
-    """
-    active, tokens = {}, {}
-    for c in captures:
-        if span not in c.active:
-            raise DataError(f"a capture lacks the {span} span; capture it with spans including {span!r}")
-        lang = c.languages[span]
-        active[lang] = active.get(lang, 0) + c.active[span].double()  # (layers, d_mlp)
-        tokens[lang] = tokens.get(lang, 0) + int(c.tokens[span].sum())
-    if not active:
-        raise DataError("no captures given")
-    shapes = {tuple(a.shape) for a in active.values()}
-    if len(shapes) > 1:
-        raise DataError(f"captures come from models of different shapes {sorted(shapes)}; pool one model at a time")
-    languages = tuple(sorted(active))
-    counts = torch.stack([active[l] for l in languages], dim=-1)  # (layers, d_mlp, langs)
-    totals = torch.tensor([tokens[l] for l in languages], dtype=torch.float64)  # (langs,)
-    return languages, counts / totals
 
 
 def tokenizer_digest(tokenizer) -> str:

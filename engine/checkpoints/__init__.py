@@ -1,6 +1,6 @@
 """Checkpoints: discovery under the model roots, lazy safetensors reading, fingerprints, checks."""
 
-from engine.checkpoints.checkpoint import Checkpoint, Summary, check_finite, open_checkpoint
+from engine.checkpoints.checkpoint import Checkpoint, Summary, check_finite, config_size, open_checkpoint
 from engine.checkpoints.compat import check_compatible, compatibility_problems
 from engine.checkpoints.discover import Discovery, discover_checkpoints
 from engine.checkpoints.loading import load_model, load_tokenizer
@@ -19,6 +19,7 @@ __all__ = [
     "check_compatible",
     "check_finite",
     "compatibility_problems",
+    "config_size",
     "discover_checkpoints",
     "fingerprint",
     "load_model",

@@ -59,6 +59,22 @@ def shard_files(folder: Path) -> list[Path]:
     return shards
 
 
+# GPT-2-style configs name the shape fields differently; an absent n_inner means 4 × n_embd.
+CONFIG_ALIASES = {"num_hidden_layers": "n_layer", "hidden_size": "n_embd", "intermediate_size": "n_inner"}
+
+
+def config_size(config: dict, field: str) -> int:
+    """A shape field (num_hidden_layers, hidden_size, intermediate_size, vocab_size) of a config.json,
+    read from its text_config when it has one and under GPT-2's names; 0 when absent."""
+    text_cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    value = text_cfg.get(field)
+    if value is None and field in CONFIG_ALIASES:
+        value = text_cfg.get(CONFIG_ALIASES[field])
+        if value is None and field == "intermediate_size" and text_cfg.get("n_embd"):
+            value = 4 * text_cfg["n_embd"]
+    return int(value or 0)
+
+
 @dataclass(frozen=True)
 class Summary:
     """What the dashboard lists for a checkpoint."""
@@ -173,17 +189,16 @@ class Checkpoint:
     @property
     def summary(self) -> Summary:
         cfg = self.config
-        text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
         dtypes = sorted({entry.dtype for _, entry in self._entries.values()})
         return Summary(
             name=self.name,
             path=str(self.path),
             architecture=",".join(cfg.get("architectures") or [cfg.get("model_type", "unknown")]),
             model_type=str(cfg.get("model_type", "unknown")),
-            layers=int(text_cfg.get("num_hidden_layers", 0)),
-            hidden_size=int(text_cfg.get("hidden_size", 0)),
-            intermediate_size=int(text_cfg.get("intermediate_size", 0)),
-            vocab_size=int(text_cfg.get("vocab_size", 0)),
+            layers=config_size(cfg, "num_hidden_layers"),
+            hidden_size=config_size(cfg, "hidden_size"),
+            intermediate_size=config_size(cfg, "intermediate_size"),
+            vocab_size=config_size(cfg, "vocab_size"),
             dtype="/".join(dtypes),
             parameters=self.parameter_count,
             size_bytes=self.size_bytes,

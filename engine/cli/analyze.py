@@ -1,4 +1,5 @@
-"""`python -m engine analyze`: capture span activations of checkpoints, then CKA, LAPE and NUA into a JSON report.
+"""`python -m engine analyze`: capture span activations of checkpoints, then CKA, LAPE, NUA, the
+source/target neuron overlap and the principal-angle geometry into a JSON report.
 
 Every checkpoint and data file is checked before any model is loaded; captures go through the
 cache keyed by each checkpoint's content fingerprint, so re-running with another model added
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import cka, neurons
-from engine.activations import CaptureSettings, capture_cached, language_rates
+from engine import cka, geometry, neurons, nua
+from engine.activations import CONDITIONS, SPANS, CaptureSettings, capture_cached, condition_labels, condition_rates
 from engine.checkpoints import load_model, open_checkpoint
 from engine.errors import DataError
 from engine.parallel import load_jsonl
@@ -37,6 +38,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs of each data file")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--preset", choices=sorted(neurons.PRESETS), default="paper", help="LAPE parameters")
+    parser.add_argument(
+        "--conditions",
+        choices=sorted(CONDITIONS),
+        default="dataset",
+        help="LAPE conditions: one per data set's non-English language (the paper's, default) or per span language",
+    )
+    parser.add_argument(
+        "--nua",
+        choices=sorted(nua.NUA_MODES),
+        default="rate",
+        help="NUA usage vectors: rates averaged over conditions (the paper's, default) or concatenated",
+    )
+    parser.add_argument(
+        "--rank", type=int, default=geometry.DEFAULT_RANK, help="PCA subspace rank k for the principal angles"
+    )
     parser.add_argument("--debiased", action="store_true", help="debiased CKA (for small n) instead of linear CKA")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: MERGESCOPE_DEVICE)")
 
@@ -46,7 +62,7 @@ def _jsonable(value):
         return [_jsonable(v) for v in value.tolist()] if value.dtype.kind == "f" else value.tolist()
     if isinstance(value, float):
         return value if np.isfinite(value) else None  # JSON has no NaN
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
@@ -79,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
         if len(d) < 2:
             raise DataError(f"{d.name}: {len(d)} sentence pair; CKA needs at least 2")
     checkpoints = [open_checkpoint(p) for p in args.models]
-    settings = CaptureSettings(batch_size=args.batch_size, spans=(span,))
+    if args.rank < 1:
+        raise DataError(f"--rank must be at least 1, got {args.rank}")
+    # Both spans in one forward pass: the source/target neuron overlap needs them.
+    settings = CaptureSettings(batch_size=args.batch_size, spans=SPANS)
 
     captures = []  # per model: per data set Capture
     for ckpt in checkpoints:
@@ -110,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         ],
         "data": [{"path": d.name, "direction": d.direction, "n": len(d), "hash": d.content_hash()} for d in datasets],
         "cka": _cka_section(names, datasets, captures, span, args.debiased, args.device),
-        "neurons": _neuron_section(names, captures, span, args.preset),
+        "neurons": _neuron_section(names, datasets, captures, span, args.preset, args.conditions, args.nua),
+        "geometry": _geometry_section(names, datasets, captures, span, args.rank),
     }
     _write_atomic(Path(args.out), report)
     print(f"wrote {args.out}: {len(names)} models × {len(datasets)} data sets, {span} span")
@@ -149,24 +169,39 @@ def _cka_section(names, datasets, captures, span, debiased, device) -> list[dict
     return rows
 
 
-def _rates(per_data, span) -> tuple[tuple[str, ...], np.ndarray]:
-    languages, rates = language_rates(per_data, span)  # (layers, d_mlp, languages)
+def _rates(datasets, per_data, span, conditions) -> tuple[tuple[str, ...], np.ndarray]:
+    labels = condition_labels([(d.src_lang, d.tgt_lang) for d in datasets], span, conditions)
+    languages, rates = condition_rates(per_data, labels, span)  # (layers, d_mlp, conditions)
     return languages, rates.numpy()
 
 
-def _neuron_section(names, captures, span, preset) -> dict:
-    languages, _ = _rates(captures[0], span)
+def _nua_json(result) -> dict:
+    return {
+        "signature": result.signature,
+        "per_layer": result.per_layer,
+        "lower": result.lower,
+        "middle": result.middle,
+        "upper": result.upper,
+        "mean": result.mean,
+        "thirds": result.thirds,
+    }
+
+
+def _neuron_section(names, datasets, captures, span, preset, conditions, nua_mode) -> dict:
+    languages, _ = _rates(datasets, captures[0], span, conditions)
     if len(languages) < 2:
-        return {"note": f"LAPE needs data in at least two {span} languages; got {', '.join(languages)}"}
-    section = {"settings": preset, "languages": list(languages), "models": {}, "comparisons": []}
-    results, rates = [], []
+        return {
+            "note": f"LAPE compares conditions, but grouped by {conditions} the data give only {', '.join(languages)}"
+        }
+    section = {"settings": preset, "conditions": conditions, "languages": list(languages), "models": {}}
+    results, rates = [], {}
     for name, per_data in zip(names, captures):
-        _, r = _rates(per_data, span)
-        result = neurons.select_language_neurons(r, languages, preset, span=span)
+        _, r = _rates(datasets, per_data, span, conditions)
+        result = neurons.select_language_neurons(r, languages, preset, span=span, conditions=conditions)
         hist = neurons.neuron_histograms(r)
         section["models"][name] = {
             "signature": result.signature,
-            "counts": result.counts,  # (layers, languages)
+            "counts": result.counts,  # (layers, conditions)
             "neurons": [{lang: idx.tolist() for lang, idx in layer.items()} for layer in result.neurons],
             "histograms": {
                 "entropy_edges": hist.entropy_edges,
@@ -175,28 +210,82 @@ def _neuron_section(names, captures, span, preset) -> dict:
                 "selectivity": hist.selectivity_counts,
                 "dead": hist.dead,
             },
+            "source_target_overlap": _span_overlap(datasets, per_data, preset),
         }
         results.append(result)
-        rates.append(r)
+        rates[name] = r
+    section["comparisons"] = []
     for j in range(1, len(names)):
         entry = {"base": names[0], "finetune": names[j]}
-        if rates[0].shape == rates[j].shape:
+        if rates[names[0]].shape == rates[names[j]].shape:
             cmp = neurons.compare_selections(results[0], results[j])
-            nua = neurons.neuron_usage_alignment(rates[0], rates[j], span=span)
             entry.update(
                 signature=cmp.signature,
                 per_layer={f: getattr(cmp, f) for f in ("base", "finetune", "gained", "lost", "overlap", "jaccard")},
-                nua={
-                    "signature": nua.signature,
-                    "per_layer": nua.per_layer,
-                    "lower": nua.lower,
-                    "middle": nua.middle,
-                    "upper": nua.upper,
-                    "mean": nua.mean,
-                    "thirds": nua.thirds,
-                },
+                nua=_nua_json(
+                    nua.neuron_usage_alignment(
+                        rates[names[0]], rates[names[j]], span=span, mode=nua_mode, conditions=conditions
+                    )
+                ),
             )
         else:
-            entry["note"] = f"shapes differ ({rates[0].shape} vs {rates[j].shape}); no neuron-by-neuron comparison"
+            entry["note"] = (
+                f"shapes differ ({rates[names[0]].shape} vs {rates[names[j]].shape}); no neuron-by-neuron comparison"
+            )
         section["comparisons"].append(entry)
+    if len(names) > 1 and len({r.shape for r in rates.values()}) == 1:
+        groups = nua.nua_groups(rates, names[0], span=span, mode=nua_mode, conditions=conditions)
+        section["nua_pairs"] = {
+            "signature": groups.signature,
+            "base": groups.base,
+            "pairs": [{"a": a, "b": b, **_nua_json(r)} for (a, b), r in groups.pairs.items()],
+            "base_finetune": groups.base_finetune,
+            "finetune_finetune": groups.finetune_finetune,
+            "base_finetune_thirds": groups.base_finetune_thirds,
+            "finetune_finetune_thirds": groups.finetune_finetune_thirds,
+            "thirds": groups.thirds,
+        }
     return section
+
+
+def _span_overlap(datasets, per_data, preset) -> dict:
+    """Source-span vs target-span neurons of one model; the conditions are the data sets' (the
+    paper's), the only grouping under which both spans have the same conditions."""
+    selections = {}
+    for span in SPANS:
+        languages, rates = _rates(datasets, per_data, span, "dataset")
+        if len(languages) < 2:
+            return {"note": f"the data sets form one condition ({', '.join(languages)}); nothing to compare"}
+        selections[span] = neurons.select_language_neurons(rates, languages, preset, span=span, conditions="dataset")
+    overlap = neurons.compare_spans(selections["source"], selections["target"])
+    return {
+        "signature": overlap.signature,
+        "jaccard": overlap.jaccard,  # (layers, conditions)
+        "per_language": dict(zip(overlap.languages, overlap.per_language)),
+        "mean": overlap.mean,
+    }
+
+
+def _geometry_section(names, datasets, captures, span, rank) -> dict:
+    if len(names) < 2:
+        return {"note": "the geometry compares models; give at least two"}
+    hidden = {
+        name: np.concatenate([c.hidden[span].numpy() for c in per_data], axis=1)
+        for name, per_data in zip(names, captures)
+    }
+    shapes = {name: h.shape for name, h in hidden.items()}
+    if len(set(shapes.values())) > 1:
+        return {"note": f"representations differ in shape {shapes}; no subspace comparison"}
+    result = geometry.subspace_geometry(hidden, k=rank, span=span)
+    return {
+        "signature": result.signature,
+        "rank": result.rank,
+        "pairs": [
+            {"a": a, "b": b, "median_angle_deg": result.median_angle[:, p], "distance": result.distance[:, p]}
+            for p, (a, b) in enumerate(result.pairs)
+        ],
+        "mds": [
+            {name: xy for name, xy in zip(result.names, result.mds_coordinates(layer))}
+            for layer in range(len(result.distances))
+        ],
+    }

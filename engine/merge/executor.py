@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from engine.checkpoints import Checkpoint, check_compatible, check_finite, open_checkpoint
+from engine.checkpoints import Checkpoint, check_compatible, check_finite, config_size, open_checkpoint
 from engine.device import resolve_device
 from engine.errors import CheckpointError, InsufficientMemoryError, MergeScopeError, RecipeError
 from engine.merge.params import layer_position, resolve_all
@@ -119,11 +119,7 @@ def plan_merge(recipe: Recipe, seed: int = 0) -> MergePlan:
     models = [opened[m.model] for m in inputs]
     check_compatible(([base] if base else []) + models)
     template = opened[recipe.base_model] if recipe.base_model else models[0]
-    num_layers = int(
-        template.config.get("num_hidden_layers")
-        or (template.config.get("text_config") or {}).get("num_hidden_layers")
-        or 1
-    )
+    num_layers = config_size(template.config, "num_hidden_layers") or 1
     dtype = DTYPE_NAMES[recipe.dtype] if recipe.dtype else None
     out_dtype = DTYPE_NAMES[recipe.out_dtype] if recipe.out_dtype else dtype
     where = recipe.source or "recipe"
@@ -457,13 +453,15 @@ def merge_into_model(
         # no_init_weights leaves tied embeddings untied; re-tie so lm_head shares the merged embedding.
         model.tie_weights()
     targets = model.state_dict(keep_vars=True)
+    model_key = _checkpoint_key_renamer(model)
     filled = set()
     with torch.no_grad():
         for name, tensor in iter_merged(plan, device, progress):
-            if name not in targets:
+            key = name if name in targets else model_key(name)
+            if key not in targets:
                 raise CheckpointError(f"{plan.template.path}: tensor {name!r} has no place in {type(model).__name__}")
-            targets[name].data.copy_(tensor)
-            filled.add(name)
+            targets[key].data.copy_(tensor)
+            filled.add(key)
     missing = [n for n, p in model.named_parameters() if n not in filled]
     if missing:
         raise CheckpointError(
@@ -472,6 +470,16 @@ def merge_into_model(
     model.eval()
     model.merge_recipe = recipe  # provenance for the dashboard
     return model, load_tokenizer(_tokenizer_checkpoint(plan))
+
+
+def _checkpoint_key_renamer(model) -> Callable[[str], str]:
+    """transformers' own one-to-one renamings from checkpoint keys to the model's (GPT-NeoX stores
+    its head as embed_out.weight, the model holds it as lm_head.weight), as from_pretrained applies them."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, apply_renamings
+
+    renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    return lambda key: apply_renamings(key, renamings)
 
 
 def _tokenizer_checkpoint(plan: MergePlan) -> Checkpoint:
