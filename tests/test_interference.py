@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import engine.interference.checkpoints as interference_checkpoints
+import engine.interference.measures as measures
 from engine.checkpoints import open_checkpoint
 from engine.errors import CheckpointError, IncompatibleModelsError
 from engine.interference import (
@@ -74,6 +75,25 @@ def test_tensor_sums_equal_numpy_float64(density, chunk_rows):
     assert stats.ties_kept_entries == ref["ties_kept_entries"]
     assert stats.ties_kept_mass == pytest.approx(ref["ties_kept_mass"], rel=RTOL)
     assert stats.numel == 2400 and stats.subspace is None
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 300])
+def test_ties_counts_on_large_bf16_tensors_with_tied_magnitudes(chunk_rows, monkeypatch):
+    """Above measures.EXACT_BELOW entries the threshold is bracketed from a sample; bf16 values tie at
+    the threshold, which TIES breaks by flat position (NumPy's stable argsort does the same)."""
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(1100, 1000, generator=g).bfloat16().float()
+    experts = [(base + 0.05 * torch.randn(1100, 1000, generator=g)).bfloat16().float() for _ in range(3)]
+    ref = numpy_reference(base.numpy(), [e.numpy() for e in experts], 0.3)
+    assert base.numel() >= measures.EXACT_BELOW
+    stats = tensor_stats(MemorySource(base, experts, chunk_rows), "w", 0.3, rank=0)
+    assert stats.ties_kept_entries == ref["ties_kept_entries"]
+    assert stats.ties_kept_mass == pytest.approx(ref["ties_kept_mass"], rel=RTOL)
+    assert stats.conflict_entries == ref["conflict_entries"]
+    # A sample that misleads the bracket falls back to the merge's exact radix select.
+    monkeypatch.setattr(measures, "_brackets", lambda samples, k, numel: (samples[:, :1] * 0, samples[:, :1] * 0))
+    missed = tensor_stats(MemorySource(base, experts, chunk_rows), "w", 0.3, rank=0)
+    assert missed.ties_kept_entries == ref["ties_kept_entries"]
 
 
 def test_sign_conflict_and_ties_drop_by_hand():
