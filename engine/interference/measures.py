@@ -76,6 +76,16 @@ def _brackets(samples: torch.Tensor, k: int, numel: int) -> tuple[torch.Tensor, 
     return lo[:, None], hi[:, None]
 
 
+def _exact_rules(magnitude: torch.Tensor, k: int) -> list[TopK]:
+    """The keep rules of engine.merge.sparsify.top_k from every |τ_i| of a tensor, (experts, entries),
+    for all experts in one kthvalue: the same threshold and the same tie rule."""
+    threshold = magnitude.kthvalue(magnitude.shape[1] - k + 1, dim=1, keepdim=True).values  # (experts, 1)
+    greater = (magnitude > threshold).sum(1).tolist()
+    equal = (magnitude == threshold).sum(1).tolist()
+    bits = threshold.view(torch.int32).reshape(-1).tolist()
+    return [TopK(b, k - g, all_equal_kept=k - g == e) for b, g, e in zip(bits, greater, equal)]
+
+
 def _rule(candidates: torch.Tensor, above: int, k: int) -> TopK | None:
     """engine.merge.sparsify's keep rule from the entries above a bracket and those inside it;
     None when the k-th largest is not inside."""
@@ -121,10 +131,8 @@ def tensor_stats(
         return lambda: (source.model(i, s, e).to(wd) - source.base(s, e).to(wd) for s, e in chunks)
 
     keep_count = max(1, int(density * numel))  # as TIES's magnitude sparsifier counts
-    if numel < EXACT_BELOW or keep_count >= numel:
-        lo = torch.zeros(n, 1, dtype=wd)
-        hi = torch.full((n, 1), math.inf, dtype=wd)
-    else:
+    exact = numel < EXACT_BELOW  # every |τ_i| is kept for one batched kthvalue
+    if not exact and keep_count < numel:
         lo, hi = _brackets(_sample(source, held, wd, numel), keep_count, numel)
 
     base_sq = mass = conflict_mass = 0.0
@@ -142,6 +150,11 @@ def tensor_stats(
             conflict = (part.amax(0) > 0) & (part.amin(0) < 0)
             conflict_entries += int(conflict.sum())
             conflict_mass += float(torch.dot(entry_mass, conflict.to(entry_mass.dtype)))
+            if keep_count >= numel:
+                continue
+            if exact:
+                inside[0].append(magnitude)
+                continue
             over = magnitude > hi
             candidate = (magnitude >= lo) & ~over
             found = magnitude.masked_select(candidate).split(candidate.sum(1).tolist())  # expert by expert
@@ -150,6 +163,8 @@ def tensor_stats(
                 inside[i].append(found[i])
     if keep_count >= numel:
         rules = [TopK(0, 0, keep_all=True)] * n
+    elif exact:
+        rules = _exact_rules(torch.cat(inside[0], dim=1).to(torch.float32), keep_count)
     else:
         rules = [_rule(torch.cat(inside[i]).to(torch.float32), above[i], keep_count) for i in range(n)]
         # A sample that misled the bracket: the exact radix select of a merge's sparsifier.
