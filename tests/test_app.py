@@ -34,6 +34,7 @@ from tests.browser_harness import demo_env, tiny_zoo  # noqa: F401  (fixtures)
 from views import common, figures
 
 TIMEOUT = 240
+INTERFERENCE_TITLES = ("Interference per layer", "Task-vector cosine", "CKA and interference")
 APP = REPO_ROOT / "app.py"
 
 
@@ -72,6 +73,11 @@ def array(value) -> np.ndarray:
 
 def charts(at: AppTest) -> list[dict]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def without_interference(figs: list[dict]) -> list[dict]:
+    """The charts other than the interference panels (tests/test_app_interference.py checks those)."""
+    return [f for f in figs if not f["layout"].get("title", {}).get("text", "").startswith(INTERFERENCE_TITLES)]
 
 
 def systems_of(at: AppTest) -> list[System]:
@@ -113,11 +119,11 @@ def test_the_chart_library_loads_once_on_the_first_pick(app):
     pages use (it has the browser load plotly.js early); its first run and later runs draw none."""
     assert not charts(app)
     app.multiselect(key="experts").set_value(["expert-en-es"]).run()
-    (preload,) = charts(app)
+    (preload,) = without_interference(charts(app))
     assert {t["type"] for t in preload["data"]} == {"heatmap", "scatter", "bar"}
     assert any("display: none" in h.proto.body for h in app.get("html"))
     app.multiselect(key="experts").set_value(["expert-en-es", "expert-en-pt"]).run()
-    assert not charts(app)
+    assert not without_interference(charts(app))
     app.switch_page("views/scores.py").run()
     assert len(charts(app)) == 1 and charts(app)[0]["data"][0]["type"] == "bar"  # the page's own bars only
 
@@ -336,7 +342,7 @@ def test_layers_heatmaps_carry_the_engines_cka(app, monkeypatch):
     merge(pick(app))
     app.switch_page("views/layers.py").run()
     assert not app.exception and not app.error, [e.value for e in app.error]
-    (fig,) = charts(app)  # one figure: both maps, their difference, the per-layer curves
+    (fig,) = without_interference(charts(app))  # one figure: both maps, their difference, the per-layer curves
     heatmaps = [t for t in fig["data"] if t["type"] == "heatmap"]
     assert len(heatmaps) == 3  # left, right, difference
     systems = {s.name: s for s in systems_of(app)}

@@ -14,6 +14,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from engine.interference.profile import MEASURES
+
 CKA_SCALE = "Viridis"
 DIFF_SCALE = "RdBu"
 SCORE_COLUMNS = {
@@ -556,4 +558,148 @@ def patch_k_curve(table: Sequence[dict], metric: str, side: str = "last") -> go.
         yaxis_title=SCORE_COLUMNS.get(metric, metric) + unit,
         height=400,
     )
+
+
+# ----------------------------------------------------------------- interference
+
+
+def layer_label(group: str) -> str:
+    return group if group in ("embed", "head") else f"block {group}"
+
+
+def interference_table(profile) -> pd.DataFrame:
+    """Long form, one row per layer and measure (the heatmap's cells)."""
+    rows = [
+        {"layer": layer_label(g), "position": int(p), "measure": MEASURES[key], "value": float(values[row])}
+        for key, values in profile.measures().items()
+        for row, (g, p) in enumerate(zip(profile.groups, profile.positions))
+    ]
+    return pd.DataFrame(rows).assign(signature=profile.signature)
+
+
+def interference_pairs_table(profile) -> pd.DataFrame:
+    """One row per layer and expert pair: cosine, subspace overlap and (when computed) neuron overlap."""
+    rows = []
+    for row, group in enumerate(profile.groups):
+        for i, a in enumerate(profile.experts):
+            for j, b in enumerate(profile.experts):
+                entry = {
+                    "layer": layer_label(group),
+                    "expert_a": a,
+                    "expert_b": b,
+                    "cosine": profile.cosine[row, i, j],
+                    "subspace_overlap": profile.subspace_overlap[row, i, j],
+                }
+                if profile.neuron_overlap is not None:
+                    entry["neuron_overlap"] = profile.neuron_overlap[row, i, j]
+                rows.append(entry)
+    return pd.DataFrame(rows).assign(signature=profile.signature)
+
+
+def interference_heatmap(profile) -> go.Figure:
+    """Layers × measures. Each column is coloured relative to its own largest magnitude (the measures
+    have different ranges); the cells' text and hover give the values themselves."""
+    measures = profile.measures()
+    values = np.column_stack(list(measures.values()))  # (layers, measures)
+    scale = np.where(np.isfinite(values), np.abs(values), 0).max(axis=0)
+    colour = values / np.where(scale > 0, scale, 1.0)
+    fig = go.Figure(
+        go.Heatmap(
+            z=colour,
+            x=[MEASURES[k] for k in measures],
+            y=[layer_label(g) for g in profile.groups],
+            customdata=values,
+            text=np.vectorize(lambda v: "" if np.isnan(v) else f"{v:.3f}")(values),
+            texttemplate="%{text}",
+            colorscale="Reds",
+            zmin=-1 if (colour < 0).any() else 0,
+            zmax=1,
+            colorbar={"title": "share of the<br>column's max"},
+            hovertemplate="%{y}<br>%{x}: %{customdata:.4f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=_title(f"Interference per layer · {len(profile.experts)} experts", profile.signature),
+        height=max(340, 26 * len(profile.groups) + 200),
+        margin={"t": 110},
+    )
+    fig.update_xaxes(side="top")
+    fig.update_yaxes(autorange="reversed", title="layer")
+    return fig
+
+
+def interference_cosine(profile, row: int) -> go.Figure:
+    """The experts' pairwise task-vector cosine in one layer, each cell with its subspace overlap on hover."""
+    names = list(profile.experts)
+    fig = go.Figure(
+        go.Heatmap(
+            z=profile.cosine[row],
+            x=names,
+            y=names,
+            customdata=profile.subspace_overlap[row],
+            text=np.round(profile.cosine[row], 3),
+            texttemplate="%{text}",
+            colorscale=DIFF_SCALE,
+            zmin=-1,
+            zmax=1,
+            colorbar={"title": "cosine"},
+            hovertemplate="%{y} · %{x}<br>cosine %{z:.4f}<br>subspace overlap %{customdata:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=_title(f"Task-vector cosine · {layer_label(profile.groups[row])}", profile.signature),
+        height=max(320, 60 * len(names) + 160),
+    )
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def cka_and_interference(pairs: Sequence, profile) -> go.Figure:
+    """CKA per layer of square CKAMatrix results above the interference profile, one shared layer axis
+    (0 = embedding, l = block l, L + 1 = head)."""
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=["CKA per layer", "Interference per layer"],
+    )
+    for m in pairs:
+        if m.values.shape[0] == m.values.shape[1]:
+            name = f"{m.labels[0]} vs {m.labels[1]}"
+            diagonal = np.diag(m.values)
+            fig.add_scatter(
+                x=list(range(len(diagonal))),
+                y=diagonal,
+                mode="lines+markers",
+                name=name,
+                row=1,
+                col=1,
+                hovertemplate=f"{name}<br>layer %{{x}}: CKA %{{y:.4f}}<extra></extra>",
+            )
+    measures = profile.measures()
+    shown = ["score", "sign_conflict_mass", "subspace_overlap", "neuron_overlap"]
+    for key in (k for k in shown if k in measures):
+        fig.add_scatter(
+            x=profile.positions,
+            y=measures[key],
+            mode="lines+markers",
+            name=MEASURES[key],
+            line={"width": 4 if key == "score" else 1.5},
+            row=2,
+            col=1,
+            hovertemplate=f"{MEASURES[key]}<br>layer %{{x}}: %{{y:.4f}}<extra></extra>",
+        )
+    last = int(profile.positions.max())
+    fig.update_xaxes(
+        tickvals=list(profile.positions),
+        ticktext=[
+            "emb" if p == 0 else "head" if g == "head" else str(p) for g, p in zip(profile.groups, profile.positions)
+        ],
+        range=[-0.5, last + 0.5],
+    )
+    fig.update_xaxes(title="layer", row=2, col=1)
+    fig.update_yaxes(title="CKA", range=[0, 1.02], row=1, col=1)
+    fig.update_yaxes(title="share", range=[0, 1.02], row=2, col=1)
+    fig.update_layout(title=_title("CKA and interference on one layer axis", profile.signature), height=620)
     return fig

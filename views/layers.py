@@ -6,7 +6,7 @@ import streamlit as st
 
 from engine.pipeline.analyses import SPANS, cka_pair
 from engine.pipeline.systems import MERGE
-from views import common, figures, state
+from views import common, figures, interference_panels, state
 
 ALL = "all chosen directions"
 
@@ -130,3 +130,4 @@ for side, m in (("left", pair_a), ("right", pair_b)):
 common.download_csv(pd.concat(frames), "cka_matrices", key="cka_csv")
 last = "after the final norm" if final_norm else "the last block's raw output"
 st.caption(f"Layer 0 is the embedding output; layer l the output of block l; the last layer {last}. {pair_a.signature}")
+interference_panels.draw_layer_profile([pair_a, pair_b], chosen_sets, models)

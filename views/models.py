@@ -6,7 +6,7 @@ from engine.errors import MergeScopeError
 from engine.pipeline.catalog import checkpoint_label, compatibility, summary_rows
 from engine.pipeline.prefetch import prefetch_checkpoints
 from engine.pipeline.recipes import method_specs, parse_recipe, recipe_view, recipe_yaml
-from views import common, state
+from views import common, interference_panels, state
 
 DEFAULT_METHOD = "task_arithmetic"
 
@@ -216,3 +216,7 @@ else:
         disabled=True,
         help="pick compatible base and experts first" if not recipe_error else recipe_error,
     )
+
+if recipe is not None:  # computed from the checkpoints alone: no Merge needed
+    st.divider()
+    interference_panels.draw_weight_interference()

@@ -58,6 +58,7 @@ VIEW_KEYS: dict[str, Codec] = {
     "method": TEXT,
     "schedule_on": BOOL,
     "merged": TEXT,  # recipe hash of the merge the user asked for
+    "interference_layer": TEXT,  # the layer of the task-vector cosine matrix
     # data (sidebar, app-wide)
     "split": TEXT,
     "n": INT,

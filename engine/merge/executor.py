@@ -352,7 +352,7 @@ def _rounding(stored: torch.dtype, to: torch.dtype | None) -> bool:
     return not (to in (torch.float32, torch.float64) and to.itemsize > stored.itemsize)
 
 
-class _ShardReader:
+class ShardReader:
     """Row blocks of tensors read from shard files with pread: nothing is mapped, so resident
     memory holds only the blocks being merged, whatever the block size."""
 
@@ -400,7 +400,7 @@ class _ShardReader:
 class _CheckpointSource:
     """TensorSource over checkpoints for one tensor (see engine.merge.spec.TensorSource)."""
 
-    def __init__(self, plan: MergePlan, job: TensorJob, reader: _ShardReader, device: torch.device):
+    def __init__(self, plan: MergePlan, job: TensorJob, reader: ShardReader, device: torch.device):
         self.plan, self.job, self.reader, self.device = plan, job, reader, device
         self.shape = job.shape
         self.n_models = len(job.model_inputs)
@@ -476,7 +476,7 @@ def iter_merged(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, merged tensor in its output dtype, on `device`) in the plan's order."""
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    reader = _ShardReader()
+    reader = ShardReader()
     try:
         for job in plan.jobs:
             yield job.name, _merge_one(plan, job, reader, device)
@@ -486,7 +486,7 @@ def iter_merged(
         reader.close()
 
 
-def _merge_one(plan: MergePlan, job: TensorJob, reader: _ShardReader, device: torch.device) -> torch.Tensor:
+def _merge_one(plan: MergePlan, job: TensorJob, reader: ShardReader, device: torch.device) -> torch.Tensor:
     """One whole merged tensor in its output dtype."""
     chunks = list(_merge_chunks(plan, job, reader, device))
     out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
@@ -503,9 +503,7 @@ def _checked_output(source: _CheckpointSource, chunk: torch.Tensor) -> torch.Ten
     return chunk
 
 
-def _merge_chunks(
-    plan: MergePlan, job: TensorJob, reader: _ShardReader, device: torch.device
-) -> Iterator[torch.Tensor]:
+def _merge_chunks(plan: MergePlan, job: TensorJob, reader: ShardReader, device: torch.device) -> Iterator[torch.Tensor]:
     """The merged tensor as row blocks in order, in its output dtype: writers never hold it whole."""
     spec = plan.spec
     out_dtype = plan.output_dtype(job)
@@ -691,7 +689,7 @@ def _write_checkpoint(
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
     weight_map, total = {}, 0
-    reader = _ShardReader()
+    reader = ShardReader()
     try:
         for shard_jobs, file_name in zip(shards, names):
             with open(folder / file_name, "wb") as f:

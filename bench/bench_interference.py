@@ -1,0 +1,135 @@
+"""Benchmark: the weight-space interference profile of 4 experts + base of a randomly initialised
+~0.6B Qwen2 (Qwen2.5-0.5B shapes, untied head: bench_merge.py's checkpoints), bf16 on disk,
+against the floor of reading the five checkpoints once.
+
+    .venv/bin/python bench/bench_interference.py --rounds 1   # 1 torch thread
+    .venv/bin/python bench/bench_interference.py --threads 2 --rounds 2
+
+Each measurement is a child process on warm page cache, run in turn (read, weights, full, read,
+...) so drifting load from other work hits each alike: `read` reads every tensor of the five
+checkpoints once with the merge executor's reader (the floor); `weights` is the profile without
+subspaces (norms, cosines, sign conflict, TIES drop shares); `full` adds the top-16 singular
+subspaces (randomized SVD, one power iteration), reported apart. Wall and CPU seconds are the work
+inside the child (imports and checkpoint headers excluded); peak memory is the child's peak RSS (from
+/usr/bin/time -v) above an idle child's that imports the same modules and opens the same
+checkpoints, set against two tensors of the largest shape in float32. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.bench_merge import OUT, build_checkpoints, run_measured  # noqa: E402
+
+MODES = ("read", "weights", "full")
+
+
+def child(mode: str, folders: list[str], result: Path) -> None:
+    """Run one measurement in this process and write its seconds to `result` as JSON."""
+    from engine.checkpoints import open_checkpoint
+    from engine.interference import InterferenceSettings, analyse_checkpoints
+    from engine.merge.executor import CHUNK_ELEMENTS, ShardReader
+
+    base, *experts = (open_checkpoint(f) for f in folders)
+    start, cpu = time.perf_counter(), time.process_time()
+    if mode == "read":
+        reader = ShardReader()
+        for checkpoint in (base, *experts):
+            for shard, entry in checkpoint.entries().values():
+                rows = entry.shape[0] if entry.shape else 1
+                step = max(1, CHUNK_ELEMENTS // (math.prod(entry.shape[1:]) or 1))
+                for s in range(0, rows, step):
+                    reader.read(shard, entry, s, min(s + step, rows))
+        reader.close()
+    elif mode in ("weights", "full"):
+        analyse_checkpoints(base, experts, InterferenceSettings(rank=16 if mode == "full" else 0))
+    result.write_text(json.dumps({"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}))
+
+
+def run_child(mode: str, folders: list[Path], env: dict) -> dict:
+    """Wall and CPU seconds of the work (from the child) and peak RSS (from time -v) of one child run."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, *map(str, folders)]
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+        measured = run_measured([*cmd, "--result", out.name], env)
+        work = json.loads(Path(out.name).read_text() or "{}")
+    return {"seconds": work.get("seconds", 0.0), "cpu": work.get("cpu", 0.0), "peak_rss": measured["peak_rss"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (OMP_NUM_THREADS); 1 suits a machine shared with other work",
+    )
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--child", choices=(*MODES, "idle"), help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("folders", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        child(args.child, args.folders, Path(args.result))
+        return
+
+    t = time.perf_counter()
+    folders = build_checkpoints()
+    print(f"checkpoints ready in {time.perf_counter() - t:.0f}s under {OUT / 'models'}")
+    model_bytes = sum(f.stat().st_size for f in folders[0].glob("*.safetensors"))
+    for folder in folders:  # warm page cache: every run reads from memory
+        for shard in folder.glob("*.safetensors"):
+            with open(shard, "rb") as fh:
+                while fh.read(1 << 26):
+                    pass
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "MERGESCOPE_MODEL_ROOTS": str(OUT / "models"),
+        "MERGESCOPE_CACHE_DIR": str(OUT / "cache"),
+        "OMP_NUM_THREADS": str(args.threads),
+    }
+    largest = 151936 * 896 * 4  # the embedding (and head) in float32
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
+        f"load {os.getloadavg()[0]:.1f}, torch {torch.__version__}, {args.threads} torch thread(s); "
+        f"model {model_bytes / 1e9:.2f} GB bf16 × 5"
+    )
+    idle = run_child("idle", folders, env)["peak_rss"]
+    runs: dict[str, list[dict]] = {m: [] for m in MODES}
+    for _ in range(args.rounds):
+        for mode in MODES:
+            runs[mode].append(run_child(mode, folders, env))
+            print(mode, runs[mode][-1], flush=True)
+    floor = min(r["seconds"] for r in runs["read"])
+    cpu_floor = min(r["cpu"] for r in runs["read"])
+    print("\n| run | wall s | × read | CPU s | × read | peak memory above idle | × 2 largest tensors (f32) |")
+    print("|---|---|---|---|---|---|---|")
+    for mode in MODES:
+        best = min(r["seconds"] for r in runs[mode])
+        cpu = min(r["cpu"] for r in runs[mode])
+        peak = max(r["peak_rss"] for r in runs[mode]) - idle
+        print(
+            f"| {mode} | {best:.1f} | {best / floor:.1f}× | {cpu:.1f} | {cpu / cpu_floor:.1f}× "
+            f"| {peak / 1024**3:.2f} GiB | {peak / (2 * largest):.2f}× |"
+        )
+    svd = min(r["cpu"] for r in runs["full"]) - min(r["cpu"] for r in runs["weights"])
+    print(f"\nsubspaces alone: {svd:.1f} CPU s; load at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

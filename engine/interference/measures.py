@@ -1,0 +1,238 @@
+"""Sums over one tensor's task vectors τ_i = θ_i − θ_base from which every interference measure
+is formed, read from a TensorSource row block by row block (as merges read checkpoints).
+
+Per tensor: Σ θ_base², the Gram matrix Σ τ_i τ_j (norms and cosines), the entries where the
+experts disagree in sign and their |τ| mass (what TIES's sign election acts on), what TIES at a
+given density keeps (Yadav et al. 2023, arXiv 2306.01708: per expert the top `density` share of
+|τ_i| by magnitude, then only entries agreeing with the sign of the trimmed sum), and for matrices
+the overlap of the experts' top-k singular subspaces (engine/interference/subspace.py).
+Sums add over tensors, so a block's measures are formed from its tensors' sums.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.interference.subspace import singular_subspaces, subspace_overlap
+from engine.merge.generalized import SAMPLE_ROWS
+from engine.merge.sparsify import TopK, top_k
+from engine.merge.spec import TensorSource, work_dtype
+
+SLICE = 1 << 16  # entries per expert in one step of the sums: a step's temporaries stay in the CPU cache
+EXACT_BELOW = 1 << 20  # tensors this small find TIES's threshold among all their entries, no sample
+SAMPLE_ENTRIES = 1 << 14  # |τ| entries sampled per expert to bracket the threshold of a larger tensor
+
+
+@dataclass
+class TensorStats:
+    """One tensor's sums over its entries (experts in source order)."""
+
+    name: str
+    numel: int
+    base_sq: float  # Σ θ_base²
+    gram: np.ndarray  # (experts, experts): Σ τ_i τ_j
+    mass: float  # Σ over entries and experts of |τ_i|
+    conflict_entries: int  # entries where some τ_i > 0 and some τ_j < 0
+    conflict_mass: float  # Σ |τ_i| over those entries
+    ties_kept_entries: int  # (expert, entry) pairs TIES keeps: trimmed in, and agreeing with the elected sign
+    ties_kept_mass: float  # Σ |τ_i| over those pairs
+    subspace: np.ndarray | None  # (experts, experts) overlap of top-k singular subspaces; None: not a matrix
+    rank: int  # k of the subspaces (0 when none)
+
+
+def subspace_rank(shape: tuple[int, ...], rank: int) -> int:
+    """k for a tensor: `rank`, at most half its smaller side (a subspace filling the space says nothing)."""
+    if len(shape) != 2:
+        return 0
+    return min(rank, min(shape) // 2)
+
+
+def _delta_slices(base: torch.Tensor, experts: list[torch.Tensor]):
+    """(base slice, task-vector slice (experts, entries)) over flat tensors; the second lives in one
+    buffer reused from slice to slice, so a caller keeps nothing of it beyond the step."""
+    buffer = torch.empty((len(experts), min(SLICE, base.numel())), dtype=base.dtype, device=base.device)
+    for start in range(0, base.numel(), SLICE):
+        part_base = base[start : start + SLICE]
+        part = buffer[:, : part_base.numel()]
+        for i, expert in enumerate(experts):
+            torch.sub(expert[start : start + SLICE], part_base, out=part[i])
+        yield part_base, part
+
+
+def _brackets(samples: torch.Tensor, k: int, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) per expert, each (experts, 1): sample quantiles around the share kept, 5 binomial sigmas
+    wide (engine.merge.sparsify brackets a merge's threshold the same way), so the k-th largest |τ_i|
+    almost surely lies inside and only the few entries inside are searched."""
+    m = samples.shape[1]
+    below = 1 - k / numel
+    margin = 5 * math.sqrt(max(below * (1 - below), 1 / m) / m) + 2 / m
+    ordered = samples.sort(dim=1).values
+    lo = ordered[:, max(0, math.floor((below - margin) * (m - 1)))]
+    hi = ordered[:, min(m - 1, math.ceil((below + margin) * (m - 1)))]
+    return lo[:, None], hi[:, None]
+
+
+def _exact_rules(magnitude: torch.Tensor, k: int) -> list[TopK]:
+    """The keep rules of engine.merge.sparsify.top_k from every |τ_i| of a tensor, (experts, entries),
+    for all experts in one kthvalue: the same threshold and the same tie rule."""
+    threshold = magnitude.kthvalue(magnitude.shape[1] - k + 1, dim=1, keepdim=True).values  # (experts, 1)
+    greater = (magnitude > threshold).sum(1).tolist()
+    equal = (magnitude == threshold).sum(1).tolist()
+    bits = threshold.view(torch.int32).reshape(-1).tolist()
+    return [TopK(b, k - g, all_equal_kept=k - g == e) for b, g, e in zip(bits, greater, equal)]
+
+
+def _rule(candidates: torch.Tensor, above: int, k: int) -> TopK | None:
+    """engine.merge.sparsify's keep rule from the entries above a bracket and those inside it;
+    None when the k-th largest is not inside."""
+    need = k - above
+    if not 1 <= need <= candidates.numel():
+        return None
+    threshold = candidates.kthvalue(candidates.numel() - need + 1).values
+    greater = above + int((candidates > threshold).sum())
+    equal = int((candidates == threshold).sum())
+    bits = int(threshold.reshape(1).view(torch.int32))
+    return TopK(bits, k - greater, all_equal_kept=k - greater == equal)
+
+
+def tensor_stats(
+    source: TensorSource, name: str, density: float, rank: int, power_iters: int = 1, seed: int = 0
+) -> TensorStats:
+    """Every sum for one tensor. `density` in (0, 1]: the share TIES keeps per expert; `rank` 0 skips subspaces.
+
+    Two walks over the tensor's blocks (one read when it is held whole): the first forms the norms,
+    cosines and sign conflicts and brackets each expert's TIES threshold; the second counts what
+    TIES keeps. Sums run over cache-sized slices of each block.
+    """
+    if not 0 < density <= 1:
+        raise ValueError(f"TIES density must lie in (0, 1], got {density}")
+    n = source.n_models
+    numel = math.prod(source.shape)
+    chunks = source.row_chunks
+    wd = work_dtype(source.base(0, 1))  # one row says the stored dtype
+
+    def block(s: int, e: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(base, experts) of rows [s, e), flattened."""
+        return source.base(s, e).to(wd).reshape(-1), [source.model(i, s, e).to(wd).reshape(-1) for i in range(n)]
+
+    held = block(*chunks[0]) if len(chunks) == 1 else None  # a small tensor is read once for every pass
+
+    def blocks():
+        return iter([held]) if held is not None else (block(s, e) for s, e in chunks)
+
+    def expert_chunks(i: int):
+        if held is not None:
+            delta = (held[1][i] - held[0]).reshape(source.shape)
+            return lambda: iter([delta])
+        return lambda: (source.model(i, s, e).to(wd) - source.base(s, e).to(wd) for s, e in chunks)
+
+    keep_count = max(1, int(density * numel))  # as TIES's magnitude sparsifier counts
+    exact = numel < EXACT_BELOW  # every |τ_i| is kept for one batched kthvalue
+    if not exact and keep_count < numel:
+        lo, hi = _brackets(_sample(source, held, wd, numel), keep_count, numel)
+
+    base_sq = mass = conflict_mass = 0.0
+    conflict_entries = 0
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    above = [0] * n
+    inside: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    for base, experts in blocks():
+        for part_base, part in _delta_slices(base, experts):
+            base_sq += float(torch.dot(part_base, part_base))
+            gram += (part @ part.T).to(torch.float64)
+            magnitude = part.abs()
+            entry_mass = magnitude.sum(0)  # (entries,)
+            mass += float(entry_mass.sum())  # a slice's float32 sum; slices add in float64
+            conflict = (part.amax(0) > 0) & (part.amin(0) < 0)
+            conflict_entries += int(conflict.sum())
+            conflict_mass += float(torch.dot(entry_mass, conflict.to(entry_mass.dtype)))
+            if keep_count >= numel:
+                continue
+            if exact:
+                inside[0].append(magnitude)
+                continue
+            over = magnitude > hi
+            candidate = (magnitude >= lo) & ~over
+            found = magnitude.masked_select(candidate).split(candidate.sum(1).tolist())  # expert by expert
+            for i, count in enumerate(over.sum(1).tolist()):
+                above[i] += count
+                inside[i].append(found[i])
+    if keep_count >= numel:
+        rules = [TopK(0, 0, keep_all=True)] * n
+    elif exact:
+        rules = _exact_rules(torch.cat(inside[0], dim=1).to(torch.float32), keep_count)
+    else:
+        rules = [_rule(torch.cat(inside[i]).to(torch.float32), above[i], keep_count) for i in range(n)]
+        # A sample that misled the bracket: the exact radix select of a merge's sparsifier.
+        rules = [rule or top_k(expert_chunks(i), keep_count, numel) for i, rule in enumerate(rules)]
+    del inside
+
+    ties_kept_entries, ties_kept_mass = 0, 0.0
+    thresholds = torch.tensor(
+        [-math.inf if r.keep_all else _float_of(r.bits) for r in rules], dtype=torch.float32
+    ).reshape(n, 1)
+    # A rule with ties to break keeps what lies above its threshold plus the first `ties` entries equal
+    # to it in flat order (engine.merge.sparsify.top_k_masks), counted down across slices.
+    remaining = {i: r.ties for i, r in enumerate(rules) if not (r.keep_all or r.all_equal_kept)}
+    for base, experts in blocks():
+        for _, part in _delta_slices(base, experts):
+            magnitude = part.abs().to(torch.float32)
+            kept = magnitude >= thresholds
+            for i in remaining:
+                kept[i] = magnitude[i] > thresholds[i]
+                if remaining[i] > 0:
+                    tied = (magnitude[i] == thresholds[i]).nonzero().squeeze(1)[: remaining[i]]
+                    kept[i, tied] = True
+                    remaining[i] -= len(tied)
+            trimmed = part.mul_(kept)
+            # Positive where an entry agrees with the elected sign (a zero sum elects +), so what TIES
+            # keeps is where this is > 0, and |τ| there is this value; trimmed-out zeros never agree.
+            signed = trimmed.mul_(torch.where(trimmed.sum(0) >= 0, 1.0, -1.0).to(part.dtype))
+            ties_kept_entries += int((signed > 0).sum())
+            ties_kept_mass += float(signed.clamp_(min=0).sum())
+
+    k = subspace_rank(source.shape, rank)
+    subspace = None
+    if k:
+        bases = [singular_subspaces(expert_chunks(i), source.shape, k, power_iters, seed) for i in range(n)]
+        subspace = np.full((n, n), np.nan)
+        for i in range(n):
+            for j in range(i, n):
+                if bases[i] is not None and bases[j] is not None:
+                    subspace[i, j] = subspace[j, i] = subspace_overlap(bases[i], bases[j])
+    return TensorStats(
+        name,
+        numel,
+        base_sq,
+        gram.numpy(),
+        mass,
+        conflict_entries,
+        conflict_mass,
+        ties_kept_entries,
+        ties_kept_mass,
+        subspace,
+        k,
+    )
+
+
+def _float_of(bits: int) -> float:
+    return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32))
+
+
+def _sample(source: TensorSource, held, wd: torch.dtype, numel: int) -> torch.Tensor:
+    """|τ_i| at entries spread over the tensor: (experts, entries), strided when held, whole rows when streamed."""
+    if held is not None:
+        base, experts = held
+        step = max(1, numel // SAMPLE_ENTRIES)
+        return torch.stack([x[::step] - base[::step] for x in experts]).abs()
+    rows = source.row_chunks[-1][1]
+    picks = sorted({r * rows // SAMPLE_ROWS for r in range(SAMPLE_ROWS)})
+    parts = []
+    for r in picks:
+        base = source.base(r, r + 1).to(wd)
+        parts.append(torch.stack([source.model(i, r, r + 1).to(wd) - base for i in range(source.n_models)]))
+    return torch.cat([p.reshape(source.n_models, -1) for p in parts], dim=1).abs()
