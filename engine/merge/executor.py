@@ -422,6 +422,8 @@ def _merge_chunks(
     else:
         base = source.whole(plan.base) if plan.base else None
         models = [source.whole(m) for m in plan.models]
+        if spec.by_tensor_name:
+            params["tensor_name"] = job.name
         yield spec.merge(base, models, seed=seed, **params).reshape(job.shape).to(out_dtype)
 
 

@@ -28,6 +28,10 @@ _MODULES = (
     "slerp",
     "model_stock",
     "nuslerp",
+    "tsv_merge",
+    "iso_c",
+    "iso_cts",
+    "pcb_merge",
 )
 
 
