@@ -70,6 +70,10 @@ def test_registry_has_mergekits_names_with_papers():
         "slerp",
         "model_stock",
         "nuslerp",
+        "tsv_merge",
+        "iso_c",
+        "iso_cts",
+        "pcb_merge",
     }
     for spec in methods().values():
         assert spec.display_name and spec.paper.startswith("https://")

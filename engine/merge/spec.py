@@ -141,6 +141,17 @@ class MethodSpec:
     in_mergekit: bool = True
     by_tensor_name: bool = False
 
+    @property
+    def mergekit_note(self) -> str | None:
+        """What to tell a user who takes this method's YAML to mergekit; None when mergekit runs it."""
+        if self.in_mergekit:
+            return None
+        return (
+            f"merge_method {self.name} ({self.display_name}) is MergeScope's own: mergekit 0.1.5 does not "
+            f'implement it and refuses this recipe ("Unimplemented merge method {self.name}"); '
+            "run it with `python -m engine merge` or the dashboard"
+        )
+
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
 
