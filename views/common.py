@@ -179,6 +179,7 @@ RANGES = {
     "lambda": (0.0, 2.0, 0.05),
     "gamma": (0.0, 0.2, 0.005),
     "epsilon": (0.0, 0.5, 0.01),
+    "common_space_fraction": (0.0, 1.0, 0.05),
 }
 FALLBACK_RANGE = (0.0, 2.0, 0.01)
 REQUIRED_DEFAULTS = {"weight": 0.5, "t": 0.5}
