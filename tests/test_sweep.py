@@ -170,7 +170,16 @@ def test_zoo_grid_uses_the_experts_present(grid_file, tmp_path):
 
     config = from_dict(zoo_grid(tmp_path, dev_limit=1), tmp_path)
     assert {g: sorted(e) for g, e in config.groups.items()} == {"en-x": ["en-es", "en-ru"]}
-    assert {m: len(p) for m, p in config.grids.items()} == {"task_arithmetic": 5, "ties": 6, "dare_linear": 3, "sce": 3}
+    assert {m: len(p) for m, p in config.grids.items()} == {
+        "task_arithmetic": 5,
+        "ties": 6,
+        "dare_linear": 3,
+        "sce": 3,
+        "tsv_merge": 3,
+        "iso_c": 3,
+        "iso_cts": 3,
+        "pcb_merge": 4,
+    }
     assert all(len(s) == 1 for s in config.dev.values()) and config.joint is None
 
 

@@ -43,12 +43,18 @@ PAPER_GRIDS: dict[str, dict[str, list]] = {
 }
 
 
-# A coarse grid for the demo zoo on a CPU: 17 points per group instead of the paper's 334.
+# A coarse grid for the demo zoo on a CPU: 30 points per group instead of the paper's 334 for
+# its four methods, plus the interference-aware methods (TSV-Merge, Iso-C, Iso-CTS, PCB), whose
+# λ scales a sum-sized task vector (TSV, Iso) or a weighted mean (PCB).
 SMALL_GRIDS: dict[str, dict[str, list]] = {
     "task_arithmetic": {"weight": [0.1, 0.3, 0.5, 0.7, 1.0]},
     "ties": {"density": [0.3, 0.5, 0.7], "weight": [0.5, 1.0], "normalize": [True]},
     "dare_linear": {"density": [0.1, 0.5, 0.9], "weight": [0.5], "rescale": [True], "normalize": [True]},
     "sce": {"select_topk": [0.1, 0.5, 0.9]},
+    "tsv_merge": {"lambda": [0.1, 0.3, 1.0]},
+    "iso_c": {"lambda": [0.1, 0.3, 1.0]},
+    "iso_cts": {"lambda": [0.1, 0.3, 1.0], "common_space_fraction": [0.8]},
+    "pcb_merge": {"density": [0.1, 0.5], "lambda": [0.5, 1.0]},
 }
 
 
