@@ -50,15 +50,15 @@ def merge(base: torch.Tensor, models: Sequence[torch.Tensor], *, seed: int = 0, 
     deltas = task_vectors(base, models).reshape(len(models), -1)  # (T, D)
     n, d = deltas.shape
     magnitude = deltas.abs()
-    magnitude = magnitude.clamp(
-        _kth(magnitude, int(d * OUTLIER_QUANTILE)), _kth(magnitude, max(0, int(d * (1 - OUTLIER_QUANTILE) - 1)))
-    )
-    intra = torch.exp(n * _min_max(magnitude) ** 2)
-    inter = torch.tanh(deltas * deltas.sum(0))
-    score = intra * inter  # (T, D)
+    low, high = int(d * OUTLIER_QUANTILE), max(0, int(d * (1 - OUTLIER_QUANTILE) - 1))
+    magnitude.clamp_(_kth(magnitude, low), _kth(magnitude, high))
+    # In place where possible: the stacked task vectors are the working set, T copies of the tensor each.
+    score = _min_max(magnitude).square_().mul_(n).exp_()  # intra-balancing
+    score.mul_(torch.tanh(deltas * deltas.sum(0)))  # inter-balancing
     cut = _kth(score, min(d - 1, int(d * (1 - density))))
-    weight = _min_max(score.clamp(min=cut))  # 0 at and below the cut
-    merged = (weight * deltas.sign() * magnitude).sum(0) / weight.sum(0).clamp(min=1e-12)
+    weight = _min_max(score.clamp_(min=cut))  # 0 at and below the cut
+    del score
+    merged = (weight * magnitude.mul_(deltas.sign_())).sum(0) / weight.sum(0).clamp(min=1e-12)
     return finish(base, merged.reshape(base.shape), lambda_)
 
 
