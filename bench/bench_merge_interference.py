@@ -139,6 +139,7 @@ def main() -> None:
             m: {k: statistics.median(r[k] for r in rs) for k in ("wall", "cpu", "peak_above_imports")}
             for m, rs in runs.items()
         }
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "bench_merge_interference.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     print("| set | method | wall s | CPU s | CPU × task arithmetic | peak RSS above imports |")
     print("|---|---|---|---|---|---|")
