@@ -15,7 +15,7 @@ import transformers
 import yaml
 from safetensors.torch import load_file
 
-from engine.errors import RecipeError
+from engine.errors import CheckpointError, RecipeError
 from engine.merge import iter_merged, plan_merge
 from engine.merge.registry import get_method, methods
 from engine.recipe import from_dict, loads
@@ -240,6 +240,41 @@ def test_tsv_averages_a_matrix_narrower_than_the_number_of_experts():
 def test_pcb_leaves_a_tensor_no_expert_changed_at_the_base():
     base, _ = _arrays((6, 5), 0)
     np.testing.assert_array_equal(_ours("pcb_merge", base, [base.copy(), base.copy()]), base)
+
+
+def test_svd_is_retried_in_float64_when_float32_does_not_converge(monkeypatch):
+    real, dtypes = torch.linalg.svd, []
+
+    def float32_fails(x, full_matrices=True):
+        dtypes.append(x.dtype)
+        if x.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return real(x, full_matrices=full_matrices)
+
+    monkeypatch.setattr(torch.linalg, "svd", float32_fails)
+    base, models = _arrays((12, 9), 3, seed=1)
+    base, models = base.astype(np.float32), [m.astype(np.float32) for m in models]
+    spec = get_method("iso_cts")
+    out = spec.merge(
+        torch.from_numpy(base),
+        [torch.from_numpy(m) for m in models],
+        seed=0,
+        tensor_name=MATRIX,
+        **{"lambda": 1.0, "common_space_fraction": 0.8},
+    )
+    assert out.dtype == torch.float32 and torch.float64 in dtypes
+    reference = iso_cts_reference(base.astype(np.float64), [m.astype(np.float64) for m in models])
+    np.testing.assert_allclose(out.numpy(), reference, atol=1e-5)
+
+
+def test_an_svd_that_never_converges_names_the_tensor(monkeypatch):
+    def never(x, full_matrices=True):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "svd", never)
+    base, models = _arrays((12, 9), 2)
+    with pytest.raises(CheckpointError, match=r"'model\.layers\.3\.mlp\.down_proj\.weight'.*did not converge"):
+        _ours("tsv_merge", base, models)
 
 
 # ----------------------------------------------------------------- registry, recipes, checkpoints

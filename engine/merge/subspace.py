@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from engine.errors import CheckpointError
 from engine.merge.spec import work_dtype
 
 # Token / position tables and output heads across families (Llama/Qwen embed_tokens, GPT-2
@@ -37,9 +38,26 @@ def task_vectors(base: torch.Tensor, models: Sequence[torch.Tensor]) -> torch.Te
     return torch.stack([m.to(wd) - b for m in models])
 
 
-def polar(x: torch.Tensor) -> torch.Tensor:
+def svd(x: torch.Tensor, tensor_name: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD (batched over leading dimensions), retried in float64 when float32 LAPACK does not
+    converge, as it can on matrices with many near-zero singular values (a task vector with the
+    common subspace projected out); CheckpointError naming the tensor when float64 fails too."""
+    try:
+        return torch.linalg.svd(x, full_matrices=False)
+    except torch.linalg.LinAlgError as err:
+        failure = err
+    if x.dtype != torch.float64:
+        try:
+            u, s, vt = torch.linalg.svd(x.double(), full_matrices=False)
+            return u.to(x.dtype), s.to(x.dtype), vt.to(x.dtype)
+        except torch.linalg.LinAlgError as err:
+            failure = err
+    raise CheckpointError(f"tensor {tensor_name!r}: the SVD of its task vectors did not converge ({failure})")
+
+
+def polar(x: torch.Tensor, tensor_name: str = "") -> torch.Tensor:
     """The nearest matrix with orthonormal columns (rows, for a wide matrix): P Qᵀ from x = P S Qᵀ."""
-    p, _, qt = torch.linalg.svd(x, full_matrices=False)
+    p, _, qt = svd(x, tensor_name)
     return p @ qt
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from engine.merge.spec import BaseUse, MethodSpec, Param
-from engine.merge.subspace import decomposes, finish, task_vectors
+from engine.merge.subspace import decomposes, finish, svd, task_vectors
 
 
 def isotropic(u: torch.Tensor, s: torch.Tensor, vt: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,7 @@ def merge(
     deltas = task_vectors(base, models)  # (T, *shape)
     if not decomposes(base, tensor_name):
         return finish(base, deltas.mean(0), params["lambda"])
-    u, s, vt = torch.linalg.svd(deltas.sum(0), full_matrices=False)
+    u, s, vt = svd(deltas.sum(0), tensor_name)
     return finish(base, isotropic(u, s, vt), params["lambda"])
 
 

@@ -22,7 +22,7 @@ import torch
 
 from engine.merge.methods.iso_c import isotropic
 from engine.merge.spec import BaseUse, MethodSpec, Param
-from engine.merge.subspace import decomposes, finish, polar, task_vectors
+from engine.merge.subspace import decomposes, finish, polar, svd, task_vectors
 
 
 def split_rank(rank: int, n_tasks: int, common_space_fraction: float) -> tuple[int, int]:
@@ -44,18 +44,18 @@ def merge(
     if not decomposes(base, tensor_name):
         return finish(base, deltas.mean(0), params["lambda"])
     common, per_task = split_rank(min(base.shape), len(models), params["common_space_fraction"])
-    u, s, vt = torch.linalg.svd(deltas.sum(0), full_matrices=False)
+    u, s, vt = svd(deltas.sum(0), tensor_name)
     us, ss, vts = [u[:, :common]], [s[:common]], [vt[:common]]
     if per_task:
         u_c = u[:, :common]  # (rows, common)
         residual = deltas - u_c @ (u_c.T @ deltas)  # each task vector outside the common subspace
-        u_t, s_t, vt_t = torch.linalg.svd(residual, full_matrices=False)
+        u_t, s_t, vt_t = svd(residual, tensor_name)
         us += list(u_t[:, :, :per_task])
         ss += list(s_t[:, :per_task])
         vts += list(vt_t[:, :per_task])
     u_hat = torch.cat(us, dim=1)  # (rows, r)
     vt_hat = torch.cat(vts, dim=0)  # (r, cols)
-    merged = isotropic(polar(u_hat), torch.cat(ss), polar(vt_hat.T).T)
+    merged = isotropic(polar(u_hat, tensor_name), torch.cat(ss), polar(vt_hat.T, tensor_name).T)
     return finish(base, merged, params["lambda"])
 
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from engine.merge.spec import BaseUse, MethodSpec, Param
-from engine.merge.subspace import decomposes, finish, polar, task_vectors
+from engine.merge.subspace import decomposes, finish, polar, svd, task_vectors
 
 
 def merge(
@@ -38,11 +38,11 @@ def merge(
     k = min(base.shape) // n if base.dim() == 2 else 0
     if not decomposes(base, tensor_name) or k == 0:
         return finish(base, deltas.mean(0), lambda_)
-    u, s, vt = torch.linalg.svd(deltas, full_matrices=False)  # (T, rows, r), (T, r), (T, r, cols)
+    u, s, vt = svd(deltas, tensor_name)  # (T, rows, r), (T, r), (T, r, cols)
     u_hat = u[:, :, :k].permute(1, 0, 2).reshape(base.shape[0], n * k)  # (rows, T·k)
     vt_hat = vt[:, :k, :].reshape(n * k, base.shape[1])  # (T·k, cols)
     s_hat = s[:, :k].reshape(-1)  # (T·k,)
-    merged = polar(u_hat) @ torch.diag(s_hat) @ polar(vt_hat.T).T
+    merged = polar(u_hat, tensor_name) @ torch.diag(s_hat) @ polar(vt_hat.T, tensor_name).T
     return finish(base, merged, lambda_)
 
 
