@@ -153,8 +153,13 @@ class Recipe:
         return out
 
     def to_yaml(self) -> str:
-        """mergekit-readable YAML (lists of numbers in flow style, like mergekit writes them)."""
-        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+        """mergekit-readable YAML (lists of numbers in flow style, like mergekit writes them).
+
+        A method mergekit does not implement gets a first-line comment saying so.
+        """
+        text = yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+        note = self.method.mergekit_note
+        return f"# {note}\n{text}" if note else text
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml(), encoding="utf-8")

@@ -208,6 +208,27 @@ def test_mergekits_remaining_methods_get_their_sliders_and_recipe(app, method, e
         assert app.query_params["merged"]
 
 
+@pytest.mark.parametrize("method", ["tsv_merge", "iso_c", "iso_cts", "pcb_merge"])
+def test_our_own_methods_have_sliders_and_say_mergekit_refuses_their_yaml(app, method):
+    pick(app, method=method)
+    spec = method_specs()[method]
+    assert {p.name for p in spec.params} <= {s.label for s in app.slider}
+    app.slider(key=f"p_{method}__lambda").set_value(0.4).run()
+    text = app.code[0].value
+    recipe = yaml.safe_load(text)
+    assert recipe["merge_method"] == method and recipe["parameters"]["lambda"] == pytest.approx(0.4)
+    assert text.startswith("# ")  # the note travels with the downloaded file
+    (note,) = [i.value for i in app.info if "mergekit" in i.value]
+    assert f"Unimplemented merge method {method}" in note and "MergeScope's own" in note
+    merge(app)
+    assert app.success and "Merge ready" in app.success[0].value
+
+
+def test_mergekit_methods_get_no_refusal_note(app):
+    pick(app, method="ties")
+    assert not [i.value for i in app.info if "mergekit" in i.value]
+
+
 def test_per_layer_schedule_goes_into_the_yaml(app):
     pick(app, method="task_arithmetic")
     app.toggle(key="schedule_on").set_value(True).run()

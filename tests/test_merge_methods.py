@@ -78,6 +78,10 @@ def test_registry_has_mergekits_names_with_papers():
         "passthrough",
         "ram",
         "ramplus_tl",
+        "tsv_merge",
+        "iso_c",
+        "iso_cts",
+        "pcb_merge",
     }
     for spec in methods().values():
         assert spec.display_name and spec.paper.startswith("https://")

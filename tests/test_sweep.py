@@ -242,6 +242,10 @@ def test_zoo_grid_uses_the_experts_present(grid_file, tmp_path):
         "multislerp": 1,
         "ram": 3,
         "ramplus_tl": 4,
+        "tsv_merge": 3,
+        "iso_c": 3,
+        "iso_cts": 3,
+        "pcb_merge": 4,
     }
     assert all(len(s) == 1 for s in config.dev.values()) and config.joint is None
 

@@ -179,6 +179,7 @@ RANGES = {
     "lambda": (0.0, 2.0, 0.05),
     "gamma": (0.0, 0.2, 0.005),
     "epsilon": (0.0, 0.5, 0.01),
+    "common_space_fraction": (0.0, 1.0, 0.05),
 }
 # Where one name means another scale in another method: NearSwap's t is a distance between
 # weights, RAM's epsilon a threshold on single task-vector entries.

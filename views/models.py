@@ -167,6 +167,8 @@ with right:
             pass  # e.g. no data for these directions: the pages that need it will say so
         text = recipe_yaml(recipe)
         st.code(text, language="yaml")
+        if note := spec.mergekit_note:
+            st.info(note)
         st.download_button(
             "Download YAML",
             text,

@@ -524,6 +524,8 @@ def _merge_chunks(plan: MergePlan, job: TensorJob, reader: ShardReader, device: 
     else:
         base = source.whole(job.base_input) if job.base_input else None
         models = [source.whole(m) for m in job.model_inputs]
+        if spec.by_tensor_name:
+            params["tensor_name"] = job.name
         try:
             merged = spec.merge(base, models, seed=seed, **params)
         except RecipeError as err:  # a method that cannot merge these values says why; add where

@@ -35,6 +35,10 @@ _MODULES = (
     "passthrough",
     "ram",
     "ramplus_tl",
+    "tsv_merge",
+    "iso_c",
+    "iso_cts",
+    "pcb_merge",
 )
 
 

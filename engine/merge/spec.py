@@ -119,6 +119,10 @@ class MethodSpec:
                    matrix in small cache-sized blocks.
     nonfinite_propagates: an output entry is NaN/Inf whenever that entry of any input is, so
                    the executor checks each output block instead of every input block.
+    in_mergekit:   mergekit 0.1.5 implements it under this name; our own methods (False) export
+                   to YAML under their own names, which mergekit refuses ("Unimplemented merge method").
+    by_tensor_name: `merge` also receives `tensor_name=` (the checkpoint key), for methods that
+                   treat some tensors apart (embeddings in the SVD methods).
     """
 
     name: str
@@ -134,6 +138,19 @@ class MethodSpec:
     check: Callable[[dict, dict], str | None] | None = None
     one_pass: bool = False
     nonfinite_propagates: bool = False
+    in_mergekit: bool = True
+    by_tensor_name: bool = False
+
+    @property
+    def mergekit_note(self) -> str | None:
+        """What to tell a user who takes this method's YAML to mergekit; None when mergekit runs it."""
+        if self.in_mergekit:
+            return None
+        return (
+            f"merge_method {self.name} ({self.display_name}) is MergeScope's own: mergekit 0.1.5 does not "
+            f'implement it and refuses this recipe ("Unimplemented merge method {self.name}"); '
+            "run it with `python -m engine merge` or the dashboard"
+        )
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

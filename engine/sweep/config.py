@@ -11,6 +11,7 @@
     methods:                        # "paper" = the paper's grid; or parameter: [values]
       task_arithmetic: paper
       ties: {density: [0.3, 0.5], weight: [1.0], normalize: [true]}
+      iso_cts: {lambda: [0.3, 1.0]}   # any registered method, MergeScope's own ones too
     metric: bleu                    # selection metric on dev: bleu, chrf or chrfpp
     dev_limit: 100                  # optional: first N dev pairs per direction
     devtest_limit: null
