@@ -558,6 +558,7 @@ def patch_k_curve(table: Sequence[dict], metric: str, side: str = "last") -> go.
         yaxis_title=SCORE_COLUMNS.get(metric, metric) + unit,
         height=400,
     )
+    return fig
 
 
 # ----------------------------------------------------------------- interference
