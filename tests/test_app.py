@@ -224,6 +224,18 @@ def test_our_own_methods_have_sliders_and_say_mergekit_refuses_their_yaml(app, m
     assert app.success and "Merge ready" in app.success[0].value
 
 
+def test_lines_gets_its_depth_sliders_and_merges(app):
+    pick(app, method="lines")
+    app.slider(key="p_lines__alpha").set_value(0.2).run()
+    app.slider(key="p_lines__beta").set_value(0.6).run()
+    recipe = yaml.safe_load(app.code[0].value)
+    assert recipe["merge_method"] == "lines"
+    assert recipe["parameters"] == pytest.approx({"alpha": 0.2, "beta": 0.6})
+    assert [i.value for i in app.info if "Unimplemented merge method lines" in i.value]
+    merge(app)
+    assert app.success and "Merge ready" in app.success[0].value
+
+
 def test_mergekit_methods_get_no_refusal_note(app):
     pick(app, method="ties")
     assert not [i.value for i in app.info if "mergekit" in i.value]

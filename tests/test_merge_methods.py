@@ -82,6 +82,7 @@ def test_registry_has_mergekits_names_with_papers():
         "iso_c",
         "iso_cts",
         "pcb_merge",
+        "lines",
     }
     for spec in methods().values():
         assert spec.display_name and spec.paper.startswith("https://")

@@ -117,3 +117,37 @@ def test_schedule_cli_writes_recipes_that_load(checkpoints, tmp_path):
     argv = ["schedule", "swap", "--outer", str(experts[0]), "--inner", str(experts[1]), "--bottom", "3", "--top", "3"]
     assert main([*argv, "--out", str(swap)]) == 2  # 6 swapped blocks of 5: refused with a message
     assert not swap.exists()
+
+
+def test_the_lines_method_equals_the_lines_recipe_and_mergekit_refuses_it(checkpoints, tmp_path):
+    """`merge_method: lines` merges in one step what the schedule's task-arithmetic recipe merges
+    (which mergekit runs, above); its own YAML is MergeScope's, and mergekit refuses it."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    from engine.recipe import from_dict
+
+    base_path, experts = checkpoints
+    alpha, beta = 0.3, 0.5
+    method = from_dict(
+        {
+            "merge_method": "lines",
+            "base_model": str(base_path),
+            "models": [{"model": str(e)} for e in experts],
+            "parameters": {"alpha": alpha, "beta": beta},
+            "dtype": "float32",
+        }
+    )
+    schedule = lines_recipe(str(base_path), [str(e) for e in experts], LAYERS, alpha, beta, dtype="float32")
+    ours, scheduled = _ours(method), _ours(schedule)
+    _close(ours, scheduled, tol=1e-6)
+    base, taus = _numpy(base_path), [_numpy(e) for e in experts]
+    name = next(n for n in ours if layer_index(n) == LAYERS - 1)
+    np.testing.assert_allclose(
+        ours[name], base[name] + (alpha + beta) * sum(t[name] - base[name] for t in taus), rtol=1e-5, atol=1e-6
+    )
+    text = method.to_yaml()
+    assert text.startswith("# ") and "Unimplemented merge method lines" in text
+    with pytest.raises(RuntimeError, match="Unimplemented merge method lines"):
+        run_merge(MergeConfiguration.model_validate(yaml.safe_load(text)), str(tmp_path / "mk"), MergeOptions())

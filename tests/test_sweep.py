@@ -246,6 +246,7 @@ def test_zoo_grid_uses_the_experts_present(grid_file, tmp_path):
         "iso_c": 3,
         "iso_cts": 3,
         "pcb_merge": 4,
+        "lines": 4,
     }
     assert all(len(s) == 1 for s in config.dev.values()) and config.joint is None
 

@@ -526,6 +526,8 @@ def _merge_chunks(plan: MergePlan, job: TensorJob, reader: ShardReader, device: 
         models = [source.whole(m) for m in job.model_inputs]
         if spec.by_tensor_name:
             params["tensor_name"] = job.name
+        if spec.by_layer_position:
+            params["layer_position"] = job.t
         try:
             merged = spec.merge(base, models, seed=seed, **params)
         except RecipeError as err:  # a method that cannot merge these values says why; add where

@@ -34,11 +34,12 @@ def layer_position(tensor_name: str, num_layers: int) -> float:
     Tensors outside the blocks (embeddings, final norm, lm_head) get 0, as mergekit gives them.
     """
     index = layer_index(tensor_name)
-    if index is None:
-        return 0.0
-    if num_layers <= 1:
-        return 1.0
-    return index / (num_layers - 1)
+    return 0.0 if index is None else block_position(index, num_layers)
+
+
+def block_position(index: int, num_layers: int) -> float:
+    """Block `index` of `num_layers` on the schedules' [0, 1] axis: i / (L - 1), 1.0 for a one-block model."""
+    return 1.0 if num_layers <= 1 else index / (num_layers - 1)
 
 
 def coerce(value: Any, kind: type, where: str) -> Any:

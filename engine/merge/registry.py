@@ -39,6 +39,7 @@ _MODULES = (
     "iso_c",
     "iso_cts",
     "pcb_merge",
+    "lines",
 )
 
 

@@ -123,6 +123,8 @@ class MethodSpec:
                    to YAML under their own names, which mergekit refuses ("Unimplemented merge method").
     by_tensor_name: `merge` also receives `tensor_name=` (the checkpoint key), for methods that
                    treat some tensors apart (embeddings in the SVD methods).
+    by_layer_position: `merge` also receives `layer_position=`, the tensor's block l / (L − 1)
+                   (0 outside the blocks), for depth schedules (LiNeS).
     """
 
     name: str
@@ -140,6 +142,7 @@ class MethodSpec:
     nonfinite_propagates: bool = False
     in_mergekit: bool = True
     by_tensor_name: bool = False
+    by_layer_position: bool = False
 
     @property
     def mergekit_note(self) -> str | None:

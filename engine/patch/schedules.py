@@ -3,7 +3,7 @@
 - LiNeS (Wang et al., ICLR 2025, "LiNeS: Post-training Layer Scaling Prevents Forgetting and
   Enhances Model Merging"): block l of L (0-based) gets its task vector scaled by
   λ(l) = α + β · l / (L − 1), growing linearly with depth; as a task-arithmetic recipe, every
-  expert's `weight` is that list.
+  expert's `weight` is that list (the registered method `lines` merges the same in one step).
 - Layer swapping (Bandarkar et al., ICLR 2025, "Layer Swapping for Zero-Shot Cross-Lingual
   Transfer in Large Language Models"): the bottom and top blocks from one model, the rest from
   another, with an optional transition zone on each inner edge where the two are averaged; as a
@@ -17,15 +17,15 @@ under layer swapping a tensor-name filter gives them to the model chosen by `out
 from __future__ import annotations
 
 from engine.errors import RecipeError
+from engine.merge.methods.lines import lines_scale
+from engine.merge.params import block_position
 
 
 def lines_schedule(num_layers: int, alpha: float, beta: float) -> list[float]:
     """λ(l) = α + β · l / (L − 1) for l = 0 … L − 1 (one value for a one-block model: α + β)."""
     if num_layers < 1:
         raise RecipeError(f"LiNeS needs at least one block, got {num_layers}")
-    if num_layers == 1:
-        return [alpha + beta]
-    return [alpha + beta * layer / (num_layers - 1) for layer in range(num_layers)]
+    return [lines_scale(block_position(layer, num_layers), alpha, beta) for layer in range(num_layers)]
 
 
 def lines_recipe(base: str, experts: list[str], num_layers: int, alpha: float, beta: float, dtype: str | None = None):

@@ -43,10 +43,10 @@ PAPER_GRIDS: dict[str, dict[str, list]] = {
 }
 
 
-# A coarse grid for the demo zoo on a CPU: 38 points per group instead of the paper's 334: the
+# A coarse grid for the demo zoo on a CPU: 42 points per group instead of the paper's 334: the
 # paper's four methods, mergekit's others that merge any number of experts on a base, and the
-# interference-aware methods (TSV-Merge, Iso-C, Iso-CTS, PCB), whose λ scales a sum-sized task
-# vector (TSV, Iso) or a weighted mean (PCB).
+# interference-aware methods (TSV-Merge, Iso-C, Iso-CTS, PCB, LiNeS), whose λ scales a sum-sized
+# task vector (TSV, Iso, LiNeS) or a weighted mean (PCB).
 SMALL_GRIDS: dict[str, dict[str, list]] = {
     "task_arithmetic": {"weight": [0.1, 0.3, 0.5, 0.7, 1.0]},
     "ties": {"density": [0.3, 0.5, 0.7], "weight": [0.5, 1.0], "normalize": [True]},
@@ -61,6 +61,8 @@ SMALL_GRIDS: dict[str, dict[str, list]] = {
     "iso_c": {"lambda": [0.1, 0.3, 1.0]},
     "iso_cts": {"lambda": [0.1, 0.3, 1.0], "common_space_fraction": [0.8]},
     "pcb_merge": {"density": [0.1, 0.5], "lambda": [0.5, 1.0]},
+    # LiNeS scales the summed task vector from alpha (first block) to alpha + beta (last block).
+    "lines": {"alpha": [0.05, 0.1], "beta": [0.1, 0.3]},
 }
 
 
