@@ -463,7 +463,7 @@ def test_neurons_page_source_span_on_en_x_shows_the_papers_analyses(app):
     counts = figure("merge: neurons per block")
     assert (
         counts["data"][0]["x"] == ["es", "pt"]
-        and "each data set's non-English language" in counts["layout"]["title"]["text"]
+        and "conditions by data set" in counts["layout"]["title"]["text"]
     )
     np.testing.assert_array_equal(array(counts["data"][0]["z"]), report.finetune.counts)
     np.testing.assert_allclose(array(figure("Neuron usage alignment")["data"][0]["y"]), report.nua.per_layer, rtol=1e-9)
@@ -498,7 +498,7 @@ def test_neurons_page_source_span_on_en_x_shows_the_papers_analyses(app):
     app.segmented_control(key="neuron_span").set_value("target").run()
     assert not app.error
     assert app.query_params["neuron_conditions"] == "span" and app.query_params["nua_mode"] == "concat"
-    assert "the language of the span's text" in figure("merge: neurons per block")["layout"]["title"]["text"]
+    assert "conditions by span language" in figure("merge: neurons per block")["layout"]["title"]["text"]
 
 
 class _TableReader(HTMLParser):

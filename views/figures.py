@@ -622,9 +622,8 @@ def interference_heatmap(profile) -> go.Figure:
     fig.update_layout(
         title=_title(f"Interference per layer · {len(profile.experts)} experts", profile.signature),
         height=max(340, 26 * len(profile.groups) + 200),
-        margin={"t": 110},
+        margin={"t": 80, "b": 120},  # the measures' names, tilted, under the heatmap: above it they ran into the title
     )
-    fig.update_xaxes(side="top")
     fig.update_yaxes(autorange="reversed", title="layer")
     return fig
 

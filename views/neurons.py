@@ -13,8 +13,8 @@ CONDITION_NAMES = {
     "span": "span language",
 }
 CONDITION_AXES = {
-    "dataset": "conditions: each data set's non-English language",
-    "span": "conditions: the language of the span's text",
+    "dataset": "conditions by data set",
+    "span": "conditions by span language",
 }
 NUA_NAMES = {
     "rate": "rates averaged over conditions (the paper's)",
