@@ -461,10 +461,7 @@ def test_neurons_page_source_span_on_en_x_shows_the_papers_analyses(app):
     # English sources of En→es and En→pt: the conditions are the data sets' languages.
     report = neuron_report(base, merged, sets, "source", PRESETS["paper"], models)
     counts = figure("merge: neurons per block")
-    assert (
-        counts["data"][0]["x"] == ["es", "pt"]
-        and "conditions by data set" in counts["layout"]["title"]["text"]
-    )
+    assert counts["data"][0]["x"] == ["es", "pt"] and "conditions by data set" in counts["layout"]["title"]["text"]
     np.testing.assert_array_equal(array(counts["data"][0]["z"]), report.finetune.counts)
     np.testing.assert_allclose(array(figure("Neuron usage alignment")["data"][0]["y"]), report.nua.per_layer, rtol=1e-9)
 
