@@ -51,16 +51,24 @@ def subspace_rank(shape: tuple[int, ...], rank: int) -> int:
     return min(rank, min(shape) // 2)
 
 
-def _delta_slices(base: torch.Tensor, experts: list[torch.Tensor]):
-    """(base slice, task-vector slice (experts, entries)) over flat tensors; the second lives in one
-    buffer reused from slice to slice, so a caller keeps nothing of it beyond the step."""
-    buffer = torch.empty((len(experts), min(SLICE, base.numel())), dtype=base.dtype, device=base.device)
+def _delta_slices(base: torch.Tensor, experts: list[torch.Tensor], wd: torch.dtype):
+    """(base slice, task-vector slice (experts, entries)) in `wd` over flat tensors in their stored
+    dtype; the second lives in one buffer reused from slice to slice, so a caller keeps nothing of it
+    beyond the step. A stored bf16 expert minus the `wd` base promotes to `wd` inside the subtraction,
+    so converting costs no pass of its own."""
+    buffer = torch.empty((len(experts), min(SLICE, base.numel())), dtype=wd, device=base.device)
     for start in range(0, base.numel(), SLICE):
-        part_base = base[start : start + SLICE]
+        part_base = base[start : start + SLICE].to(wd)
         part = buffer[:, : part_base.numel()]
         for i, expert in enumerate(experts):
             torch.sub(expert[start : start + SLICE], part_base, out=part[i])
         yield part_base, part
+
+
+def _count_above(magnitude: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """Per expert, the entries of `magnitude` (experts, entries) above `bound` (experts, 1): a sum of
+    signs clamped at 0, exact in float32 for a slice (fewer than 2**24 entries)."""
+    return magnitude.sub(bound).sign_().clamp_(min=0).sum(1)
 
 
 def _brackets(samples: torch.Tensor, k: int, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,8 +124,8 @@ def tensor_stats(
     wd = work_dtype(source.base(0, 1))  # one row says the stored dtype
 
     def block(s: int, e: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(base, experts) of rows [s, e), flattened."""
-        return source.base(s, e).to(wd).reshape(-1), [source.model(i, s, e).to(wd).reshape(-1) for i in range(n)]
+        """(base, experts) of rows [s, e), flattened, as stored (converted slice by slice)."""
+        return source.base(s, e).reshape(-1), [source.model(i, s, e).reshape(-1) for i in range(n)]
 
     held = block(*chunks[0]) if len(chunks) == 1 else None  # a small tensor is read once for every pass
 
@@ -126,7 +134,7 @@ def tensor_stats(
 
     def expert_chunks(i: int):
         if held is not None:
-            delta = (held[1][i] - held[0]).reshape(source.shape)
+            delta = (held[1][i].to(wd) - held[0].to(wd)).reshape(source.shape)
             return lambda: iter([delta])
         return lambda: (source.model(i, s, e).to(wd) - source.base(s, e).to(wd) for s, e in chunks)
 
@@ -141,25 +149,27 @@ def tensor_stats(
     above = [0] * n
     inside: list[list[torch.Tensor]] = [[] for _ in range(n)]
     for base, experts in blocks():
-        for part_base, part in _delta_slices(base, experts):
+        for part_base, part in _delta_slices(base, experts, wd):
             base_sq += float(torch.dot(part_base, part_base))
             gram += (part @ part.T).to(torch.float64)
             magnitude = part.abs()
             entry_mass = magnitude.sum(0)  # (entries,)
             mass += float(entry_mass.sum())  # a slice's float32 sum; slices add in float64
-            conflict = (part.amax(0) > 0) & (part.amin(0) < 0)
+            # 1 where the largest τ is > 0 and the smallest < 0 (sign difference 2), else 0: float
+            # arithmetic, as comparisons producing bool cost several times more per entry.
+            conflict = part.amax(0).sign_().sub_(part.amin(0).sign_()).sub_(1).clamp_(min=0)
             conflict_entries += int(conflict.sum())
-            conflict_mass += float(torch.dot(entry_mass, conflict.to(entry_mass.dtype)))
+            conflict_mass += float(torch.dot(entry_mass, conflict))
             if keep_count >= numel:
                 continue
             if exact:
                 inside[0].append(magnitude)
                 continue
-            over = magnitude > hi
-            candidate = (magnitude >= lo) & ~over
-            found = magnitude.masked_select(candidate).split(candidate.sum(1).tolist())  # expert by expert
-            for i, count in enumerate(over.sum(1).tolist()):
-                above[i] += count
+            for i, count in enumerate(_count_above(magnitude, hi).tolist()):
+                above[i] += int(count)
+            candidate = magnitude.clamp(lo, hi) == magnitude  # lo <= |τ| <= hi
+            found = magnitude[candidate].split(candidate.sum(1).tolist())  # expert by expert
+            for i in range(n):
                 inside[i].append(found[i])
     if keep_count >= numel:
         rules = [TopK(0, 0, keep_all=True)] * n
@@ -179,21 +189,23 @@ def tensor_stats(
     # to it in flat order (engine.merge.sparsify.top_k_masks), counted down across slices.
     remaining = {i: r.ties for i, r in enumerate(rules) if not (r.keep_all or r.all_equal_kept)}
     for base, experts in blocks():
-        for _, part in _delta_slices(base, experts):
+        for _, part in _delta_slices(base, experts, wd):
             magnitude = part.abs().to(torch.float32)
-            kept = magnitude >= thresholds
+            kept = magnitude.sub(thresholds).sign_().add_(1).clamp_(max=1)  # 1 where |τ| >= threshold
             for i in remaining:
-                kept[i] = magnitude[i] > thresholds[i]
+                kept[i] = magnitude[i].sub(thresholds[i]).sign_().clamp_(min=0)  # strictly above
                 if remaining[i] > 0:
                     tied = (magnitude[i] == thresholds[i]).nonzero().squeeze(1)[: remaining[i]]
-                    kept[i, tied] = True
+                    kept[i, tied] = 1
                     remaining[i] -= len(tied)
             trimmed = part.mul_(kept)
-            # Positive where an entry agrees with the elected sign (a zero sum elects +), so what TIES
-            # keeps is where this is > 0, and |τ| there is this value; trimmed-out zeros never agree.
-            signed = trimmed.mul_(torch.where(trimmed.sum(0) >= 0, 1.0, -1.0).to(part.dtype))
-            ties_kept_entries += int((signed > 0).sum())
-            ties_kept_mass += float(signed.clamp_(min=0).sum())
+            # The elected sign is sign(sign(sum) + 0.5): a zero sum elects +. τ times it is positive
+            # where an entry agrees, so what TIES keeps is where this is > 0, and |τ| there is this
+            # value; trimmed-out zeros never agree.
+            elected = trimmed.sum(0).sign_().add_(0.5).sign_()
+            agreeing = trimmed.mul_(elected).clamp_(min=0)
+            ties_kept_mass += float(agreeing.sum())
+            ties_kept_entries += int(agreeing.sign_().sum())
 
     k = subspace_rank(source.shape, rank)
     subspace = None
@@ -228,7 +240,7 @@ def _sample(source: TensorSource, held, wd: torch.dtype, numel: int) -> torch.Te
     if held is not None:
         base, experts = held
         step = max(1, numel // SAMPLE_ENTRIES)
-        return torch.stack([x[::step] - base[::step] for x in experts]).abs()
+        return torch.stack([x[::step].to(wd) - base[::step].to(wd) for x in experts]).abs()
     rows = source.row_chunks[-1][1]
     picks = sorted({r * rows // SAMPLE_ROWS for r in range(SAMPLE_ROWS)})
     parts = []
