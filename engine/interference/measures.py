@@ -191,14 +191,19 @@ def tensor_stats(
     remaining = {i: r.ties for i, r in enumerate(rules) if not (r.keep_all or r.all_equal_kept)}
     for base, experts in blocks():
         for _, part in _delta_slices(base, experts, wd):
-            magnitude = part.abs().to(torch.float32)
-            kept = magnitude.sub(thresholds).sign_().add_(1).clamp_(max=1)  # 1 where |τ| >= threshold
+            side = part.abs().to(torch.float32).sub_(thresholds).sign_()  # -1 below, 0 at, 1 above the threshold
+            kept = side.add(1).clamp_(max=1)  # 1 where |τ| >= threshold
             for i in remaining:
-                kept[i] = magnitude[i].sub(thresholds[i]).sign_().clamp_(min=0)  # strictly above
+                # While the slice's ties fit in what is left to keep, all of them are kept; the slice where
+                # they overflow keeps the first ones by position, and later slices only what lies above.
+                tied_here = side.shape[1] - int(side[i].abs().sum())
+                if tied_here <= remaining[i]:
+                    remaining[i] -= tied_here
+                    continue
+                kept[i] = side[i].clamp(min=0)
                 if remaining[i] > 0:
-                    tied = (magnitude[i] == thresholds[i]).nonzero().squeeze(1)[: remaining[i]]
-                    kept[i, tied] = 1
-                    remaining[i] -= len(tied)
+                    kept[i, (side[i] == 0).nonzero().squeeze(1)[: remaining[i]]] = 1
+                    remaining[i] = 0
             trimmed = part.mul_(kept)
             # The elected sign is sign(sign(sum) + 0.5): a zero sum elects +. τ times it is positive
             # where an entry agrees, so what TIES keeps is where this is > 0, and |τ| there is this
