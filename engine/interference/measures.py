@@ -139,11 +139,15 @@ def tensor_stats(
     gram = torch.zeros(n, n, dtype=torch.float64)
     above = [0] * n
     inside: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    # Per-slice temporaries live in buffers reused from slice to slice: a fresh megabyte-sized tensor
+    # per step costs the page faults of a new allocation, about as much as the arithmetic on it.
+    width = min(SLICE, numel)
+    magnitude_buffer = torch.empty((n, width), dtype=wd)
     for base, experts in blocks():
         for part_base, part in _delta_slices(base, experts, wd):
             base_sq += float(torch.dot(part_base, part_base))
             gram += (part @ part.T).to(torch.float64)
-            magnitude = part.abs()
+            magnitude = torch.abs(part, out=magnitude_buffer[:, : part.shape[1]])
             entry_mass = magnitude.sum(0)  # (entries,)
             mass += float(entry_mass.sum())  # a slice's float32 sum; slices add in float64
             # 1 where the largest τ is > 0 and the smallest < 0 (sign difference 2), else 0: float
@@ -154,7 +158,7 @@ def tensor_stats(
             if keep_count >= numel:
                 continue
             if exact:
-                inside[0].append(magnitude)
+                inside[0].append(magnitude.clone())
                 continue
             # NumPy's comparisons and boolean indexing run several times faster than torch's on the CPU;
             # `magnitude` is this slice's own tensor, so its NumPy view is safe to select from.
@@ -182,10 +186,13 @@ def tensor_stats(
     # A rule with ties to break keeps what lies above its threshold plus the first `ties` entries equal
     # to it in flat order (engine.merge.sparsify.top_k_masks), counted down across slices.
     remaining = {i: r.ties for i, r in enumerate(rules) if not (r.keep_all or r.all_equal_kept)}
+    side_buffer, kept_buffer = (torch.empty((n, width), dtype=torch.float32) for _ in range(2))
     for base, experts in blocks():
         for _, part in _delta_slices(base, experts, wd):
-            side = part.abs().to(torch.float32).sub_(thresholds).sign_()  # -1 below, 0 at, 1 above the threshold
-            kept = side.add(1).clamp_(max=1)  # 1 where |τ| >= threshold
+            side = (
+                side_buffer[:, : part.shape[1]].copy_(part).abs_().sub_(thresholds).sign_()
+            )  # -1 below, 0 at, 1 above
+            kept = torch.add(side, 1, out=kept_buffer[:, : part.shape[1]]).clamp_(max=1)  # 1 where |τ| >= threshold
             for i in remaining:
                 # While the slice's ties fit in what is left to keep, all of them are kept; the slice where
                 # they overflow keeps the first ones by position, and later slices only what lies above.
