@@ -105,7 +105,8 @@ def tensor_stats(
 
     Two walks over the tensor's blocks (one read when it is held whole): the first forms the norms,
     cosines and sign conflicts and brackets each expert's TIES threshold; the second counts what
-    TIES keeps. Sums run over cache-sized slices of each block.
+    TIES keeps. Sums run over cache-sized slices of each block, as stored (bf16 is converted inside
+    the subtraction that forms τ). CPU tensors: the TIES candidates are selected through NumPy views.
     """
     if not 0 < density <= 1:
         raise ValueError(f"TIES density must lie in (0, 1], got {density}")
