@@ -96,6 +96,27 @@ def test_ties_counts_on_large_bf16_tensors_with_tied_magnitudes(chunk_rows, monk
     assert missed.ties_kept_entries == ref["ties_kept_entries"]
 
 
+@pytest.mark.parametrize("exact_below", [1 << 20, 0])  # threshold from every entry, and from a sample
+def test_ties_at_the_threshold_spread_over_many_slices_are_kept_by_position(exact_below, monkeypatch):
+    """Task vectors of four magnitudes, so the threshold value is shared by thousands of entries over
+    many slices: the first slices keep all of theirs, one slice keeps only its first ones, the rest none."""
+    monkeypatch.setattr(measures, "SLICE", 256)
+    monkeypatch.setattr(measures, "EXACT_BELOW", exact_below)
+    g = torch.Generator().manual_seed(3)
+    levels = torch.tensor([-2.0, -1.0, 1.0, 2.0])
+    base = torch.randn(90, 100, generator=g).bfloat16().float()
+    experts = [base + levels[torch.randint(0, 4, (90, 100), generator=g)] for _ in range(3)]
+    ref = numpy_reference(base.numpy(), [e.numpy() for e in experts], 0.3)
+    magnitude = np.abs(np.stack([(e - base).numpy().reshape(-1) for e in experts]))
+    # Density 0.3 keeps 2700 per expert, all of magnitude 2, out of about 4500 such ties over 17 slices.
+    assert ((magnitude == 2).sum(1) > 10 * 256).all()
+    for chunk_rows in (None, 13):
+        stats = tensor_stats(MemorySource(base, experts, chunk_rows), "w", 0.3, rank=0)
+        assert stats.ties_kept_entries == ref["ties_kept_entries"]
+        assert stats.ties_kept_mass == pytest.approx(ref["ties_kept_mass"], rel=RTOL)
+        assert stats.conflict_entries == ref["conflict_entries"]
+
+
 def test_sign_conflict_and_ties_drop_by_hand():
     base = torch.zeros(2, 2)
     # flat entries: e0 e1 e2 e3

@@ -47,7 +47,7 @@ class InterferenceSettings:
 
 
 class CheckpointTensorSource:
-    """A TensorSource (engine.merge.spec) over one tensor of a base and experts on disk, in float32: whole
+    """A TensorSource (engine.merge.spec) over one tensor of a base and experts on disk, in its stored dtype: whole
     up to `stream_above` entries, else in row blocks of about `chunk_elements` entries (as the merge
     executor reads). A block holding NaN/Inf is refused, naming file and tensor."""
 
@@ -75,7 +75,7 @@ class CheckpointTensorSource:
 
     def _read(self, index: int, start: int, stop: int) -> torch.Tensor:
         shard, entry = self._entries[index]
-        block = self.reader.read(shard, entry, start, stop if self.shape else 1, torch.float32)
+        block = self.reader.read(shard, entry, start, stop if self.shape else 1)
         if not torch.isfinite(block.sum()):  # a sum is NaN/Inf when an entry is (or on overflow: checked in full)
             check_finite(block, self.name, shard)
         return block

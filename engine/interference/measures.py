@@ -23,7 +23,7 @@ from engine.merge.sparsify import TopK, top_k
 from engine.merge.spec import TensorSource, work_dtype
 
 SLICE = 1 << 16  # entries per expert in one step of the sums: a step's temporaries stay in the CPU cache
-EXACT_BELOW = 1 << 20  # tensors this small find TIES's threshold among all their entries, no sample
+EXACT_BELOW = 1 << 16  # tensors this small find TIES's threshold among all their entries, no sample
 SAMPLE_ENTRIES = 1 << 14  # |τ| entries sampled per expert to bracket the threshold of a larger tensor
 
 
@@ -51,12 +51,14 @@ def subspace_rank(shape: tuple[int, ...], rank: int) -> int:
     return min(rank, min(shape) // 2)
 
 
-def _delta_slices(base: torch.Tensor, experts: list[torch.Tensor]):
-    """(base slice, task-vector slice (experts, entries)) over flat tensors; the second lives in one
-    buffer reused from slice to slice, so a caller keeps nothing of it beyond the step."""
-    buffer = torch.empty((len(experts), min(SLICE, base.numel())), dtype=base.dtype, device=base.device)
+def _delta_slices(base: torch.Tensor, experts: list[torch.Tensor], wd: torch.dtype):
+    """(base slice, task-vector slice (experts, entries)) in `wd` over flat tensors in their stored
+    dtype; the second lives in one buffer reused from slice to slice, so a caller keeps nothing of it
+    beyond the step. A stored bf16 expert minus the `wd` base promotes to `wd` inside the subtraction,
+    so converting costs no pass of its own."""
+    buffer = torch.empty((len(experts), min(SLICE, base.numel())), dtype=wd, device=base.device)
     for start in range(0, base.numel(), SLICE):
-        part_base = base[start : start + SLICE]
+        part_base = base[start : start + SLICE].to(wd)
         part = buffer[:, : part_base.numel()]
         for i, expert in enumerate(experts):
             torch.sub(expert[start : start + SLICE], part_base, out=part[i])
@@ -76,27 +78,24 @@ def _brackets(samples: torch.Tensor, k: int, numel: int) -> tuple[torch.Tensor, 
     return lo[:, None], hi[:, None]
 
 
-def _exact_rules(magnitude: torch.Tensor, k: int) -> list[TopK]:
-    """The keep rules of engine.merge.sparsify.top_k from every |τ_i| of a tensor, (experts, entries),
-    for all experts in one kthvalue: the same threshold and the same tie rule."""
-    threshold = magnitude.kthvalue(magnitude.shape[1] - k + 1, dim=1, keepdim=True).values  # (experts, 1)
-    greater = (magnitude > threshold).sum(1).tolist()
-    equal = (magnitude == threshold).sum(1).tolist()
-    bits = threshold.view(torch.int32).reshape(-1).tolist()
-    return [TopK(b, k - g, all_equal_kept=k - g == e) for b, g, e in zip(bits, greater, equal)]
+def _exact_rules(magnitude: np.ndarray, k: int) -> list[TopK]:
+    """The keep rules of engine.merge.sparsify.top_k from every |τ_i| of a tensor, (experts, entries)
+    in float32: the same threshold and the same tie rule."""
+    return [_rule(row, 0, k) for row in magnitude]
 
 
-def _rule(candidates: torch.Tensor, above: int, k: int) -> TopK | None:
-    """engine.merge.sparsify's keep rule from the entries above a bracket and those inside it;
+def _rule(candidates: np.ndarray, above: int, k: int) -> TopK | None:
+    """engine.merge.sparsify's keep rule from the entries above a bracket and those inside it (float32);
     None when the k-th largest is not inside."""
     need = k - above
-    if not 1 <= need <= candidates.numel():
+    if not 1 <= need <= candidates.size:
         return None
-    threshold = candidates.kthvalue(candidates.numel() - need + 1).values
-    greater = above + int((candidates > threshold).sum())
-    equal = int((candidates == threshold).sum())
-    bits = int(threshold.reshape(1).view(torch.int32))
-    return TopK(bits, k - greater, all_equal_kept=k - greater == equal)
+    # kthvalue, not np.partition: a bracket's |τ| of bf16 checkpoints repeat a few hundred values,
+    # where partition takes about twice as long.
+    threshold = float(torch.from_numpy(candidates).kthvalue(candidates.size - need + 1).values)
+    greater = above + int(np.count_nonzero(candidates > threshold))
+    equal = int(np.count_nonzero(candidates == threshold))
+    return TopK(int(np.float32(threshold).view(np.int32)), k - greater, all_equal_kept=k - greater == equal)
 
 
 def tensor_stats(
@@ -106,7 +105,8 @@ def tensor_stats(
 
     Two walks over the tensor's blocks (one read when it is held whole): the first forms the norms,
     cosines and sign conflicts and brackets each expert's TIES threshold; the second counts what
-    TIES keeps. Sums run over cache-sized slices of each block.
+    TIES keeps. Sums run over cache-sized slices of each block, as stored (bf16 is converted inside
+    the subtraction that forms τ). CPU tensors: the TIES candidates are selected through NumPy views.
     """
     if not 0 < density <= 1:
         raise ValueError(f"TIES density must lie in (0, 1], got {density}")
@@ -116,8 +116,8 @@ def tensor_stats(
     wd = work_dtype(source.base(0, 1))  # one row says the stored dtype
 
     def block(s: int, e: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(base, experts) of rows [s, e), flattened."""
-        return source.base(s, e).to(wd).reshape(-1), [source.model(i, s, e).to(wd).reshape(-1) for i in range(n)]
+        """(base, experts) of rows [s, e), flattened, as stored (converted slice by slice)."""
+        return source.base(s, e).reshape(-1), [source.model(i, s, e).reshape(-1) for i in range(n)]
 
     held = block(*chunks[0]) if len(chunks) == 1 else None  # a small tensor is read once for every pass
 
@@ -126,47 +126,56 @@ def tensor_stats(
 
     def expert_chunks(i: int):
         if held is not None:
-            delta = (held[1][i] - held[0]).reshape(source.shape)
+            delta = (held[1][i].to(wd) - held[0].to(wd)).reshape(source.shape)
             return lambda: iter([delta])
         return lambda: (source.model(i, s, e).to(wd) - source.base(s, e).to(wd) for s, e in chunks)
 
     keep_count = max(1, int(density * numel))  # as TIES's magnitude sparsifier counts
     exact = numel < EXACT_BELOW  # every |τ_i| is kept for one batched kthvalue
     if not exact and keep_count < numel:
-        lo, hi = _brackets(_sample(source, held, wd, numel), keep_count, numel)
+        lo, hi = (bound.numpy() for bound in _brackets(_sample(source, held, wd, numel), keep_count, numel))
 
     base_sq = mass = conflict_mass = 0.0
     conflict_entries = 0
     gram = torch.zeros(n, n, dtype=torch.float64)
     above = [0] * n
     inside: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    # Per-slice temporaries live in buffers reused from slice to slice: a fresh megabyte-sized tensor
+    # per step costs the page faults of a new allocation, about as much as the arithmetic on it.
+    width = min(SLICE, numel)
+    magnitude_buffer = torch.empty((n, width), dtype=wd)
     for base, experts in blocks():
-        for part_base, part in _delta_slices(base, experts):
+        for part_base, part in _delta_slices(base, experts, wd):
             base_sq += float(torch.dot(part_base, part_base))
             gram += (part @ part.T).to(torch.float64)
-            magnitude = part.abs()
+            magnitude = torch.abs(part, out=magnitude_buffer[:, : part.shape[1]])
             entry_mass = magnitude.sum(0)  # (entries,)
             mass += float(entry_mass.sum())  # a slice's float32 sum; slices add in float64
-            conflict = (part.amax(0) > 0) & (part.amin(0) < 0)
+            # 1 where the largest τ is > 0 and the smallest < 0 (sign difference 2), else 0: float
+            # arithmetic, as comparisons producing bool cost several times more per entry.
+            conflict = part.amax(0).sign_().sub_(part.amin(0).sign_()).sub_(1).clamp_(min=0)
             conflict_entries += int(conflict.sum())
-            conflict_mass += float(torch.dot(entry_mass, conflict.to(entry_mass.dtype)))
+            conflict_mass += float(torch.dot(entry_mass, conflict))
             if keep_count >= numel:
                 continue
             if exact:
-                inside[0].append(magnitude)
+                inside[0].append(magnitude.clone())
                 continue
-            over = magnitude > hi
-            candidate = (magnitude >= lo) & ~over
-            found = magnitude.masked_select(candidate).split(candidate.sum(1).tolist())  # expert by expert
-            for i, count in enumerate(over.sum(1).tolist()):
+            # NumPy's comparisons and boolean indexing run several times faster than torch's on the CPU;
+            # `magnitude` is this slice's own tensor, so its NumPy view is safe to select from.
+            values = magnitude.numpy()
+            for i, count in enumerate(np.count_nonzero(values > hi, axis=1).tolist()):
                 above[i] += count
-                inside[i].append(found[i])
+            candidate = values >= lo
+            candidate &= values <= hi
+            for i in range(n):
+                inside[i].append(values[i][candidate[i]])
     if keep_count >= numel:
         rules = [TopK(0, 0, keep_all=True)] * n
     elif exact:
-        rules = _exact_rules(torch.cat(inside[0], dim=1).to(torch.float32), keep_count)
+        rules = _exact_rules(torch.cat(inside[0], dim=1).to(torch.float32).numpy(), keep_count)
     else:
-        rules = [_rule(torch.cat(inside[i]).to(torch.float32), above[i], keep_count) for i in range(n)]
+        rules = [_rule(np.concatenate(inside[i]).astype(np.float32), above[i], keep_count) for i in range(n)]
         # A sample that misled the bracket: the exact radix select of a merge's sparsifier.
         rules = [rule or top_k(expert_chunks(i), keep_count, numel) for i, rule in enumerate(rules)]
     del inside
@@ -178,22 +187,32 @@ def tensor_stats(
     # A rule with ties to break keeps what lies above its threshold plus the first `ties` entries equal
     # to it in flat order (engine.merge.sparsify.top_k_masks), counted down across slices.
     remaining = {i: r.ties for i, r in enumerate(rules) if not (r.keep_all or r.all_equal_kept)}
+    side_buffer, kept_buffer = (torch.empty((n, width), dtype=torch.float32) for _ in range(2))
     for base, experts in blocks():
-        for _, part in _delta_slices(base, experts):
-            magnitude = part.abs().to(torch.float32)
-            kept = magnitude >= thresholds
+        for _, part in _delta_slices(base, experts, wd):
+            side = (
+                side_buffer[:, : part.shape[1]].copy_(part).abs_().sub_(thresholds).sign_()
+            )  # -1 below, 0 at, 1 above
+            kept = torch.add(side, 1, out=kept_buffer[:, : part.shape[1]]).clamp_(max=1)  # 1 where |τ| >= threshold
             for i in remaining:
-                kept[i] = magnitude[i] > thresholds[i]
+                # While the slice's ties fit in what is left to keep, all of them are kept; the slice where
+                # they overflow keeps the first ones by position, and later slices only what lies above.
+                tied_here = side.shape[1] - int(side[i].abs().sum())
+                if tied_here <= remaining[i]:
+                    remaining[i] -= tied_here
+                    continue
+                kept[i] = side[i].clamp(min=0)
                 if remaining[i] > 0:
-                    tied = (magnitude[i] == thresholds[i]).nonzero().squeeze(1)[: remaining[i]]
-                    kept[i, tied] = True
-                    remaining[i] -= len(tied)
+                    kept[i, (side[i] == 0).nonzero().squeeze(1)[: remaining[i]]] = 1
+                    remaining[i] = 0
             trimmed = part.mul_(kept)
-            # Positive where an entry agrees with the elected sign (a zero sum elects +), so what TIES
-            # keeps is where this is > 0, and |τ| there is this value; trimmed-out zeros never agree.
-            signed = trimmed.mul_(torch.where(trimmed.sum(0) >= 0, 1.0, -1.0).to(part.dtype))
-            ties_kept_entries += int((signed > 0).sum())
-            ties_kept_mass += float(signed.clamp_(min=0).sum())
+            # The elected sign is sign(sign(sum) + 0.5): a zero sum elects +. τ times it is positive
+            # where an entry agrees, so what TIES keeps is where this is > 0, and |τ| there is this
+            # value; trimmed-out zeros never agree.
+            elected = trimmed.sum(0).sign_().add_(0.5).sign_()
+            agreeing = trimmed.mul_(elected).clamp_(min=0)
+            ties_kept_mass += float(agreeing.sum())
+            ties_kept_entries += int(agreeing.sign_().sum())
 
     k = subspace_rank(source.shape, rank)
     subspace = None
@@ -228,7 +247,7 @@ def _sample(source: TensorSource, held, wd: torch.dtype, numel: int) -> torch.Te
     if held is not None:
         base, experts = held
         step = max(1, numel // SAMPLE_ENTRIES)
-        return torch.stack([x[::step] - base[::step] for x in experts]).abs()
+        return torch.stack([x[::step].to(wd) - base[::step].to(wd) for x in experts]).abs()
     rows = source.row_chunks[-1][1]
     picks = sorted({r * rows // SAMPLE_ROWS for r in range(SAMPLE_ROWS)})
     parts = []
