@@ -31,16 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 OUT = REPO / "bench" / "out" / "patch-models"
 
-QWEN05 = dict(
-    hidden_size=896,
-    intermediate_size=4864,
-    num_hidden_layers=24,
-    num_attention_heads=14,
-    num_key_value_heads=2,
-    vocab_size=151936,
-    max_position_embeddings=32768,
-    tie_word_embeddings=True,
-)
+from bench.bench_merge import CONFIG as QWEN05_UNTIED  # noqa: E402
+
+QWEN05 = {**QWEN05_UNTIED, "tie_word_embeddings": True}  # Qwen2.5-0.5B's shapes and its tied head
 
 
 def build_qwen05() -> Path:

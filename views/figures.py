@@ -186,17 +186,7 @@ def cka_comparison(left, right) -> go.Figure:
             }
         )
     for m, name in zip((left, right), pairs):
-        if m.values.shape[0] == m.values.shape[1]:
-            diagonal = np.diag(m.values)
-            fig.add_scatter(
-                x=list(range(len(diagonal))),
-                y=diagonal,
-                mode="lines+markers",
-                name=name,
-                row=2,
-                col=2,
-                hovertemplate=f"{name}<br>layer %{{x}}: CKA %{{y:.4f}}<extra></extra>",
-            )
+        add_cka_curve(fig, m, name, row=2, col=2)
     fig.update_xaxes(title="layer", row=2, col=2)
     fig.update_yaxes(title="CKA", range=[0, 1.02], row=2, col=2)
     # Fixed margins that hold the colour bars and axis titles: with automatic ones Plotly draws the
@@ -654,6 +644,22 @@ def interference_cosine(profile, row: int) -> go.Figure:
     return fig
 
 
+def add_cka_curve(fig: go.Figure, matrix, name: str, row: int, col: int) -> None:
+    """The per-layer CKA (the diagonal) of a square CKAMatrix as a line in subplot (row, col)."""
+    if matrix.values.shape[0] != matrix.values.shape[1]:
+        return
+    diagonal = np.diag(matrix.values)
+    fig.add_scatter(
+        x=list(range(len(diagonal))),
+        y=diagonal,
+        mode="lines+markers",
+        name=name,
+        row=row,
+        col=col,
+        hovertemplate=f"{name}<br>layer %{{x}}: CKA %{{y:.4f}}<extra></extra>",
+    )
+
+
 def cka_and_interference(pairs: Sequence, profile) -> go.Figure:
     """CKA per layer of square CKAMatrix results above the interference profile, one shared layer axis
     (0 = embedding, l = block l, L + 1 = head)."""
@@ -665,18 +671,7 @@ def cka_and_interference(pairs: Sequence, profile) -> go.Figure:
         subplot_titles=["CKA per layer", "Interference per layer"],
     )
     for m in pairs:
-        if m.values.shape[0] == m.values.shape[1]:
-            name = f"{m.labels[0]} vs {m.labels[1]}"
-            diagonal = np.diag(m.values)
-            fig.add_scatter(
-                x=list(range(len(diagonal))),
-                y=diagonal,
-                mode="lines+markers",
-                name=name,
-                row=1,
-                col=1,
-                hovertemplate=f"{name}<br>layer %{{x}}: CKA %{{y:.4f}}<extra></extra>",
-            )
+        add_cka_curve(fig, m, f"{m.labels[0]} vs {m.labels[1]}", row=1, col=1)
     measures = profile.measures()
     shown = ["score", "sign_conflict_mass", "subspace_overlap", "neuron_overlap"]
     for key in (k for k in shown if k in measures):
