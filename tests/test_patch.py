@@ -246,11 +246,19 @@ def test_cli_writes_the_table(tiny, tmp_path, monkeypatch):
     argv = ["patch", str(recipe_file), "--layers", "last:1+norm", "last:2", "--controls", "2"]
     outs = ["--out", str(out), "--out", str(tmp_path / "r.md"), "--export", str(tmp_path / "patched")]
     assert main([*argv, "--data", *map(str, data), *outs]) == 0
-    rows = json.loads(out.read_text())
+    report = json.loads(out.read_text())
+    rows = report["table"]
     assert [(r["layers"], r["direction"]) for r in rows] == [
         (layers, d) for layers in ("last:1+norm", "last:2") for d in (*DIRECTIONS, "avg")
     ]
     assert all(r["controls"] == 2 for r in rows)
+    # Every control is listed with its seed and blocks, so per-seed figures come from the report.
+    controls = [c for c in report["scores"] if c["role"] == "control"]
+    assert sorted({(c["layers"], c["seed"]) for c in controls}) == [
+        (t, seed) for t in ("last:1+norm", "last:2") for seed in (0, 1)
+    ]
+    assert all(len(c["blocks"]) == int(c["layers"][5]) for c in controls)
+    assert {c["direction"] for c in controls} == set(DIRECTIONS)
     assert "| en-de |" in (tmp_path / "r.md").read_text()
     for d in DIRECTIONS:  # the first set's patched merge, one checkpoint per direction
         exported = _state(tmp_path / "patched" / d)

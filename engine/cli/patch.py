@@ -95,9 +95,8 @@ def run(args: argparse.Namespace) -> int:
         for direction, expert in routes.items():
             system = patched_system(merge, expert, layer_sets[0], direction)
             log.info("wrote %s", export_patched(system, models, Path(args.export) / direction))
-    table = experiment.table()
     for out in args.out:
-        log.info("wrote %s", write_report(table, out, args.controls_from))
+        log.info("wrote %s", write_report(experiment, out))
     if not args.out:
-        sys.stdout.write(to_markdown(table, args.controls_from))
+        sys.stdout.write(to_markdown(experiment.table(), args.controls_from))
     return 0

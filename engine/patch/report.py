@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from engine.errors import DataError
@@ -47,13 +48,15 @@ def to_markdown(table: list[dict], controls_from: str) -> str:
     return "Cells: chrF / BLEU / off-target %.\n\n" + "\n".join(out)
 
 
-def write_report(table: list[dict], path: str | Path, controls_from: str) -> Path:
-    """Write by extension: .md (the tables), .csv or .json (every column)."""
+def write_report(experiment, path: str | Path) -> Path:
+    """Write a PatchExperiment by extension: .md (the tables), .csv (the summary table) or .json
+    (the summary table and every score, each control with its seed and blocks)."""
     path = Path(path)
+    table = experiment.table()
     if path.suffix == ".md":
-        text = to_markdown(table, controls_from)
+        text = to_markdown(table, experiment.controls_from)
     elif path.suffix == ".json":
-        text = json.dumps(table, indent=1)
+        text = json.dumps({"table": table, "scores": [asdict(s) for s in experiment.scores]}, indent=1)
     elif path.suffix == ".csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(table[0]))
