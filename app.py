@@ -9,11 +9,6 @@ import logging
 
 import streamlit as st
 
-# Imported here, on a session's first run and before any prefetch or compute thread exists:
-# transformers resolves its top-level names lazily, and two threads resolving them at once can
-# fail with "cannot import name 'DynamicCache' from 'transformers'".
-import engine.checkpoints.loading  # noqa: F401
-import engine.translate.generate  # noqa: F401
 from engine.errors import MergeScopeError
 from views import common, state
 

@@ -8,6 +8,7 @@ readable errors. Screenshots of every page go to test-artifacts/.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from engine.pipeline.catalog import checkpoint_label, direction_from_name, discover
 from engine.pipeline.systems import MERGE
 from tests.browser_harness import (  # noqa: F401  (fixtures)
+    ARTIFACTS,
     TIMEOUT_MS,
     browser,
     choose,
@@ -26,6 +28,8 @@ from tests.browser_harness import (  # noqa: F401  (fixtures)
     go_to,
     heatmap_boxes,
     screenshot,
+    start_server,
+    stop_server,
     wait_for_app,
     wait_for_plots,
     wait_for_recipe,
@@ -192,3 +196,28 @@ def test_the_server_listens_on_localhost_only(dashboard):
     server = psutil.Process(dashboard.server.process.pid)
     listening = {c.laddr.ip for c in server.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
     assert listening == {"127.0.0.1"}
+
+
+def test_a_fresh_server_opens_a_link_with_models_picked(dashboard, browser, tmp_path):
+    """A collaborator's link opened on a server that has just started: the Models page prefetches
+    while the server's warm-up thread is still importing the modelling stack, and must wait for it
+    (two threads resolving transformers' lazy names at once failed with "cannot import name")."""
+    experts = en_x_experts(dashboard)
+    server = start_server(
+        os.pathsep.join(map(str, dashboard.roots)),
+        dashboard.zoo.data,
+        tmp_path / "cache",
+        ARTIFACTS / "tests.test_browser.fresh_server.log",
+    )
+    try:
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(f"{server.url}/?base=base&experts={','.join(experts)}&method=ties")
+        wait_for_recipe(page, "TIES")
+        wait_for_app(page)
+        screenshot(page, "browser_fresh_server_link")
+        assert page.get_by_text("Something went wrong").count() == 0
+        assert page.get_by_text("Download YAML").count() == 1
+        page.close()
+    finally:
+        stop_server(server)
+    assert "Traceback" not in (ARTIFACTS / "tests.test_browser.fresh_server.log").read_text()

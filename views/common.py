@@ -41,8 +41,12 @@ PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "
 @st.cache_resource(show_spinner=False)
 def model_cache() -> ModelCache:
     """Loaded and merged models, shared by every session (ModelCache is thread-safe). Every
-    model computation goes through it, so torch's threads are limited here, before the first."""
+    model computation goes through it, so torch's threads are limited here, before the first,
+    and the warm-up's imports finish first: transformers resolves its top-level names lazily, and
+    a page importing the modelling stack while the warm-up thread does could fail with "cannot
+    import name 'DynamicCache' from 'transformers'"."""
     limit_torch_threads()
+    warm_up().join()
     return ModelCache()
 
 
