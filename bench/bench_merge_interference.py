@@ -37,15 +37,10 @@ METHODS = {  # the zoo sweep's middle settings
     "iso_cts": {"lambda": 0.3},
     "pcb_merge": {"lambda": 1.0, "density": 0.1},
 }
-QWEN = dict(
-    hidden_size=896,
-    intermediate_size=4864,
-    num_hidden_layers=4,
-    num_attention_heads=14,
-    num_key_value_heads=2,
-    vocab_size=32000,
-    tie_word_embeddings=True,
-)
+from bench.bench_merge import CONFIG as QWEN05_UNTIED  # noqa: E402
+
+# Qwen2.5-0.5B's block shapes, 4 blocks and a 32k tied vocabulary: the SVD methods' time is in the blocks.
+QWEN = {**QWEN05_UNTIED, "num_hidden_layers": 4, "vocab_size": 32000, "tie_word_embeddings": True}
 
 CHILD = """
 import json, os, resource, sys, time
