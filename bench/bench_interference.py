@@ -24,7 +24,9 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -47,14 +49,22 @@ def child(mode: str, folders: list[str], result: Path) -> None:
     base, *experts = (open_checkpoint(f) for f in folders)
     start, cpu = time.perf_counter(), time.process_time()
     if mode == "read":
-        reader = ShardReader()
-        for checkpoint in (base, *experts):
-            for shard, entry in checkpoint.entries().values():
-                rows = entry.shape[0] if entry.shape else 1
-                step = max(1, CHUNK_ELEMENTS // (math.prod(entry.shape[1:]) or 1))
-                for s in range(0, rows, step):
-                    reader.read(shard, entry, s, min(s + step, rows))
-        reader.close()
+        # Tensor by tensor, as many at a time as the profile reads (torch's thread count), each thread
+        # with its own reader.
+        local = threading.local()
+
+        def read_tensor(item):
+            shard, entry = item
+            if not hasattr(local, "reader"):
+                local.reader = ShardReader()
+            rows = entry.shape[0] if entry.shape else 1
+            step = max(1, CHUNK_ELEMENTS // (math.prod(entry.shape[1:]) or 1))
+            for s in range(0, rows, step):
+                local.reader.read(shard, entry, s, min(s + step, rows))
+
+        items = [item for checkpoint in (base, *experts) for item in checkpoint.entries().values()]
+        with ThreadPoolExecutor(torch.get_num_threads()) as pool:
+            list(pool.map(read_tensor, items))
     elif mode in ("weights", "full"):
         analyse_checkpoints(base, experts, InterferenceSettings(rank=16 if mode == "full" else 0))
     result.write_text(json.dumps({"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}))

@@ -3,6 +3,11 @@ hand counts on planted tensors, planted subspaces, and streaming from sharded bf
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +22,7 @@ from engine.interference import (
     analyse_checkpoints,
     build_profile,
     interference_profile,
+    kernel,
     neuron_set_overlap,
     tensor_stats,
     with_neuron_overlap,
@@ -29,6 +35,7 @@ from tests.tiny_models import make_model, save_checkpoint
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RTOL = 1e-5  # float32 sums over a few thousand entries against float64
+REPO = Path(__file__).resolve().parent.parent
 
 
 def numpy_reference(base: np.ndarray, experts: list[np.ndarray], density: float) -> dict:
@@ -40,7 +47,8 @@ def numpy_reference(base: np.ndarray, experts: list[np.ndarray], density: float)
     k = max(1, int(density * entries))
     trimmed = np.zeros_like(tau)
     for i in range(n):
-        top = np.argsort(-magnitude[i], kind="stable")[:k]
+        # Ranked by float32 |τ|, as the merge's sparsifier ranks; ties by position.
+        top = np.argsort(-magnitude[i].astype(np.float32), kind="stable")[:k]
         trimmed[i, top] = tau[i, top]
     elected_positive = trimmed.sum(0) >= 0
     agree = np.where(elected_positive, trimmed > 0, trimmed < 0)
@@ -91,16 +99,102 @@ def test_ties_counts_on_large_bf16_tensors_with_tied_magnitudes(chunk_rows, monk
     assert stats.ties_kept_mass == pytest.approx(ref["ties_kept_mass"], rel=RTOL)
     assert stats.conflict_entries == ref["conflict_entries"]
     # A sample that misleads the bracket falls back to the merge's exact radix select.
-    monkeypatch.setattr(measures, "_brackets", lambda samples, k, numel: (samples[:, :1] * 0, samples[:, :1] * 0))
+    empty = np.zeros(len(experts), np.float32)
+    monkeypatch.setattr(measures, "_brackets", lambda samples, k, numel: (empty, empty))
     missed = tensor_stats(MemorySource(base, experts, chunk_rows), "w", 0.3, rank=0)
     assert missed.ties_kept_entries == ref["ties_kept_entries"]
 
 
+def _as_kind(t: torch.Tensor, kind: str, role: str) -> torch.Tensor:
+    """`t` stored as `kind`; "mixed" stores the base as bf16 and the experts as float16."""
+    dtype = {"bf16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}.get(kind)
+    return t.to(dtype or (torch.bfloat16 if role == "base" else torch.float16))
+
+
+@pytest.mark.parametrize("kind", ["bf16", "float32", "float64", "mixed"])
+@pytest.mark.parametrize("n", [1, 2, 5])
+@pytest.mark.parametrize("chunk_rows", [None, 9])
+def test_every_sum_equals_numpy_for_each_stored_dtype_and_expert_count(kind, n, chunk_rows):
+    """The compiled pass is generated per expert count and reads bf16 bits, float32 and float64 as they
+    are (any other dtype converted): every sum against float64 NumPy on the stored values, with the
+    TIES threshold bracketed from a sample (300 × 250 entries)."""
+    g = torch.Generator().manual_seed(n)
+    base = _as_kind(torch.randn(300, 250, generator=g) * 0.02, kind, "base")
+    experts = [_as_kind(base.double() + 0.002 * torch.randn(300, 250, generator=g), kind, "expert") for _ in range(n)]
+    assert base.numel() >= measures.EXACT_BELOW
+    stats = tensor_stats(MemorySource(base, experts, chunk_rows), "w", 0.3, rank=0)
+    ref = numpy_reference(base.double().numpy(), [e.double().numpy() for e in experts], 0.3)
+    assert stats.base_sq == pytest.approx(ref["base_sq"], rel=RTOL)
+    np.testing.assert_allclose(stats.gram, ref["gram"], rtol=RTOL, atol=1e-9)
+    assert stats.mass == pytest.approx(ref["mass"], rel=RTOL)
+    assert stats.conflict_entries == ref["conflict_entries"]
+    assert stats.conflict_mass == pytest.approx(ref["conflict_mass"], rel=RTOL)
+    assert stats.ties_kept_entries == ref["ties_kept_entries"]
+    assert stats.ties_kept_mass == pytest.approx(ref["ties_kept_mass"], rel=RTOL)
+
+
+@pytest.mark.parametrize("bound", [0.0, 1.0])  # a bracket below every |τ|, and one above every |τ|
+def test_a_bracket_that_misses_the_threshold_on_either_side_costs_a_walk_not_the_result(bound, monkeypatch):
+    base, experts = random_tensors((400, 200), n=3, seed=4)
+    ref = numpy_reference(base.numpy(), [e.numpy() for e in experts], 0.2)
+    bracket = np.full(3, bound, np.float32)
+    monkeypatch.setattr(measures, "_brackets", lambda samples, k, numel: (bracket, bracket))
+    stats = tensor_stats(MemorySource(base, experts, 50), "w", 0.2, rank=0)
+    assert stats.ties_kept_entries == ref["ties_kept_entries"]
+    assert stats.ties_kept_mass == pytest.approx(ref["ties_kept_mass"], rel=RTOL)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("where", ["base", "expert"])
+def test_a_non_finite_entry_is_refused_naming_the_tensor(bad, where):
+    base, experts = random_tensors((40, 30), n=2)
+    (base if where == "base" else experts[1])[7, 3] = bad
+    with pytest.raises(measures.NonFiniteTensorError, match="'w'.*NaN/Inf"):
+        tensor_stats(MemorySource(base, experts, 8), "w", 0.5, rank=0)
+
+
+def test_radix_select_equals_numpy_sort_with_repeated_values():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.standard_normal(20000), np.repeat([0.5, -0.75, 1.25], 3000)]).astype(np.float32)
+    rng.shuffle(values)
+    magnitude = np.abs(values)
+    low, high = np.float32(0.3), np.float32(1.5)
+    inside = np.sort(magnitude[(magnitude >= low) & (magnitude <= high)])[::-1]
+    for need in (1, 17, 2500, 3001, inside.size):
+        bits, greater, equal = kernel.kth_largest_in_bracket(values, low, high, need)
+        value = np.array([bits], np.int32).view(np.float32)[0]
+        assert value == inside[need - 1]
+        assert greater == np.count_nonzero(inside > value) and equal == np.count_nonzero(inside == value)
+    assert kernel.kth_largest_in_bracket(values, low, high, inside.size + 1)[0] == -1
+
+
+def test_sample_bracket_encloses_the_sample_quantiles_within_one_bin():
+    rng = np.random.default_rng(1)
+    magnitude = np.abs(rng.standard_normal(50000)).astype(np.float32)
+    magnitude[:500] = 0  # unchanged entries: τ = 0 exactly
+    ordered = np.sort(magnitude)
+    lo, hi = kernel.sample_bracket(magnitude, 30000, 40000)
+    assert lo <= ordered[30000] and hi >= ordered[40000]
+    bits = ordered.view(np.int32)
+    bin_width = 1 << max(0, int(np.ceil(np.log2((bits[-1] - bits[0] + 1) / kernel.BRACKET_BINS))))
+    assert np.float32(lo).view(np.int32) > bits[30000] - bin_width
+    assert np.float32(hi).view(np.int32) < bits[40000] + bin_width
+
+
+@pytest.mark.parametrize("ties", [-1, 0, 1, 777, 1500])
+def test_tie_cutoff_is_the_place_after_the_last_kept_tie(ties):
+    rng = np.random.default_rng(2)
+    row = rng.choice(np.float32([-2, -1, 1, 2, 3]), size=5000)
+    equal = np.flatnonzero(np.abs(row) == 2)
+    assert equal.size > 1500
+    expected = row.size if ties < 0 else (0 if ties == 0 else equal[ties - 1] + 1)
+    assert kernel.tie_cutoff(row, np.float32(2), ties) == expected
+
+
 @pytest.mark.parametrize("exact_below", [1 << 20, 0])  # threshold from every entry, and from a sample
-def test_ties_at_the_threshold_spread_over_many_slices_are_kept_by_position(exact_below, monkeypatch):
+def test_ties_at_the_threshold_spread_over_many_blocks_are_kept_by_position(exact_below, monkeypatch):
     """Task vectors of four magnitudes, so the threshold value is shared by thousands of entries over
-    many slices: the first slices keep all of theirs, one slice keeps only its first ones, the rest none."""
-    monkeypatch.setattr(measures, "SLICE", 256)
+    many blocks: the first blocks keep all of theirs, one block keeps only its first ones, the rest none."""
     monkeypatch.setattr(measures, "EXACT_BELOW", exact_below)
     g = torch.Generator().manual_seed(3)
     levels = torch.tensor([-2.0, -1.0, 1.0, 2.0])
@@ -108,8 +202,9 @@ def test_ties_at_the_threshold_spread_over_many_slices_are_kept_by_position(exac
     experts = [base + levels[torch.randint(0, 4, (90, 100), generator=g)] for _ in range(3)]
     ref = numpy_reference(base.numpy(), [e.numpy() for e in experts], 0.3)
     magnitude = np.abs(np.stack([(e - base).numpy().reshape(-1) for e in experts]))
-    # Density 0.3 keeps 2700 per expert, all of magnitude 2, out of about 4500 such ties over 17 slices.
-    assert ((magnitude == 2).sum(1) > 10 * 256).all()
+    # Density 0.3 keeps 2700 per expert, all of magnitude 2, out of about 4500 such ties: of the 7 blocks
+    # of 13 rows, 2 hold fewer than 2700.
+    assert ((magnitude == 2).sum(1) > 2700).all()
     for chunk_rows in (None, 13):
         stats = tensor_stats(MemorySource(base, experts, chunk_rows), "w", 0.3, rank=0)
         assert stats.ties_kept_entries == ref["ties_kept_entries"]
@@ -309,6 +404,38 @@ def test_streamed_sharded_bf16_checkpoints_equal_the_whole_tensor_result(bf16_zo
     assert streamed.cosine[2, 0, 1] == pytest.approx(
         tau[0] @ tau[1] / np.linalg.norm(tau[0]) / np.linalg.norm(tau[1]), abs=1e-5
     )
+
+
+def test_the_profile_does_not_depend_on_how_many_threads_read(bf16_zoo):
+    base_path, expert_paths = bf16_zoo
+    base, experts = open_checkpoint(base_path), [open_checkpoint(p) for p in expert_paths]
+    settings = InterferenceSettings(density=0.3, rank=0)
+    one = analyse_checkpoints(base, experts, settings, threads=1, chunk_elements=2000, stream_above=0)
+    three = analyse_checkpoints(base, experts, settings, threads=3, chunk_elements=2000, stream_above=0)
+    for field in ("norms", "cosine", "sign_conflict_mass", "ties_dropped", "score"):
+        np.testing.assert_array_equal(getattr(one, field), getattr(three, field))
+
+
+def test_compiled_kernels_are_kept_on_disk_for_later_processes(tmp_path):
+    """A generated kernel is written once under the cache folder and its machine code cached beside it:
+    a second process loads it (a cache hit) instead of compiling (a miss)."""
+    script = (
+        "import numpy as np\n"
+        "from engine.interference import kernel\n"
+        "fused = kernel.fused_pass(2)\n"
+        "base = np.zeros(8, np.uint16)\n"
+        "fused(base, (base, base), np.zeros(2, np.float32), np.zeros(2, np.float32), np.zeros(9),\n"
+        "      np.zeros(4, np.int64), np.zeros((2, 8), np.float32), np.float32(0), np.float32(1))\n"
+        "print(sum(fused.stats.cache_hits.values()), sum(fused.stats.cache_misses.values()))\n"
+    )
+    env = {**os.environ, "MERGESCOPE_CACHE_DIR": str(tmp_path / "cache")}
+    runs = [
+        subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
+    assert runs[0].stdout.split() == ["0", "1"]  # compiled
+    assert runs[1].stdout.split() == ["1", "0"]  # loaded
+    assert len(list((tmp_path / "cache" / "kernels").glob("fused_pass_*.py"))) == 1
 
 
 def test_profile_is_cached_by_fingerprints(bf16_zoo, monkeypatch):

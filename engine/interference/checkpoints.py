@@ -5,7 +5,9 @@ fingerprints in the content-addressed cache."""
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -14,7 +16,7 @@ import torch
 import cache
 from engine.checkpoints import Checkpoint, check_compatible, check_finite
 from engine.errors import CheckpointError
-from engine.interference.measures import tensor_stats
+from engine.interference.measures import NonFiniteTensorError, TensorStats, tensor_stats
 from engine.interference.profile import InterferenceProfile, build_profile
 from engine.merge.executor import CHUNK_ELEMENTS, SAFETENSORS_DTYPES, STREAM_ABOVE, ShardReader
 from engine.settings import cache_store
@@ -49,7 +51,7 @@ class InterferenceSettings:
 class CheckpointTensorSource:
     """A TensorSource (engine.merge.spec) over one tensor of a base and experts on disk, in its stored dtype: whole
     up to `stream_above` entries, else in row blocks of about `chunk_elements` entries (as the merge
-    executor reads). A block holding NaN/Inf is refused, naming file and tensor."""
+    executor reads). `refuse_non_finite` names the file of an input holding NaN/Inf."""
 
     def __init__(
         self,
@@ -75,10 +77,13 @@ class CheckpointTensorSource:
 
     def _read(self, index: int, start: int, stop: int) -> torch.Tensor:
         shard, entry = self._entries[index]
-        block = self.reader.read(shard, entry, start, stop if self.shape else 1)
-        if not torch.isfinite(block.sum()):  # a sum is NaN/Inf when an entry is (or on overflow: checked in full)
-            check_finite(block, self.name, shard)
-        return block
+        return self.reader.read(shard, entry, start, stop if self.shape else 1)
+
+    def refuse_non_finite(self) -> None:
+        """CheckpointError naming the first file whose copy of the tensor holds NaN/Inf (none: returns)."""
+        for index in range(len(self.inputs)):
+            for start, stop in self.row_chunks:
+                check_finite(self._read(index, start, stop), self.name, self._entries[index][0])
 
     def base(self, start: int, stop: int) -> torch.Tensor:
         return self._read(0, start, stop)
@@ -99,25 +104,42 @@ def analyse_checkpoints(
     progress: Progress | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
     stream_above: int = STREAM_ABOVE,
+    threads: int | None = None,
 ) -> InterferenceProfile:
     """The profile computed from the files (no cache): every floating tensor of the base, read whole up to
-    `stream_above` entries and in blocks of about `chunk_elements` above."""
+    `stream_above` entries and in blocks of about `chunk_elements` above, `threads` tensors at a time
+    (default: torch's thread count). Each tensor's sums come from one thread, so the result does not
+    depend on how many run."""
     if not experts:
         raise CheckpointError(f"{base.path}: interference needs at least one expert besides the base")
     check_compatible([base, *experts])
     names = [n for n in base.tensor_names if SAFETENSORS_DTYPES[base.tensor_dtype(n)].is_floating_point]
-    reader = ShardReader()
+    local, readers, lock = threading.local(), [], threading.Lock()
+
+    def one_tensor(name: str) -> TensorStats:
+        if not hasattr(local, "reader"):  # a reader per thread: its file handles are its own
+            local.reader = ShardReader()
+            with lock:
+                readers.append(local.reader)
+        source = CheckpointTensorSource(base, experts, name, local.reader, chunk_elements, stream_above)
+        try:
+            return tensor_stats(source, name, settings.density, settings.rank, settings.power_iters, settings.seed)
+        except NonFiniteTensorError as error:
+            source.refuse_non_finite()
+            # Every entry finite: a square overflowed float32 (entries beyond 1.8e19).
+            raise CheckpointError(f"{base.path}: {error}; no input holds NaN/Inf, so a sum overflowed") from error
+
     stats = []
+    pool = ThreadPoolExecutor(max(1, threads or torch.get_num_threads()))
     try:
-        for done, name in enumerate(names):
+        for done, tensor in enumerate(pool.map(one_tensor, names)):
             if progress:
-                progress(done, len(names), f"task vectors of {name}")
-            source = CheckpointTensorSource(base, experts, name, reader, chunk_elements, stream_above)
-            stats.append(
-                tensor_stats(source, name, settings.density, settings.rank, settings.power_iters, settings.seed)
-            )
+                progress(done, len(names), f"task vectors of {tensor.name}")
+            stats.append(tensor)
     finally:
-        reader.close()
+        pool.shutdown(cancel_futures=True)
+        for reader in readers:
+            reader.close()
     if progress:
         progress(len(names), len(names), "done")
     return build_profile(stats, [e.name for e in experts], _blocks(base), settings.signature())

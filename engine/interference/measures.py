@@ -17,14 +17,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.interference import kernel
 from engine.interference.subspace import singular_subspaces, subspace_overlap
 from engine.merge.generalized import SAMPLE_ROWS
 from engine.merge.sparsify import TopK, top_k
 from engine.merge.spec import TensorSource, work_dtype
 
-SLICE = 1 << 16  # entries per expert in one step of the sums: a step's temporaries stay in the CPU cache
 EXACT_BELOW = 1 << 16  # tensors this small find TIES's threshold among all their entries, no sample
-SAMPLE_ENTRIES = 1 << 14  # |τ| entries sampled per expert to bracket the threshold of a larger tensor
+# |τ| entries sampled per expert to bracket the threshold of a larger tensor: a 64th of it, within these
+# bounds (more samples narrow the bracket, and so what waits, at the cost of sampling).
+SAMPLE_ENTRIES = (1 << 14, 1 << 16)
+# Bracket half-width in binomial sigmas of the sample quantile: a narrower bracket leaves fewer entries
+# waiting for the threshold, a miss (about 6e-5 per expert and tensor at 4) costs one more walk.
+BRACKET_SIGMAS = 4
+
+
+class NonFiniteTensorError(ValueError):
+    """A tensor's sums came out NaN/Inf: some input entry is (or a square overflowed)."""
 
 
 @dataclass
@@ -51,51 +60,67 @@ def subspace_rank(shape: tuple[int, ...], rank: int) -> int:
     return min(rank, min(shape) // 2)
 
 
-def _delta_slices(base: torch.Tensor, experts: list[torch.Tensor], wd: torch.dtype):
-    """(base slice, task-vector slice (experts, entries)) in `wd` over flat tensors in their stored
-    dtype; the second lives in one buffer reused from slice to slice, so a caller keeps nothing of it
-    beyond the step. A stored bf16 expert minus the `wd` base promotes to `wd` inside the subtraction,
-    so converting costs no pass of its own."""
-    buffer = torch.empty((len(experts), min(SLICE, base.numel())), dtype=wd, device=base.device)
-    for start in range(0, base.numel(), SLICE):
-        part_base = base[start : start + SLICE].to(wd)
-        part = buffer[:, : part_base.numel()]
-        for i, expert in enumerate(experts):
-            torch.sub(expert[start : start + SLICE], part_base, out=part[i])
-        yield part_base, part
-
-
-def _brackets(samples: torch.Tensor, k: int, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lo, hi) per expert, each (experts, 1): sample quantiles around the share kept, 5 binomial sigmas
-    wide (engine.merge.sparsify brackets a merge's threshold the same way), so the k-th largest |τ_i|
-    almost surely lies inside and only the few entries inside are searched."""
+def _brackets(samples: np.ndarray, k: int, numel: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) per expert as float32 arrays from sampled |τ| (experts, m): the sample quantiles
+    BRACKET_SIGMAS binomial sigmas either side of the share kept, so the k-th largest |τ_i| almost
+    surely lies inside and only the few entries inside wait for it."""
     m = samples.shape[1]
     below = 1 - k / numel
-    margin = 5 * math.sqrt(max(below * (1 - below), 1 / m) / m) + 2 / m
-    ordered = samples.sort(dim=1).values
-    lo = ordered[:, max(0, math.floor((below - margin) * (m - 1)))]
-    hi = ordered[:, min(m - 1, math.ceil((below + margin) * (m - 1)))]
-    return lo[:, None], hi[:, None]
+    margin = BRACKET_SIGMAS * math.sqrt(max(below * (1 - below), 1 / m) / m) + 2 / m
+    low = max(0, math.floor((below - margin) * (m - 1)))
+    high = min(m - 1, math.ceil((below + margin) * (m - 1)))
+    lo, hi = np.array([kernel.sample_bracket(row, low, high) for row in samples], np.float32).T
+    return np.ascontiguousarray(lo), np.ascontiguousarray(hi)
 
 
-def _exact_rules(magnitude: np.ndarray, k: int) -> list[TopK]:
-    """The keep rules of engine.merge.sparsify.top_k from every |τ_i| of a tensor, (experts, entries)
-    in float32: the same threshold and the same tie rule."""
-    return [_rule(row, 0, k) for row in magnitude]
-
-
-def _rule(candidates: np.ndarray, above: int, k: int) -> TopK | None:
-    """engine.merge.sparsify's keep rule from the entries above a bracket and those inside it (float32);
-    None when the k-th largest is not inside."""
-    need = k - above
-    if not 1 <= need <= candidates.size:
+def _rule(waiting: np.ndarray, low: float, high: float, above: int, k: int) -> TopK | None:
+    """engine.merge.sparsify's keep rule for one expert from its count above the bracket and its waiting
+    τ (those inside the bracket among them); None when the k-th largest |τ| is not inside."""
+    bits, greater, equal = kernel.kth_largest_in_bracket(waiting, np.float32(low), np.float32(high), k - above)
+    if bits < 0:
         return None
-    # kthvalue, not np.partition: a bracket's |τ| of bf16 checkpoints repeat a few hundred values,
-    # where partition takes about twice as long.
-    threshold = float(torch.from_numpy(candidates).kthvalue(candidates.size - need + 1).values)
-    greater = above + int(np.count_nonzero(candidates > threshold))
-    equal = int(np.count_nonzero(candidates == threshold))
-    return TopK(int(np.float32(threshold).view(np.int32)), k - greater, all_equal_kept=k - greater == equal)
+    greater += above
+    return TopK(int(bits), k - greater, all_equal_kept=k - greater == equal)
+
+
+def _kernel_inputs(base: torch.Tensor, experts: list[torch.Tensor], wd: torch.dtype):
+    """Flat NumPy arrays of one kind, as kernel.fused_pass reads them: bf16 as its bits, float32 and
+    float64 as they are; any other dtype, or a mix, converted to the work dtype first."""
+    tensors = [t.detach().reshape(-1).cpu() for t in (base, *experts)]
+    kinds = {t.dtype for t in tensors}
+    if kinds == {torch.bfloat16}:
+        arrays = [t.contiguous().view(torch.int16).numpy().view(np.uint16) for t in tensors]
+    elif len(kinds) == 1 and kinds <= {torch.float32, torch.float64}:
+        arrays = [t.contiguous().numpy() for t in tensors]
+    else:
+        arrays = [t.to(wd).contiguous().numpy() for t in tensors]
+    return arrays[0], tuple(arrays[1:])
+
+
+class _Walk:
+    """kernel.fused_pass's accumulators over one walk of a tensor's blocks, and the entries it left
+    waiting (in flat order) for the exact TIES thresholds."""
+
+    def __init__(self, n: int, wd: torch.dtype, lo: np.ndarray, hi: np.ndarray):
+        self.dtype = np.float64 if wd == torch.float64 else np.float32
+        self.lo, self.hi = lo.astype(np.float32), hi.astype(np.float32)
+        self.n, self.kernel = n, kernel.fused_pass(n)
+        self.unit = self.dtype(0), self.dtype(1)  # zero and one of the work dtype, as the kernels take them
+        self.sums = np.zeros(kernel.GRAM + n * n)
+        self.counts = np.zeros(kernel.ABOVE + n, np.int64)
+        self.pending_buffer = np.empty((n, 0), self.dtype)
+        self.pending: list[np.ndarray] = []
+
+    def add(self, base: np.ndarray, experts: tuple[np.ndarray, ...]) -> None:
+        if self.pending_buffer.shape[1] < base.size:
+            self.pending_buffer = np.empty((len(experts), base.size), self.dtype)
+        filled = self.kernel(base, experts, self.lo, self.hi, self.sums, self.counts, self.pending_buffer, *self.unit)
+        if filled:
+            self.pending.append(self.pending_buffer[:, :filled].copy())
+
+    def waiting(self) -> np.ndarray:
+        """(experts, entries) τ of the entries left waiting, in flat order."""
+        return np.concatenate(self.pending, axis=1) if self.pending else np.empty((self.n, 0), self.dtype)
 
 
 def tensor_stats(
@@ -103,10 +128,11 @@ def tensor_stats(
 ) -> TensorStats:
     """Every sum for one tensor. `density` in (0, 1]: the share TIES keeps per expert; `rank` 0 skips subspaces.
 
-    Two walks over the tensor's blocks (one read when it is held whole): the first forms the norms,
-    cosines and sign conflicts and brackets each expert's TIES threshold; the second counts what
-    TIES keeps. Sums run over cache-sized slices of each block, as stored (bf16 is converted inside
-    the subtraction that forms τ). CPU tensors: the TIES candidates are selected through NumPy views.
+    One walk over the tensor's row blocks (kernel.fused_pass) forms the norms, cosines and sign
+    conflicts and settles TIES at every entry whose |τ_i| all lie outside their experts' brackets around
+    the threshold; the few others wait in flat order until the exact thresholds (and the merge
+    sparsifier's tie rule) settle them. A sample that misled a bracket costs a second walk. Raises
+    NonFiniteTensorError when an input holds NaN/Inf.
     """
     if not 0 < density <= 1:
         raise ValueError(f"TIES density must lie in (0, 1], got {density}")
@@ -116,13 +142,17 @@ def tensor_stats(
     wd = work_dtype(source.base(0, 1))  # one row says the stored dtype
 
     def block(s: int, e: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(base, experts) of rows [s, e), flattened, as stored (converted slice by slice)."""
-        return source.base(s, e).reshape(-1), [source.model(i, s, e).reshape(-1) for i in range(n)]
+        return source.base(s, e), [source.model(i, s, e) for i in range(n)]
 
     held = block(*chunks[0]) if len(chunks) == 1 else None  # a small tensor is read once for every pass
 
-    def blocks():
-        return iter([held]) if held is not None else (block(s, e) for s, e in chunks)
+    def walk(lo: np.ndarray, hi: np.ndarray) -> _Walk:
+        result = _Walk(n, wd, lo, hi)
+        for base, experts in [held] if held is not None else (block(s, e) for s, e in chunks):
+            result.add(*_kernel_inputs(base, experts, wd))
+        if not np.isfinite(result.sums).all():
+            raise NonFiniteTensorError(f"tensor {name!r} holds NaN/Inf values")
+        return result
 
     def expert_chunks(i: int):
         if held is not None:
@@ -131,88 +161,39 @@ def tensor_stats(
         return lambda: (source.model(i, s, e).to(wd) - source.base(s, e).to(wd) for s, e in chunks)
 
     keep_count = max(1, int(density * numel))  # as TIES's magnitude sparsifier counts
-    exact = numel < EXACT_BELOW  # every |τ_i| is kept for one batched kthvalue
-    if not exact and keep_count < numel:
-        lo, hi = (bound.numpy() for bound in _brackets(_sample(source, held, wd, numel), keep_count, numel))
-
-    base_sq = mass = conflict_mass = 0.0
-    conflict_entries = 0
-    gram = torch.zeros(n, n, dtype=torch.float64)
-    above = [0] * n
-    inside: list[list[torch.Tensor]] = [[] for _ in range(n)]
-    # Per-slice temporaries live in buffers reused from slice to slice: a fresh megabyte-sized tensor
-    # per step costs the page faults of a new allocation, about as much as the arithmetic on it.
-    width = min(SLICE, numel)
-    magnitude_buffer = torch.empty((n, width), dtype=wd)
-    for base, experts in blocks():
-        for part_base, part in _delta_slices(base, experts, wd):
-            base_sq += float(torch.dot(part_base, part_base))
-            gram += (part @ part.T).to(torch.float64)
-            magnitude = torch.abs(part, out=magnitude_buffer[:, : part.shape[1]])
-            entry_mass = magnitude.sum(0)  # (entries,)
-            mass += float(entry_mass.sum())  # a slice's float32 sum; slices add in float64
-            # 1 where the largest τ is > 0 and the smallest < 0 (sign difference 2), else 0: float
-            # arithmetic, as comparisons producing bool cost several times more per entry.
-            conflict = part.amax(0).sign_().sub_(part.amin(0).sign_()).sub_(1).clamp_(min=0)
-            conflict_entries += int(conflict.sum())
-            conflict_mass += float(torch.dot(entry_mass, conflict))
-            if keep_count >= numel:
-                continue
-            if exact:
-                inside[0].append(magnitude.clone())
-                continue
-            # NumPy's comparisons and boolean indexing run several times faster than torch's on the CPU;
-            # `magnitude` is this slice's own tensor, so its NumPy view is safe to select from.
-            values = magnitude.numpy()
-            for i, count in enumerate(np.count_nonzero(values > hi, axis=1).tolist()):
-                above[i] += count
-            candidate = values >= lo
-            candidate &= values <= hi
-            for i in range(n):
-                inside[i].append(values[i][candidate[i]])
-    if keep_count >= numel:
-        rules = [TopK(0, 0, keep_all=True)] * n
-    elif exact:
-        rules = _exact_rules(torch.cat(inside[0], dim=1).to(torch.float32).numpy(), keep_count)
+    if keep_count >= numel:  # every τ kept: no entry waits
+        lo = hi = np.full(n, -1.0, np.float32)
+    elif numel < EXACT_BELOW:  # every entry waits: the threshold comes from all of them
+        lo, hi = np.zeros(n, np.float32), np.full(n, np.inf, np.float32)
     else:
-        rules = [_rule(np.concatenate(inside[i]).astype(np.float32), above[i], keep_count) for i in range(n)]
-        # A sample that misled the bracket: the exact radix select of a merge's sparsifier.
-        rules = [rule or top_k(expert_chunks(i), keep_count, numel) for i, rule in enumerate(rules)]
-    del inside
-
-    ties_kept_entries, ties_kept_mass = 0, 0.0
-    thresholds = torch.tensor(
-        [-math.inf if r.keep_all else _float_of(r.bits) for r in rules], dtype=torch.float32
-    ).reshape(n, 1)
-    # A rule with ties to break keeps what lies above its threshold plus the first `ties` entries equal
-    # to it in flat order (engine.merge.sparsify.top_k_masks), counted down across slices.
-    remaining = {i: r.ties for i, r in enumerate(rules) if not (r.keep_all or r.all_equal_kept)}
-    side_buffer, kept_buffer = (torch.empty((n, width), dtype=torch.float32) for _ in range(2))
-    for base, experts in blocks():
-        for _, part in _delta_slices(base, experts, wd):
-            side = (
-                side_buffer[:, : part.shape[1]].copy_(part).abs_().sub_(thresholds).sign_()
-            )  # -1 below, 0 at, 1 above
-            kept = torch.add(side, 1, out=kept_buffer[:, : part.shape[1]]).clamp_(max=1)  # 1 where |τ| >= threshold
-            for i in remaining:
-                # While the slice's ties fit in what is left to keep, all of them are kept; the slice where
-                # they overflow keeps the first ones by position, and later slices only what lies above.
-                tied_here = side.shape[1] - int(side[i].abs().sum())
-                if tied_here <= remaining[i]:
-                    remaining[i] -= tied_here
-                    continue
-                kept[i] = side[i].clamp(min=0)
-                if remaining[i] > 0:
-                    kept[i, (side[i] == 0).nonzero().squeeze(1)[: remaining[i]]] = 1
-                    remaining[i] = 0
-            trimmed = part.mul_(kept)
-            # The elected sign is sign(sign(sum) + 0.5): a zero sum elects +. τ times it is positive
-            # where an entry agrees, so what TIES keeps is where this is > 0, and |τ| there is this
-            # value; trimmed-out zeros never agree.
-            elected = trimmed.sum(0).sign_().add_(0.5).sign_()
-            agreeing = trimmed.mul_(elected).clamp_(min=0)
-            ties_kept_mass += float(agreeing.sum())
-            ties_kept_entries += int(agreeing.sign_().sum())
+        lo, hi = _brackets(_sample(source, held, wd, numel), keep_count, numel)
+    first = walk(lo, hi)
+    sums, counts = first.sums, first.counts
+    if keep_count >= numel:
+        ties_kept_entries, ties_kept_mass = int(counts[kernel.KEPT]), float(sums[kernel.KEPT_MASS])
+    else:
+        waiting = first.waiting()
+        rules = [_rule(waiting[i], lo[i], hi[i], int(counts[kernel.ABOVE + i]), keep_count) for i in range(n)]
+        settled = first
+        if any(rule is None for rule in rules):
+            # A sample that misled a bracket: the exact radix select of a merge's sparsifier, then a walk
+            # where only entries at a threshold wait.
+            rules = [rule or top_k(expert_chunks(i), keep_count, numel) for i, rule in enumerate(rules)]
+            exact = np.array([_float_of(rule.bits) for rule in rules], np.float32)
+            settled = walk(exact, exact)
+            waiting = settled.waiting()
+        thresholds = np.array([_float_of(rule.bits) for rule in rules], np.float32)
+        # A rule with ties to break keeps the first `ties` entries equal to its threshold in flat order.
+        cutoffs = np.array(
+            [
+                kernel.tie_cutoff(waiting[i], thresholds[i], -1 if rule.all_equal_kept else rule.ties)
+                for i, rule in enumerate(rules)
+            ],
+            np.int64,
+        )
+        kept, kept_mass = kernel.settle_waiting(n)(waiting, thresholds, cutoffs, *settled.unit)
+        ties_kept_entries = int(settled.counts[kernel.KEPT]) + kept
+        ties_kept_mass = float(settled.sums[kernel.KEPT_MASS]) + kept_mass
 
     k = subspace_rank(source.shape, rank)
     subspace = None
@@ -226,11 +207,11 @@ def tensor_stats(
     return TensorStats(
         name,
         numel,
-        base_sq,
-        gram.numpy(),
-        mass,
-        conflict_entries,
-        conflict_mass,
+        float(sums[kernel.BASE_SQ]),
+        sums[kernel.GRAM :].reshape(n, n).copy(),
+        float(sums[kernel.MASS]),
+        int(counts[kernel.CONFLICTS]),
+        float(sums[kernel.CONFLICT_MASS]),
         ties_kept_entries,
         ties_kept_mass,
         subspace,
@@ -242,16 +223,20 @@ def _float_of(bits: int) -> float:
     return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32))
 
 
-def _sample(source: TensorSource, held, wd: torch.dtype, numel: int) -> torch.Tensor:
-    """|τ_i| at entries spread over the tensor: (experts, entries), strided when held, whole rows when streamed."""
+def _sample(source: TensorSource, held, wd: torch.dtype, numel: int) -> np.ndarray:
+    """|τ_i| as float32 at entries spread over the tensor, (experts, entries): strided when held, whole
+    rows when streamed."""
+    n = source.n_models
     if held is not None:
-        base, experts = held
-        step = max(1, numel // SAMPLE_ENTRIES)
-        return torch.stack([x[::step].to(wd) - base[::step].to(wd) for x in experts]).abs()
+        base, experts = _kernel_inputs(*held, wd)
+        step = max(1, numel // min(max(numel // 64, SAMPLE_ENTRIES[0]), SAMPLE_ENTRIES[1]))
+        out = np.empty((n, len(range(0, numel, step))), np.float32)
+        kernel.sample_magnitudes(base, experts, step, out)
+        return out
     rows = source.row_chunks[-1][1]
-    picks = sorted({r * rows // SAMPLE_ROWS for r in range(SAMPLE_ROWS)})
     parts = []
-    for r in picks:
-        base = source.base(r, r + 1).to(wd)
-        parts.append(torch.stack([source.model(i, r, r + 1).to(wd) - base for i in range(source.n_models)]))
-    return torch.cat([p.reshape(source.n_models, -1) for p in parts], dim=1).abs()
+    for r in sorted({r * rows // SAMPLE_ROWS for r in range(SAMPLE_ROWS)}):
+        base, experts = _kernel_inputs(source.base(r, r + 1), [source.model(i, r, r + 1) for i in range(n)], wd)
+        parts.append(np.empty((n, base.size), np.float32))
+        kernel.sample_magnitudes(base, experts, 1, parts[-1])
+    return np.concatenate(parts, axis=1)
