@@ -2,17 +2,19 @@
 ~0.6B Qwen2 (Qwen2.5-0.5B shapes, untied head: bench_merge.py's checkpoints), bf16 on disk,
 against the floor of reading the five checkpoints once.
 
-    .venv/bin/python bench/bench_interference.py --rounds 1   # 1 torch thread
-    .venv/bin/python bench/bench_interference.py --threads 2 --rounds 2
+    .venv/bin/python bench/bench_interference.py --rounds 2          # 1 and 2 threads
+    .venv/bin/python bench/bench_interference.py --threads 2 --rounds 1
 
 Each measurement is a child process on warm page cache, run in turn (read, weights, full, read,
-...) so drifting load from other work hits each alike: `read` reads every tensor of the five
-checkpoints once with the merge executor's reader (the floor); `weights` is the profile without
-subspaces (norms, cosines, sign conflict, TIES drop shares); `full` adds the top-16 singular
+...) so drifting load from other work hits each alike, with a given number of threads (torch's,
+which is also how many tensors the profile and the read take at a time): `read` reads every tensor
+of the five checkpoints once with the merge executor's reader (the floor); `weights` is the profile
+without subspaces (norms, cosines, sign conflict, TIES drop shares); `full` adds the top-16 singular
 subspaces (randomized SVD, one power iteration), reported apart. Wall and CPU seconds are the work
-inside the child (imports and checkpoint headers excluded); peak memory is the child's peak RSS (from
-/usr/bin/time -v) above an idle child's that imports the same modules and opens the same
-checkpoints, set against two tensors of the largest shape in float32. Prints a Markdown table.
+inside the child: imports, checkpoint headers and the first call of the compiled kernels (numba's
+start-up and loading their cached machine code, once per process, timed apart as "kernel load") are
+excluded. Peak memory is the child's peak RSS (from /usr/bin/time -v) above an idle child's that
+does all of that too, set against two tensors of the largest shape in float32. Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -43,10 +45,17 @@ MODES = ("read", "weights", "full")
 def child(mode: str, folders: list[str], result: Path) -> None:
     """Run one measurement in this process and write its seconds to `result` as JSON."""
     from engine.checkpoints import open_checkpoint
-    from engine.interference import InterferenceSettings, analyse_checkpoints
+    from engine.interference import InterferenceSettings, analyse_checkpoints, tensor_stats
     from engine.merge.executor import CHUNK_ELEMENTS, ShardReader
+    from engine.merge.spec import MemorySource
 
     base, *experts = (open_checkpoint(f) for f in folders)
+    load = time.perf_counter()
+    if mode != "read":  # the kernels' first call, on a small bf16 tensor (sampled bracket, every kernel)
+        g = torch.Generator().manual_seed(0)
+        small = [torch.randn(300, 250, generator=g).bfloat16() for _ in range(len(experts) + 1)]
+        tensor_stats(MemorySource(small[0], small[1:]), "warm-up", 0.2, rank=0)
+    load = time.perf_counter() - load
     start, cpu = time.perf_counter(), time.process_time()
     if mode == "read":
         # Tensor by tensor, as many at a time as the profile reads (torch's thread count), each thread
@@ -67,7 +76,8 @@ def child(mode: str, folders: list[str], result: Path) -> None:
             list(pool.map(read_tensor, items))
     elif mode in ("weights", "full"):
         analyse_checkpoints(base, experts, InterferenceSettings(rank=16 if mode == "full" else 0))
-    result.write_text(json.dumps({"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}))
+    seconds = time.perf_counter() - start
+    result.write_text(json.dumps({"seconds": seconds, "cpu": time.process_time() - cpu, "load": load}))
 
 
 def run_child(mode: str, folders: list[Path], env: dict) -> dict:
@@ -76,16 +86,15 @@ def run_child(mode: str, folders: list[Path], env: dict) -> dict:
     with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
         measured = run_measured([*cmd, "--result", out.name], env)
         work = json.loads(Path(out.name).read_text() or "{}")
-    return {"seconds": work.get("seconds", 0.0), "cpu": work.get("cpu", 0.0), "peak_rss": measured["peak_rss"]}
+    return {**{k: work.get(k, 0.0) for k in ("seconds", "cpu", "load")}, "peak_rss": measured["peak_rss"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--threads",
-        type=int,
-        default=1,
-        help="torch threads (OMP_NUM_THREADS); 1 suits a machine shared with other work",
+        default="1,2",
+        help="comma-separated thread counts (OMP_NUM_THREADS), each measured in turn",
     )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--child", choices=(*MODES, "idle"), help=argparse.SUPPRESS)
@@ -106,39 +115,46 @@ def main() -> None:
             with open(shard, "rb") as fh:
                 while fh.read(1 << 26):
                     pass
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "MERGESCOPE_MODEL_ROOTS": str(OUT / "models"),
-        "MERGESCOPE_CACHE_DIR": str(OUT / "cache"),
-        "OMP_NUM_THREADS": str(args.threads),
-    }
     largest = 151936 * 896 * 4  # the embedding (and head) in float32
     print(
         f"machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
-        f"load {os.getloadavg()[0]:.1f}, torch {torch.__version__}, {args.threads} torch thread(s); "
-        f"model {model_bytes / 1e9:.2f} GB bf16 × 5"
+        f"load {os.getloadavg()[0]:.1f}, torch {torch.__version__}; model {model_bytes / 1e9:.2f} GB bf16 × 5"
     )
-    idle = run_child("idle", folders, env)["peak_rss"]
-    runs: dict[str, list[dict]] = {m: [] for m in MODES}
-    for _ in range(args.rounds):
+    tables = []
+    for threads in (int(t) for t in args.threads.split(",")):
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "MERGESCOPE_MODEL_ROOTS": str(OUT / "models"),
+            "MERGESCOPE_CACHE_DIR": str(OUT / "cache"),
+            "OMP_NUM_THREADS": str(threads),
+        }
+        idle = run_child("idle", folders, env)["peak_rss"]
+        runs: dict[str, list[dict]] = {m: [] for m in MODES}
+        for _ in range(args.rounds):
+            for mode in MODES:
+                runs[mode].append(run_child(mode, folders, env))
+                print(threads, mode, runs[mode][-1], flush=True)
+        floor = min(r["seconds"] for r in runs["read"])
+        cpu_floor = min(r["cpu"] for r in runs["read"])
         for mode in MODES:
-            runs[mode].append(run_child(mode, folders, env))
-            print(mode, runs[mode][-1], flush=True)
-    floor = min(r["seconds"] for r in runs["read"])
-    cpu_floor = min(r["cpu"] for r in runs["read"])
-    print("\n| run | wall s | × read | CPU s | × read | peak memory above idle | × 2 largest tensors (f32) |")
-    print("|---|---|---|---|---|---|---|")
-    for mode in MODES:
-        best = min(r["seconds"] for r in runs[mode])
-        cpu = min(r["cpu"] for r in runs[mode])
-        peak = max(r["peak_rss"] for r in runs[mode]) - idle
-        print(
-            f"| {mode} | {best:.1f} | {best / floor:.1f}× | {cpu:.1f} | {cpu / cpu_floor:.1f}× "
-            f"| {peak / 1024**3:.2f} GiB | {peak / (2 * largest):.2f}× |"
-        )
-    svd = min(r["cpu"] for r in runs["full"]) - min(r["cpu"] for r in runs["weights"])
-    print(f"\nsubspaces alone: {svd:.1f} CPU s; load at the end {os.getloadavg()[0]:.1f}")
+            best = min(r["seconds"] for r in runs[mode])
+            cpu = min(r["cpu"] for r in runs[mode])
+            peak = max(r["peak_rss"] for r in runs[mode]) - idle
+            load = f"{min(r['load'] for r in runs[mode]):.2f}" if mode != "read" else "–"
+            tables.append(
+                f"| {threads} | {mode} | {best:.2f} | {best / floor:.1f}× | {cpu:.2f} | {cpu / cpu_floor:.1f}× "
+                f"| {load} | {peak / 1024**3:.2f} GiB | {peak / (2 * largest):.2f}× |"
+            )
+        svd = min(r["cpu"] for r in runs["full"]) - min(r["cpu"] for r in runs["weights"])
+        tables.append(f"<!-- {threads} thread(s): subspaces alone {svd:.1f} CPU s -->")
+    print(
+        "\n| threads | run | wall s | × read | CPU s | × read | kernel load s | peak memory above idle "
+        "| × 2 largest tensors (f32) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(tables))
+    print(f"\nload at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

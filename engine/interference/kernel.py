@@ -70,6 +70,9 @@ def _each(experts: range, template: str, sep: str = "; ") -> str:
     return sep.join(template.format(i=i) for i in experts)
 
 
+_COMPILING = threading.Lock()  # tensors analysed in parallel threads ask for the same kernel at once
+
+
 def _compile(source: str, name: str):
     """The function `name` of generated `source`, compiled. The source is written as a module under the
     cache folder (named by its hash, written once, atomically), so numba caches the machine code beside
@@ -168,6 +171,10 @@ def fused_pass(base, experts, lo, hi, sums, counts, pending, zero, one):
 
 
 @functools.cache
+def _fused_pass(n: int):
+    return _compile(_fused_source(n), "fused_pass")
+
+
 def fused_pass(n: int):
     """The compiled pass for n experts: fused_pass(base, experts, lo, hi, sums, counts, pending, zero, one)
     adds one block's sums into `sums` (float64) and `counts` (int64) and returns how many entries it
@@ -181,18 +188,23 @@ def fused_pass(n: int):
     |τ_i| > hi_i and the entry's elected sign (of the kept τ's sum, + when it is zero) agrees. An entry
     where some |τ_i| lies inside [lo_i, hi_i] waits in `pending`, in flat order, for the exact thresholds.
     """
-    return _compile(_fused_source(n), "fused_pass")
+    with _COMPILING:
+        return _fused_pass(n)
 
 
 @njit(cache=True, nogil=True)
 def sample_magnitudes(base, experts, step, out):
-    """out[i, s] = |τ_i| as float32 at entry s · step of flat inputs of one kind (as fused_pass takes)."""
+    """out[i, s] = |τ_i| as float32 over flat inputs of one kind (as fused_pass takes), in runs of
+    SAMPLE_RUN consecutive entries starting every `step` entries: a run fills the cache lines it
+    touches, where single entries `step` apart would each cost one read from memory."""
     for s in range(out.shape[1]):
-        b = widen(base[s * step], 0.0)
+        at = (s // SAMPLE_RUN) * step + s % SAMPLE_RUN
+        b = widen(base[at], 0.0)
         for i in range(len(experts)):
-            out[i, s] = np.float32(abs(widen(experts[i][s * step], 0.0) - b))
+            out[i, s] = np.float32(abs(widen(experts[i][at], 0.0) - b))
 
 
+SAMPLE_RUN = 32  # consecutive entries per sampled run: one 64-byte cache line of bf16
 BRACKET_BINS = 1 << 16  # bins of the sample bracket: their edges widen a bracket by a 2^-16 share of its span
 
 
@@ -336,10 +348,15 @@ def settle_waiting(waiting, thresholds, cutoffs, zero, one):
 
 
 @functools.cache
+def _settle_waiting(n: int):
+    return _compile(_settle_source(n), "settle_waiting")
+
+
 def settle_waiting(n: int):
     """The compiled settling of what fused_pass left waiting, for n experts: settle_waiting(waiting,
     thresholds, cutoffs, zero, one) → (pairs TIES keeps, their Σ|τ|) over waiting (n, entries) in flat
     order. Expert i keeps |τ_i| > thresholds[i], and |τ_i| equal to it before place cutoffs[i]
     (tie_cutoff: the merge sparsifier's tie rule); then the entry's elected sign (of the kept τ's sum,
     + when it is zero) decides which kept τ agree."""
-    return _compile(_settle_source(n), "settle_waiting")
+    with _COMPILING:
+        return _settle_waiting(n)

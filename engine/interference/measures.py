@@ -119,8 +119,38 @@ class _Walk:
             self.pending.append(self.pending_buffer[:, :filled].copy())
 
     def waiting(self) -> np.ndarray:
-        """(experts, entries) τ of the entries left waiting, in flat order."""
-        return np.concatenate(self.pending, axis=1) if self.pending else np.empty((self.n, 0), self.dtype)
+        """(experts, entries) τ of the entries left waiting, in flat order; the walk lets go of them."""
+        pending, self.pending, self.pending_buffer = self.pending, [], np.empty((self.n, 0), self.dtype)
+        if len(pending) == 1:
+            return pending[0]
+        return np.concatenate(pending, axis=1) if pending else np.empty((self.n, 0), self.dtype)
+
+
+def _settle_ties(first: _Walk, lo, hi, keep_count: int, numel: int, walk, expert_chunks) -> tuple[int, float]:
+    """(pairs TIES keeps, their Σ|τ|) over a tensor: what `first` settled plus the entries it left
+    waiting, once the exact thresholds are known. A sample that misled a bracket costs the exact radix
+    select of a merge's sparsifier and a second walk, where only entries at a threshold wait."""
+    n = len(lo)
+    waiting = first.waiting()
+    rules = [_rule(waiting[i], lo[i], hi[i], int(first.counts[kernel.ABOVE + i]), keep_count) for i in range(n)]
+    settled = first
+    if any(rule is None for rule in rules):
+        del waiting
+        rules = [rule or top_k(expert_chunks(i), keep_count, numel) for i, rule in enumerate(rules)]
+        exact = np.array([_float_of(rule.bits) for rule in rules], np.float32)
+        settled = walk(exact, exact)
+        waiting = settled.waiting()
+    thresholds = np.array([_float_of(rule.bits) for rule in rules], np.float32)
+    # A rule with ties to break keeps the first `ties` entries equal to its threshold in flat order.
+    cutoffs = np.array(
+        [
+            kernel.tie_cutoff(waiting[i], thresholds[i], -1 if rule.all_equal_kept else rule.ties)
+            for i, rule in enumerate(rules)
+        ],
+        np.int64,
+    )
+    kept, kept_mass = kernel.settle_waiting(n)(waiting, thresholds, cutoffs, *settled.unit)
+    return int(settled.counts[kernel.KEPT]) + kept, float(settled.sums[kernel.KEPT_MASS]) + kept_mass
 
 
 def tensor_stats(
@@ -172,28 +202,8 @@ def tensor_stats(
     if keep_count >= numel:
         ties_kept_entries, ties_kept_mass = int(counts[kernel.KEPT]), float(sums[kernel.KEPT_MASS])
     else:
-        waiting = first.waiting()
-        rules = [_rule(waiting[i], lo[i], hi[i], int(counts[kernel.ABOVE + i]), keep_count) for i in range(n)]
-        settled = first
-        if any(rule is None for rule in rules):
-            # A sample that misled a bracket: the exact radix select of a merge's sparsifier, then a walk
-            # where only entries at a threshold wait.
-            rules = [rule or top_k(expert_chunks(i), keep_count, numel) for i, rule in enumerate(rules)]
-            exact = np.array([_float_of(rule.bits) for rule in rules], np.float32)
-            settled = walk(exact, exact)
-            waiting = settled.waiting()
-        thresholds = np.array([_float_of(rule.bits) for rule in rules], np.float32)
-        # A rule with ties to break keeps the first `ties` entries equal to its threshold in flat order.
-        cutoffs = np.array(
-            [
-                kernel.tie_cutoff(waiting[i], thresholds[i], -1 if rule.all_equal_kept else rule.ties)
-                for i, rule in enumerate(rules)
-            ],
-            np.int64,
-        )
-        kept, kept_mass = kernel.settle_waiting(n)(waiting, thresholds, cutoffs, *settled.unit)
-        ties_kept_entries = int(settled.counts[kernel.KEPT]) + kept
-        ties_kept_mass = float(settled.sums[kernel.KEPT_MASS]) + kept_mass
+        ties_kept_entries, ties_kept_mass = _settle_ties(first, lo, hi, keep_count, numel, walk, expert_chunks)
+    del first  # what waited is settled: its memory goes before the subspaces'
 
     k = subspace_rank(source.shape, rank)
     subspace = None
@@ -224,19 +234,19 @@ def _float_of(bits: int) -> float:
 
 
 def _sample(source: TensorSource, held, wd: torch.dtype, numel: int) -> np.ndarray:
-    """|τ_i| as float32 at entries spread over the tensor, (experts, entries): strided when held, whole
-    rows when streamed."""
+    """|τ_i| as float32 at entries spread over the tensor, (experts, entries): short runs evenly spaced
+    when held, whole rows when streamed."""
     n = source.n_models
     if held is not None:
         base, experts = _kernel_inputs(*held, wd)
-        step = max(1, numel // min(max(numel // 64, SAMPLE_ENTRIES[0]), SAMPLE_ENTRIES[1]))
-        out = np.empty((n, len(range(0, numel, step))), np.float32)
-        kernel.sample_magnitudes(base, experts, step, out)
+        runs = min(max(numel // 64, SAMPLE_ENTRIES[0]), SAMPLE_ENTRIES[1]) // kernel.SAMPLE_RUN
+        out = np.empty((n, runs * kernel.SAMPLE_RUN), np.float32)
+        kernel.sample_magnitudes(base, experts, numel // runs, out)
         return out
     rows = source.row_chunks[-1][1]
     parts = []
     for r in sorted({r * rows // SAMPLE_ROWS for r in range(SAMPLE_ROWS)}):
         base, experts = _kernel_inputs(source.base(r, r + 1), [source.model(i, r, r + 1) for i in range(n)], wd)
         parts.append(np.empty((n, base.size), np.float32))
-        kernel.sample_magnitudes(base, experts, 1, parts[-1])
+        kernel.sample_magnitudes(base, experts, kernel.SAMPLE_RUN, parts[-1])  # runs back to back: the row
     return np.concatenate(parts, axis=1)
