@@ -5,16 +5,19 @@ against the floor of reading the five checkpoints once.
     .venv/bin/python bench/bench_interference.py --rounds 2          # 1 and 2 threads
     .venv/bin/python bench/bench_interference.py --threads 2 --rounds 1
 
-Each measurement is a child process on warm page cache, run in turn (read, weights, full, read,
-...) so drifting load from other work hits each alike, with a given number of threads (torch's,
-which is also how many tensors the profile and the read take at a time): `read` reads every tensor
-of the five checkpoints once with the merge executor's reader (the floor); `weights` is the profile
-without subspaces (norms, cosines, sign conflict, TIES drop shares); `full` adds the top-16 singular
-subspaces (randomized SVD, one power iteration), reported apart. Wall and CPU seconds are the work
-inside the child: imports, checkpoint headers and the first call of the compiled kernels (numba's
-start-up and loading their cached machine code, once per process, timed apart as "kernel load") are
-excluded. Peak memory is the child's peak RSS (from /usr/bin/time -v) above an idle child's that
-does all of that too, set against two tensors of the largest shape in float32. Prints Markdown tables.
+Each measurement is a child process on warm page cache, run in turn (read, map, weights, full,
+read, ...) so drifting load from other work hits each alike, with a given number of threads
+(torch's, which is also how many tensors the profile and the floors take at a time). The floors
+read every tensor of the five checkpoints once: `read` copies each block out with pread (the merge
+executor's reader), `map` views each block in the mapped files (the profile's reader) and touches
+every byte of it; the ratios are taken against the faster of the two. `weights` is the profile
+without subspaces (norms, cosines, sign conflict, TIES drop shares); `full` adds the top-16
+singular subspaces (randomized SVD, one power iteration), reported apart. Wall and CPU seconds are
+the work inside the child: imports, checkpoint headers and the first call of the compiled kernels
+(numba's start-up and loading their cached machine code, once per process, timed apart as "kernel
+load") are excluded. Peak memory is the child's peak RSS (from /usr/bin/time -v; mapped pages count
+while their block is in use) above an idle child's that does all of that too, set against two
+tensors of the largest shape in float32. Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -39,37 +42,42 @@ sys.path.insert(0, str(REPO))
 
 from bench.bench_merge import OUT, build_checkpoints, run_measured  # noqa: E402
 
-MODES = ("read", "weights", "full")
+MODES = ("read", "map", "weights", "full")
+FLOORS = ("read", "map")
 
 
 def child(mode: str, folders: list[str], result: Path) -> None:
     """Run one measurement in this process and write its seconds to `result` as JSON."""
     from engine.checkpoints import open_checkpoint
     from engine.interference import InterferenceSettings, analyse_checkpoints, tensor_stats
-    from engine.merge.executor import CHUNK_ELEMENTS, ShardReader
+    from engine.merge.executor import CHUNK_ELEMENTS, MappedReader, ShardReader
     from engine.merge.spec import MemorySource
 
     base, *experts = (open_checkpoint(f) for f in folders)
     load = time.perf_counter()
-    if mode != "read":  # the kernels' first call, on a small bf16 tensor (sampled bracket, every kernel)
+    if mode not in FLOORS:  # the kernels' first call, on a small bf16 tensor (sampled bracket, every kernel)
         g = torch.Generator().manual_seed(0)
         small = [torch.randn(300, 250, generator=g).bfloat16() for _ in range(len(experts) + 1)]
         tensor_stats(MemorySource(small[0], small[1:]), "warm-up", 0.2, rank=0)
     load = time.perf_counter() - load
     start, cpu = time.perf_counter(), time.process_time()
-    if mode == "read":
+    if mode in FLOORS:
         # Tensor by tensor, as many at a time as the profile reads (torch's thread count), each thread
-        # with its own reader.
+        # with its own reader: `read` copies every block out with pread (the merge executor's reader),
+        # `map` views it in the mapped file (the profile's reader) and touches every byte once.
         local = threading.local()
 
         def read_tensor(item):
             shard, entry = item
             if not hasattr(local, "reader"):
-                local.reader = ShardReader()
+                local.reader = ShardReader() if mode == "read" else MappedReader()
             rows = entry.shape[0] if entry.shape else 1
             step = max(1, CHUNK_ELEMENTS // (math.prod(entry.shape[1:]) or 1))
             for s in range(0, rows, step):
-                local.reader.read(shard, entry, s, min(s + step, rows))
+                block = local.reader.read(shard, entry, s, min(s + step, rows))
+                if mode == "map":
+                    block.view(-1).view(torch.uint8).numpy().max()
+                    local.reader.release(shard, entry, s, min(s + step, rows))
 
         items = [item for checkpoint in (base, *experts) for item in checkpoint.entries().values()]
         with ThreadPoolExecutor(torch.get_num_threads()) as pool:
@@ -135,13 +143,13 @@ def main() -> None:
             for mode in MODES:
                 runs[mode].append(run_child(mode, folders, env))
                 print(threads, mode, runs[mode][-1], flush=True)
-        floor = min(r["seconds"] for r in runs["read"])
-        cpu_floor = min(r["cpu"] for r in runs["read"])
+        floor = min(r["seconds"] for f in FLOORS for r in runs[f])  # the faster way to read
+        cpu_floor = min(r["cpu"] for f in FLOORS for r in runs[f])
         for mode in MODES:
             best = min(r["seconds"] for r in runs[mode])
             cpu = min(r["cpu"] for r in runs[mode])
             peak = max(r["peak_rss"] for r in runs[mode]) - idle
-            load = f"{min(r['load'] for r in runs[mode]):.2f}" if mode != "read" else "–"
+            load = f"{min(r['load'] for r in runs[mode]):.2f}" if mode not in FLOORS else "–"
             tables.append(
                 f"| {threads} | {mode} | {best:.2f} | {best / floor:.1f}× | {cpu:.2f} | {cpu / cpu_floor:.1f}× "
                 f"| {load} | {peak / 1024**3:.2f} GiB | {peak / (2 * largest):.2f}× |"

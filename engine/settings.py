@@ -3,7 +3,8 @@
 | variable                   | default                      | meaning                                   |
 |----------------------------|------------------------------|-------------------------------------------|
 | MERGESCOPE_MODEL_ROOTS     | <repo>/zoo/models            | folders holding checkpoints (os.pathsep)  |
-| MERGESCOPE_CACHE_DIR       | <repo>/.mergescope-cache     | content-addressed cache folder            |
+| MERGESCOPE_CACHE_DIR       | <repo>/.mergescope-cache     | content-addressed cache folder (and       |
+|                            |                              | compiled kernels in its kernels/)         |
 | MERGESCOPE_CACHE_MAX_GB    | 20                           | cache size cap before LRU eviction        |
 | MERGESCOPE_MODEL_MEMORY_GB | (half the device's memory)   | live models' weights before LRU dropping  |
 | MERGESCOPE_DEVICE          | auto                         | auto, cpu or cuda                         |

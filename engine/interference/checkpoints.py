@@ -1,6 +1,6 @@
-"""The interference profile of a base and experts on disk: streamed tensor by tensor, row block by row
-block with the merge executor's reader (pread, nothing mapped), and cached by the checkpoints'
-fingerprints in the content-addressed cache."""
+"""The interference profile of a base and experts on disk: streamed tensor by tensor, row block by row,
+as views of the mapped shard files (nothing copied; each tensor's pages let go when it is done), and
+cached by the checkpoints' fingerprints in the content-addressed cache."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -16,9 +16,9 @@ import torch
 import cache
 from engine.checkpoints import Checkpoint, check_compatible, check_finite
 from engine.errors import CheckpointError
-from engine.interference.measures import NonFiniteTensorError, TensorStats, tensor_stats
+from engine.interference.measures import NonFiniteTensorError, TensorStats, subspace_stats, tensor_stats
 from engine.interference.profile import InterferenceProfile, build_profile
-from engine.merge.executor import CHUNK_ELEMENTS, SAFETENSORS_DTYPES, STREAM_ABOVE, ShardReader
+from engine.merge.executor import CHUNK_ELEMENTS, SAFETENSORS_DTYPES, STREAM_ABOVE, MappedReader
 from engine.settings import cache_store
 
 INTERFERENCE_VERSION = "1"
@@ -58,13 +58,14 @@ class CheckpointTensorSource:
         base: Checkpoint,
         experts: Sequence[Checkpoint],
         name: str,
-        reader: ShardReader,
+        reader: MappedReader,
         chunk_elements: int = CHUNK_ELEMENTS,
         stream_above: int = STREAM_ABOVE,
     ):
         self.name, self.reader = name, reader
         self.inputs = [base, *experts]
         self._entries = [c.entries()[name] for c in self.inputs]
+        self._last: list[tuple[int, int] | None] = [None] * len(self.inputs)  # rows of the last block read
         self.shape = tuple(base.tensor_shape(name))
         self.n_models = len(experts)
         rows = self.shape[0] if self.shape else 1
@@ -77,7 +78,16 @@ class CheckpointTensorSource:
 
     def _read(self, index: int, start: int, stop: int) -> torch.Tensor:
         shard, entry = self._entries[index]
+        # Blocks of a streamed tensor are used one after the other: the previous one's pages go.
+        if len(self.row_chunks) > 1 and self._last[index] not in (None, (start, stop)):
+            self.reader.release(shard, entry, *self._last[index])
+        self._last[index] = (start, stop)
         return self.reader.read(shard, entry, start, stop if self.shape else 1)
+
+    def release(self) -> None:
+        """Drop the tensor's mapped pages from resident memory, every input's."""
+        for shard, entry in self._entries:
+            self.reader.release(shard, entry)
 
     def refuse_non_finite(self) -> None:
         """CheckpointError naming the first file whose copy of the tensor holds NaN/Inf (none: returns)."""
@@ -118,30 +128,45 @@ def analyse_checkpoints(
 
     def one_tensor(name: str) -> TensorStats:
         if not hasattr(local, "reader"):  # a reader per thread: its file handles are its own
-            local.reader = ShardReader()
+            local.reader = MappedReader()
             with lock:
                 readers.append(local.reader)
         source = CheckpointTensorSource(base, experts, name, local.reader, chunk_elements, stream_above)
         try:
-            return tensor_stats(source, name, settings.density, settings.rank, settings.power_iters, settings.seed)
+            return tensor_stats(source, name, settings.density, rank=0)
         except NonFiniteTensorError as error:
             source.refuse_non_finite()
             # Every entry finite: a square overflowed float32 (entries beyond 1.8e19).
             raise CheckpointError(f"{base.path}: {error}; no input holds NaN/Inf, so a sum overflowed") from error
+        finally:
+            source.release()
 
-    stats = []
+    stats: list[TensorStats] = []
+    matrices = [i for i, n in enumerate(names) if len(base.tensor_shape(n)) == 2] if settings.rank else []
+    steps = len(names) + len(matrices)
     pool = ThreadPoolExecutor(max(1, threads or torch.get_num_threads()))
+    reader = MappedReader()
+    readers.append(reader)
     try:
-        for done, tensor in enumerate(pool.map(one_tensor, names)):
+        for tensor in pool.map(one_tensor, names):
             if progress:
-                progress(done, len(names), f"task vectors of {tensor.name}")
+                progress(len(stats), steps, f"task vectors of {tensor.name}")
             stats.append(tensor)
+        pool.shutdown()
+        # The subspaces one tensor at a time: their matrix products use torch's threads themselves.
+        for done, index in enumerate(matrices, start=len(names)):
+            if progress:
+                progress(done, steps, f"singular subspaces of {names[index]}")
+            source = CheckpointTensorSource(base, experts, names[index], reader, chunk_elements, stream_above)
+            subspace, k = subspace_stats(source, settings.rank, settings.power_iters, settings.seed)
+            source.release()
+            stats[index] = replace(stats[index], subspace=subspace, rank=k)
     finally:
         pool.shutdown(cancel_futures=True)
-        for reader in readers:
-            reader.close()
+        for open_reader in readers:
+            open_reader.close()
     if progress:
-        progress(len(names), len(names), "done")
+        progress(steps, steps, "done")
     return build_profile(stats, [e.name for e in experts], _blocks(base), settings.signature())
 
 

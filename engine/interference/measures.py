@@ -205,15 +205,7 @@ def tensor_stats(
         ties_kept_entries, ties_kept_mass = _settle_ties(first, lo, hi, keep_count, numel, walk, expert_chunks)
     del first  # what waited is settled: its memory goes before the subspaces'
 
-    k = subspace_rank(source.shape, rank)
-    subspace = None
-    if k:
-        bases = [singular_subspaces(expert_chunks(i), source.shape, k, power_iters, seed) for i in range(n)]
-        subspace = np.full((n, n), np.nan)
-        for i in range(n):
-            for j in range(i, n):
-                if bases[i] is not None and bases[j] is not None:
-                    subspace[i, j] = subspace[j, i] = subspace_overlap(bases[i], bases[j])
+    subspace, k = subspace_stats(source, rank, power_iters, seed)
     return TensorStats(
         name,
         numel,
@@ -227,6 +219,33 @@ def tensor_stats(
         subspace,
         k,
     )
+
+
+def subspace_stats(
+    source: TensorSource, rank: int, power_iters: int = 1, seed: int = 0
+) -> tuple[np.ndarray | None, int]:
+    """(overlap of the experts' top-k singular subspaces (experts, experts), k) for a matrix; (None, 0)
+    for other tensors or rank 0. A tensor read whole forms each expert's τ once; a streamed one is
+    re-read block by block on each of the randomized SVD's passes."""
+    k = subspace_rank(source.shape, rank)
+    if not k:
+        return None, 0
+    n, chunks = source.n_models, source.row_chunks
+    wd = work_dtype(source.base(0, 1))
+
+    def expert_chunks(i: int):
+        if len(chunks) == 1:
+            delta = source.model(i, *chunks[0]).to(wd) - source.base(*chunks[0]).to(wd)
+            return lambda: iter([delta])
+        return lambda: (source.model(i, s, e).to(wd) - source.base(s, e).to(wd) for s, e in chunks)
+
+    bases = [singular_subspaces(expert_chunks(i), source.shape, k, power_iters, seed) for i in range(n)]
+    subspace = np.full((n, n), np.nan)
+    for i in range(n):
+        for j in range(i, n):
+            if bases[i] is not None and bases[j] is not None:
+                subspace[i, j] = subspace[j, i] = subspace_overlap(bases[i], bases[j])
+    return subspace, k
 
 
 def _float_of(bits: int) -> float:

@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import mmap
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import psutil
 import torch
 
@@ -352,6 +355,16 @@ def _rounding(stored: torch.dtype, to: torch.dtype | None) -> bool:
     return not (to in (torch.float32, torch.float64) and to.itemsize > stored.itemsize)
 
 
+def _block_span(entry, start: int, stop: int) -> tuple[torch.dtype, int, int, tuple[int, ...]]:
+    """(dtype, first byte in the shard, bytes, shape) of rows [start, stop) of a tensor's entry."""
+    dtype = SAFETENSORS_DTYPES[entry.dtype]
+    shape = tuple(entry.shape)
+    row_bytes = (math.prod(shape[1:]) if shape else 1) * dtype.itemsize
+    first = entry.start + start * row_bytes
+    count = (stop - start) * row_bytes if shape else entry.end - entry.start
+    return dtype, first, count, (stop - start,) + shape[1:] if shape else ()
+
+
 class ShardReader:
     """Row blocks of tensors read from shard files with pread: nothing is mapped, so resident
     memory holds only the blocks being merged, whatever the block size."""
@@ -367,12 +380,7 @@ class ShardReader:
 
     def read(self, shard: Path, entry, start: int, stop: int, as_dtype: torch.dtype | None = None) -> torch.Tensor:
         """Rows [start, stop) of a tensor as a fresh tensor (converted to `as_dtype` on the way)."""
-        dtype = SAFETENSORS_DTYPES[entry.dtype]
-        shape = tuple(entry.shape)
-        row_bytes = (math.prod(shape[1:]) if shape else 1) * dtype.itemsize
-        first = entry.start + start * row_bytes
-        count = (stop - start) * row_bytes if shape else entry.end - entry.start
-        rows = (stop - start,) + shape[1:] if shape else ()
+        dtype, first, count, rows = _block_span(entry, start, stop)
         convert = as_dtype not in (None, dtype)
         if convert:  # raw bytes into a reused buffer, converted into the fresh tensor
             if self._scratch.numel() < count:
@@ -395,6 +403,50 @@ class ShardReader:
         for fd in self._files.values():
             os.close(fd)
         self._files.clear()
+
+
+class MappedReader:
+    """Row blocks of tensors as read-only views of the shard files, each file mapped once: nothing is
+    copied out of the page cache. `release` drops a tensor's pages from the process's resident memory
+    once it is done with (they stay in the page cache), so resident memory holds about the tensors in
+    work, as a reader's blocks would. For readers that only read (the interference pass)."""
+
+    def __init__(self):
+        self._maps: dict[Path, mmap.mmap] = {}
+
+    def _map(self, shard: Path) -> mmap.mmap:
+        if shard not in self._maps:
+            fd = os.open(shard, os.O_RDONLY)
+            try:
+                self._maps[shard] = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+        return self._maps[shard]
+
+    def read(self, shard: Path, entry, start: int, stop: int, as_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows [start, stop) of a tensor, a view of the file (converted to `as_dtype` into a fresh tensor)."""
+        dtype, first, count, rows = _block_span(entry, start, stop)
+        mapped = self._map(shard)
+        if first + count > len(mapped):  # a view past the end would fault on access
+            raise CheckpointError(
+                f"{shard}: tensor data ends early ({len(mapped)} bytes, the tensor needs {first + count})"
+            )
+        with warnings.catch_warnings():  # the view is read-only; nothing writes to it
+            warnings.simplefilter("ignore", UserWarning)
+            view = torch.from_numpy(np.frombuffer(mapped, np.uint8, count, first))
+        view = view.view(dtype).reshape(rows)
+        return view.to(as_dtype) if as_dtype not in (None, dtype) else view
+
+    def release(self, shard: Path, entry, start: int = 0, stop: int | None = None) -> None:
+        """Drop the pages of rows [start, stop) of a tensor (default: all of it) from resident memory;
+        they stay in the page cache and a later read maps them again."""
+        _, first, count, _ = _block_span(entry, start, (entry.shape[0] if entry.shape else 1) if stop is None else stop)
+        aligned = first - first % mmap.PAGESIZE
+        if shard in self._maps and count:
+            self._maps[shard].madvise(mmap.MADV_DONTNEED, aligned, first + count - aligned)
+
+    def close(self):
+        self._maps.clear()  # each mapping goes when the last view of it does
 
 
 class _CheckpointSource:
