@@ -29,6 +29,7 @@ from engine.interference import (
 )
 from engine.interference.profile import tensor_group
 from engine.interference.subspace import singular_subspaces, subspace_overlap
+from engine.merge.executor import MappedReader, ShardReader
 from engine.merge.spec import MemorySource
 from tests.tiny_models import make_model, save_checkpoint
 
@@ -404,6 +405,28 @@ def test_streamed_sharded_bf16_checkpoints_equal_the_whole_tensor_result(bf16_zo
     assert streamed.cosine[2, 0, 1] == pytest.approx(
         tau[0] @ tau[1] / np.linalg.norm(tau[0]) / np.linalg.norm(tau[1]), abs=1e-5
     )
+
+
+def test_mapped_blocks_equal_read_blocks_and_survive_release(bf16_zoo, tmp_path):
+    base_path, _ = bf16_zoo
+    checkpoint = open_checkpoint(base_path)
+    mapped, copied = MappedReader(), ShardReader()
+    for name in checkpoint.tensor_names:
+        shard, entry = checkpoint.entries()[name]
+        rows = entry.shape[0] if entry.shape else 1
+        for start, stop in [(0, rows), (rows // 3, rows), (0, max(1, rows // 2))]:
+            view = mapped.read(shard, entry, start, stop)
+            mapped.release(shard, entry, start, stop)  # the pages leave resident memory, the data stays
+            assert torch.equal(view, copied.read(shard, entry, start, stop))
+            assert torch.equal(mapped.read(shard, entry, start, stop, torch.float32), view.float())
+    # A shard cut short is refused naming it, not read past its end.
+    shard, entry = checkpoint.entries()[checkpoint.tensor_names[-1]]
+    cut = tmp_path / shard.name
+    cut.write_bytes(shard.read_bytes()[: entry.end - 2])
+    with pytest.raises(CheckpointError, match=rf"{cut.name}.*ends early"):
+        MappedReader().read(cut, entry, 0, entry.shape[0] if entry.shape else 1)
+    mapped.close()
+    copied.close()
 
 
 def test_the_profile_does_not_depend_on_how_many_threads_read(bf16_zoo):
