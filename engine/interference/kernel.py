@@ -20,6 +20,7 @@ import importlib.util
 import os
 import sys
 import threading
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -30,6 +31,9 @@ from numba.extending import intrinsic, overload
 from engine.settings import get_settings
 
 STEP = 1024  # entries per step: float32 partial sums over a step, added into float64 totals
+SAMPLE_RUN = 32  # consecutive entries per sampled run: one 64-byte cache line of bf16
+BRACKET_BINS = 1 << 16  # bins of the sample bracket: their edges widen a bracket by a 2^-16 share of its span
+SELECT_BINS_LOG2 = 12  # bins per round of the threshold select: their counters stay in the L1 cache
 # Reassociation and contraction let sums vectorise; NaN/Inf keep their IEEE meaning, so a non-finite input
 # still shows in the sums.
 FLAGS = {"reassoc", "contract", "nsz"}
@@ -47,6 +51,16 @@ def _float32_from_bits(typingctx, bits):
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _float32_bits(typingctx, value):
+    """The bit pattern of a float32 as an int32."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
 
 
 def widen(value, zero):
@@ -75,8 +89,9 @@ _COMPILING = threading.Lock()  # tensors analysed in parallel threads ask for th
 
 def _compile(source: str, name: str):
     """The function `name` of generated `source`, compiled. The source is written as a module under the
-    cache folder (named by its hash, written once, atomically), so numba caches the machine code beside
-    it and a later process loads it instead of compiling again (about a second per kernel)."""
+    cache folder (named by its hash and this file's, written once, atomically), so numba caches the
+    machine code beside it and a later process loads it instead of compiling again (about a second
+    per kernel)."""
     module_source = (
         "import numpy as np\n"
         "from numba import njit\n\n"
@@ -85,7 +100,9 @@ def _compile(source: str, name: str):
         ")\n\n\n"
         f"@njit(cache=True, nogil=True, fastmath=FLAGS)\n{source.lstrip()}"
     )
-    digest = hashlib.sha256(f"{module_source}|numba {numba.__version__}".encode()).hexdigest()[:16]
+    # This file's text is hashed in too: the cached machine code holds its constants and `widen`.
+    this_file = Path(__file__).read_bytes()
+    digest = hashlib.sha256(f"{module_source}|numba {numba.__version__}|".encode() + this_file).hexdigest()[:16]
     folder = get_settings().cache_dir / "kernels"
     path = folder / f"{name}_{digest}.py"
     if not path.is_file():
@@ -204,10 +221,6 @@ def sample_magnitudes(base, experts, step, out):
             out[i, s] = np.float32(abs(widen(experts[i][at], 0.0) - b))
 
 
-SAMPLE_RUN = 32  # consecutive entries per sampled run: one 64-byte cache line of bf16
-BRACKET_BINS = 1 << 16  # bins of the sample bracket: their edges widen a bracket by a 2^-16 share of its span
-
-
 @njit(cache=True, nogil=True)
 def sample_bracket(magnitudes, rank_low, rank_high):
     """(lo, hi) float32 with lo ≤ the rank_low-th and hi ≥ the rank_high-th smallest of the float32
@@ -233,19 +246,6 @@ def sample_bracket(magnitudes, rank_low, rank_high):
         b += 1
     high = min(last, first + ((b + 1) << shift) - 1)
     return _float32_from_bits(np.uint32(low)), _float32_from_bits(np.uint32(high))
-
-
-SELECT_BINS_LOG2 = 12  # bins per round of the threshold select: their counters stay in the L1 cache
-
-
-@intrinsic
-def _float32_bits(typingctx, value):
-    """The bit pattern of a float32 as an int32."""
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.int32(types.float32), codegen
 
 
 @njit(cache=True, nogil=True)

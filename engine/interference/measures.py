@@ -6,7 +6,8 @@ experts disagree in sign and their |τ| mass (what TIES's sign election acts on)
 given density keeps (Yadav et al. 2023, arXiv 2306.01708: per expert the top `density` share of
 |τ_i| by magnitude, then only entries agreeing with the sign of the trimmed sum), and for matrices
 the overlap of the experts' top-k singular subspaces (engine/interference/subspace.py).
-Sums add over tensors, so a block's measures are formed from its tensors' sums.
+Sums add over tensors, so a block's measures are formed from its tensors' sums. All but the
+subspaces come from one compiled pass over each block (engine/interference/kernel.py).
 """
 
 from __future__ import annotations
