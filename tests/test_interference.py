@@ -64,6 +64,17 @@ def numpy_reference(base: np.ndarray, experts: list[np.ndarray], density: float)
     }
 
 
+def assert_sums_equal(stats, ref: dict, gram_atol: float) -> None:
+    """Every sum of `stats` against numpy_reference's: counts exactly, sums within RTOL."""
+    assert stats.base_sq == pytest.approx(ref["base_sq"], rel=RTOL)
+    np.testing.assert_allclose(stats.gram, ref["gram"], rtol=RTOL, atol=gram_atol)
+    assert stats.mass == pytest.approx(ref["mass"], rel=RTOL)
+    assert stats.conflict_entries == ref["conflict_entries"]
+    assert stats.conflict_mass == pytest.approx(ref["conflict_mass"], rel=RTOL)
+    assert stats.ties_kept_entries == ref["ties_kept_entries"]
+    assert stats.ties_kept_mass == pytest.approx(ref["ties_kept_mass"], rel=RTOL)
+
+
 def random_tensors(shape, n=3, seed=0, scale=0.05):
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(shape, generator=g)
@@ -76,13 +87,7 @@ def test_tensor_sums_equal_numpy_float64(density, chunk_rows):
     base, experts = random_tensors((60, 40), n=3, seed=1)
     stats = tensor_stats(MemorySource(base, experts, chunk_rows), "w", density, rank=0)
     ref = numpy_reference(base.numpy(), [e.numpy() for e in experts], density)
-    assert stats.base_sq == pytest.approx(ref["base_sq"], rel=RTOL)
-    np.testing.assert_allclose(stats.gram, ref["gram"], rtol=RTOL, atol=1e-6)
-    assert stats.mass == pytest.approx(ref["mass"], rel=RTOL)
-    assert stats.conflict_entries == ref["conflict_entries"]
-    assert stats.conflict_mass == pytest.approx(ref["conflict_mass"], rel=RTOL)
-    assert stats.ties_kept_entries == ref["ties_kept_entries"]
-    assert stats.ties_kept_mass == pytest.approx(ref["ties_kept_mass"], rel=RTOL)
+    assert_sums_equal(stats, ref, gram_atol=1e-6)
     assert stats.numel == 2400 and stats.subspace is None
 
 
@@ -125,13 +130,7 @@ def test_every_sum_equals_numpy_for_each_stored_dtype_and_expert_count(kind, n, 
     assert base.numel() >= measures.EXACT_BELOW
     stats = tensor_stats(MemorySource(base, experts, chunk_rows), "w", 0.3, rank=0)
     ref = numpy_reference(base.double().numpy(), [e.double().numpy() for e in experts], 0.3)
-    assert stats.base_sq == pytest.approx(ref["base_sq"], rel=RTOL)
-    np.testing.assert_allclose(stats.gram, ref["gram"], rtol=RTOL, atol=1e-9)
-    assert stats.mass == pytest.approx(ref["mass"], rel=RTOL)
-    assert stats.conflict_entries == ref["conflict_entries"]
-    assert stats.conflict_mass == pytest.approx(ref["conflict_mass"], rel=RTOL)
-    assert stats.ties_kept_entries == ref["ties_kept_entries"]
-    assert stats.ties_kept_mass == pytest.approx(ref["ties_kept_mass"], rel=RTOL)
+    assert_sums_equal(stats, ref, gram_atol=1e-9)
 
 
 @pytest.mark.parametrize("bound", [0.0, 1.0])  # a bracket below every |τ|, and one above every |τ|
