@@ -16,7 +16,6 @@ import mmap
 import os
 import shutil
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -406,7 +405,7 @@ class ShardReader:
 
 
 class MappedReader:
-    """Row blocks of tensors as read-only views of the shard files, each file mapped once: nothing is
+    """Row blocks of tensors as views of the shard files, each file mapped once: nothing is
     copied out of the page cache. `release` drops a tensor's pages from the process's resident memory
     once it is done with (they stay in the page cache), so resident memory holds about the tensors in
     work, as a reader's blocks would. For readers that only read (the interference pass)."""
@@ -418,7 +417,9 @@ class MappedReader:
         if shard not in self._maps:
             fd = os.open(shard, os.O_RDONLY)
             try:
-                self._maps[shard] = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+                # Copy-on-write: a block is a writable tensor like a read one, and a write (none is made)
+                # would change this process's copy only, never the file.
+                self._maps[shard] = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
             finally:
                 os.close(fd)
         return self._maps[shard]
@@ -431,10 +432,7 @@ class MappedReader:
             raise CheckpointError(
                 f"{shard}: tensor data ends early ({len(mapped)} bytes, the tensor needs {first + count})"
             )
-        with warnings.catch_warnings():  # the view is read-only; nothing writes to it
-            warnings.simplefilter("ignore", UserWarning)
-            view = torch.from_numpy(np.frombuffer(mapped, np.uint8, count, first))
-        view = view.view(dtype).reshape(rows)
+        view = torch.from_numpy(np.frombuffer(mapped, np.uint8, count, first)).view(dtype).reshape(rows)
         return view.to(as_dtype) if as_dtype not in (None, dtype) else view
 
     def release(self, shard: Path, entry, start: int = 0, stop: int | None = None) -> None:
