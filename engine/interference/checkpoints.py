@@ -127,7 +127,7 @@ def analyse_checkpoints(
     local, readers, lock = threading.local(), [], threading.Lock()
 
     def one_tensor(name: str) -> TensorStats:
-        if not hasattr(local, "reader"):  # a reader per thread: its file handles are its own
+        if not hasattr(local, "reader"):  # a reader per thread: its mappings are its own
             local.reader = MappedReader()
             with lock:
                 readers.append(local.reader)
