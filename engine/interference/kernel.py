@@ -84,10 +84,17 @@ def _each(experts: range, template: str, sep: str = "; ") -> str:
     return sep.join(template.format(i=i) for i in experts)
 
 
-_COMPILING = threading.Lock()  # tensors analysed in parallel threads ask for the same kernel at once
+_COMPILING = threading.Lock()
 
 
 def _compile(source: str, name: str):
+    """_load under a lock: tensors analysed in parallel threads ask for the same kernel at once."""
+    with _COMPILING:
+        return _load(source, name)
+
+
+@functools.cache
+def _load(source: str, name: str):
     """The function `name` of generated `source`, compiled. The source is written as a module under the
     cache folder (named by its hash and this file's, written once, atomically), so numba caches the
     machine code beside it and a later process loads it instead of compiling again (about a second
@@ -187,11 +194,6 @@ def fused_pass(base, experts, lo, hi, sums, counts, pending, zero, one):
 """
 
 
-@functools.cache
-def _fused_pass(n: int):
-    return _compile(_fused_source(n), "fused_pass")
-
-
 def fused_pass(n: int):
     """The compiled pass for n experts: fused_pass(base, experts, lo, hi, sums, counts, pending, zero, one)
     adds one block's sums into `sums` (float64) and `counts` (int64) and returns how many entries it
@@ -205,8 +207,7 @@ def fused_pass(n: int):
     |τ_i| > hi_i and the entry's elected sign (of the kept τ's sum, + when it is zero) agrees. An entry
     where some |τ_i| lies inside [lo_i, hi_i] waits in `pending`, in flat order, for the exact thresholds.
     """
-    with _COMPILING:
-        return _fused_pass(n)
+    return _compile(_fused_source(n), "fused_pass")
 
 
 @njit(cache=True, nogil=True)
@@ -347,16 +348,10 @@ def settle_waiting(waiting, thresholds, cutoffs, zero, one):
 """
 
 
-@functools.cache
-def _settle_waiting(n: int):
-    return _compile(_settle_source(n), "settle_waiting")
-
-
 def settle_waiting(n: int):
     """The compiled settling of what fused_pass left waiting, for n experts: settle_waiting(waiting,
     thresholds, cutoffs, zero, one) → (pairs TIES keeps, their Σ|τ|) over waiting (n, entries) in flat
     order. Expert i keeps |τ_i| > thresholds[i], and |τ_i| equal to it before place cutoffs[i]
     (tie_cutoff: the merge sparsifier's tie rule); then the entry's elected sign (of the kept τ's sum,
     + when it is zero) decides which kept τ agree."""
-    with _COMPILING:
-        return _settle_waiting(n)
+    return _compile(_settle_source(n), "settle_waiting")
